@@ -1,0 +1,57 @@
+"""The geoseg exception tree.
+
+Every error geoseg raises on purpose derives from :class:`GeosegError`, and
+concrete classes also inherit the builtin a caller would expect, so
+``except OSError`` still catches an unreadable raster.  Messages name what
+failed, the offending value and how to fix it; the CLI prints them as one line.
+"""
+
+from __future__ import annotations
+
+
+class GeosegError(Exception):
+    """Root of every error raised deliberately by geoseg."""
+
+
+class GeosegWarning(UserWarning):
+    """Root of geoseg warnings (all-nodata inputs, dtype mismatches, ...)."""
+
+
+class RasterReadError(GeosegError, OSError):
+    """A raster is missing, unreadable, corrupt or not a raster at all."""
+
+
+class GeoreferenceError(GeosegError, ValueError):
+    """A raster lacks a CRS or has georeferencing geoseg cannot honour."""
+
+
+class BandError(GeosegError, ValueError):
+    """The raster's bands do not match what the model expects."""
+
+
+class OutputExistsError(GeosegError, FileExistsError):
+    """An output already exists and ``overwrite`` was not given."""
+
+
+class OutputWriteError(GeosegError, OSError):
+    """An output could not be written (unwritable directory, disk full, ...)."""
+
+
+class ConfigError(GeosegError, ValueError):
+    """An option or configuration value is invalid."""
+
+
+class ModelCardError(GeosegError, ValueError):
+    """A model card is missing fields, malformed or inconsistent."""
+
+
+class CheckpointError(GeosegError, ValueError):
+    """A checkpoint cannot be loaded safely (wrong format, pickle, mismatch)."""
+
+
+class InterruptedRunError(GeosegError, KeyboardInterrupt):
+    """A run was stopped by SIGINT/SIGTERM; no partial output was kept."""
+
+
+class AllNodataWarning(GeosegWarning):
+    """The input holds no valid pixel; outputs are valid but empty."""
