@@ -1,0 +1,80 @@
+"""Entry point: the click group, error mapping and signal handling."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import traceback
+import warnings
+from types import FrameType
+from typing import Any
+
+import click
+
+from geoseg import __version__
+from geoseg.cli.options import configure_logging
+from geoseg.errors import GeosegError, GeosegWarning, InterruptedRunError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="geoseg")
+@click.option("-v", "--verbose", count=True, help="More log output; -v also shows tracebacks.")
+@click.option("-q", "--quiet", count=True, help="Less output (no progress bars with -q).")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
+    """Segment large GeoTIFFs into maps of buildings, vegetation and cropland."""
+    configure_logging(verbose, quiet)
+    ctx.obj = {"verbose": verbose, "quiet": quiet}
+
+
+def _register() -> None:
+    from geoseg.cli import info, models, predict
+
+    cli.add_command(predict.predict)
+    cli.add_command(models.models)
+    cli.add_command(info.info)
+
+
+_register()
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise InterruptedRunError(f"stopped by signal {signal.Signals(signum).name}")
+
+
+def _show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    if issubclass(category, GeosegWarning):
+        click.echo(f"geoseg: warning: {message}", err=True)
+    else:
+        click.echo(f"warning: {category.__name__}: {message}", err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; map geoseg errors to one line and a non-zero exit."""
+    verbose = any(a in ("-v", "--verbose") or (a.startswith("-v") and set(a[1:]) == {"v"}) for a in (argv or sys.argv[1:]))
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    warnings.showwarning = _show_warning
+    try:
+        cli.main(args=argv, prog_name="geoseg", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("geoseg: interrupted; no output was written under the final name", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except InterruptedRunError as exc:
+        click.echo(f"geoseg: interrupted ({exc}); no output was written under the final name", err=True)
+        sys.exit(143)
+    except KeyboardInterrupt:
+        click.echo("geoseg: interrupted; no output was written under the final name", err=True)
+        sys.exit(130)
+    except GeosegError as exc:
+        if verbose:
+            traceback.print_exc()
+        click.echo(f"geoseg: error: {exc}", err=True)
+        sys.exit(1)
+    except MemoryError:
+        click.echo("geoseg: error: out of memory; try a smaller --tile or --batch-size", err=True)
+        sys.exit(1)

@@ -1,0 +1,113 @@
+"""``geoseg models``: list architectures and bundled models; wrap plain weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from geoseg.cli.options import overwrite_opt
+
+
+@click.group(invoke_without_command=True)
+@click.pass_context
+def models(ctx: click.Context) -> None:
+    """List bundled models and registered architectures."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from geoseg.models import bundled_models, list_models, load_card
+    from geoseg.models.registry import get_architecture
+
+    click.echo("Bundled models:")
+    bundled = bundled_models()
+    if not bundled:
+        click.echo("  (none installed)")
+    for name, path in bundled.items():
+        card = load_card(path)
+        classes = ", ".join(c.name for c in card.classes)
+        click.echo(f"  {name:<12} {card.architecture}/{card.encoder}  bands={','.join(card.bands)}  classes={classes}")
+    click.echo("Architectures (for --arch in 'geoseg models wrap' and training configs):")
+    for name in list_models():
+        arch = get_architecture(name)
+        click.echo(f"  {name:<14} default encoder {arch.default_encoder or '-':<10} {arch.description}")
+
+
+def _parse_classes(text: str) -> list[dict[str, object]]:
+    palette = ["#000000", "#e41a1c", "#4daf4a", "#ffd92f", "#377eb8", "#984ea3", "#ff7f00", "#a65628"]
+    out: list[dict[str, object]] = []
+    for i, item in enumerate(p.strip() for p in text.split(",")):
+        name, _, color = item.partition(":")
+        out.append({"id": i, "name": name, "color": color or palette[i % len(palette)],
+                    "vectorize": i != 0})
+    return out
+
+
+@models.command()
+@click.argument("weights", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "dst", required=True, type=click.Path(path_type=Path),
+              help="Checkpoint directory to create.")
+@click.option("--arch", required=True, help="Architecture name (see 'geoseg models').")
+@click.option("--encoder", default=None, help="Encoder name, e.g. resnet34 or tu-efficientnet_lite0.")
+@click.option("--bands", "band_names", required=True, help="Band names in input order, e.g. red,green,blue.")
+@click.option("--classes", required=True,
+              help="Class names in output order with optional colours: background,building:#e41a1c,...")
+@click.option("--name", default=None, help="Model name [default: output directory name].")
+@click.option("--pixel-size", type=float, default=None, help="Training pixel size in metres.")
+@click.option("--mean", default=None, help="Per-band means after scaling to [0, 1], comma-separated.")
+@click.option("--std", default=None, help="Per-band stds after scaling to [0, 1], comma-separated.")
+@click.option("--input-range", default="0,255", show_default=True, help="Raw value range LOW,HIGH.")
+@click.option("--tile", type=int, default=512, show_default=True)
+@click.option("--overlap", type=int, default=64, show_default=True)
+@click.option("--licence", default="", help="Licence of the weights.")
+@overwrite_opt
+def wrap(
+    weights: Path,
+    dst: Path,
+    arch: str,
+    encoder: str | None,
+    band_names: str,
+    classes: str,
+    name: str | None,
+    pixel_size: float | None,
+    mean: str | None,
+    std: str | None,
+    input_range: str,
+    tile: int,
+    overlap: int,
+    licence: str,
+    overwrite: bool,
+) -> None:
+    """Wrap plain weights (smp/torchgeo state dict) with a model card.
+
+    WEIGHTS is a .safetensors file or a .pt/.pth/.ckpt state dict; it is read
+    with torch.load(weights_only=True), so files needing code are refused.
+    """
+    from geoseg.models import ModelCard, wrap_state_dict
+    from geoseg.models.registry import architecture_stride
+    from geoseg.pipeline import parse_range
+
+    bands = tuple(b.strip() for b in band_names.split(","))
+
+    def floats(text: str | None) -> tuple[float, ...]:
+        return tuple(float(x) for x in text.split(",")) if text else ()
+
+    card = ModelCard.from_dict(
+        {
+            "name": name or dst.name,
+            "architecture": arch,
+            "encoder": encoder,
+            "bands": list(bands),
+            "classes": _parse_classes(classes),
+            "mean": list(floats(mean)),
+            "std": list(floats(std)),
+            "input_range": list(parse_range(input_range) or (0, 255)),
+            "pixel_size_m": pixel_size,
+            "tile_size": tile,
+            "overlap": overlap,
+            "stride": architecture_stride(arch, encoder),
+            "licence": licence,
+            "provenance": {"wrapped_from": weights.name},
+        }
+    )
+    out = wrap_state_dict(weights, card, dst, overwrite=overwrite)
+    click.echo(f"wrote {out}")

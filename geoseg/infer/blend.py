@@ -1,0 +1,228 @@
+"""Blend overlapping tile predictions with smooth weights, in bounded memory.
+
+Weights fall off with a raised-cosine ramp towards every tile side that lies
+inside the raster, and are exactly zero on a thin margin along those sides:
+the pixels a CNN computes from zero padding never reach the result, so a
+network whose receptive field fits in that margin gives the same probabilities
+tiled as on the whole image.  Sides on the raster border do not fade (no
+neighbour would take over).  Nodata pixels get zero weight, and every pixel is
+normalised by the exact sum of the weights that reached it.
+
+:class:`StreamingBlender` takes tiles in grid order (row-major) and hands back
+finished blocks as soon as no later tile can touch them.  It keeps only a band
+of about ``overlap`` rows across the raster width plus one tile-sized buffer, so
+its float memory is O(width x overlap + tile^2) and does not depend on the
+height.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from geoseg.errors import ConfigError
+from geoseg.types import Tile, TileGrid
+
+
+def default_margin(overlap: int) -> int:
+    """Zero-weight margin (pixels) along inner tile sides for a given overlap.
+
+    >>> default_margin(64)
+    16
+    """
+    return overlap // 4
+
+
+def ramp_1d(length: int, overlap: int, margin: int, fade_start: bool, fade_end: bool) -> np.ndarray:
+    """1-D blending weights along one tile axis.
+
+    Parameters
+    ----------
+    length : int
+        Tile size along the axis, in pixels.
+    overlap : int
+        Nominal overlap with the neighbouring tile, in pixels.
+    margin : int
+        Pixels at a faded side whose weight is exactly 0 (``2 * margin < overlap``
+        unless ``overlap`` is 0).
+    fade_start, fade_end : bool
+        Whether the low / high side borders another tile (fades) or the raster
+        edge (stays at 1).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 weights in [0, 1], shape ``(length,)``.
+
+    Examples
+    --------
+    >>> ramp_1d(8, 4, 1, True, False).round(2).tolist()
+    [0.0, 0.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0]
+    """
+    w = np.ones(length, dtype=np.float64)
+    if overlap <= 0:
+        return w
+    if overlap > 0 and 2 * margin >= overlap:
+        raise ConfigError(f"blend margin {margin} must be less than half the overlap {overlap}")
+    ramp_len = overlap - 2 * margin
+    i = np.arange(1, ramp_len + 1, dtype=np.float64)
+    ramp = 0.5 - 0.5 * np.cos(np.pi * i / (ramp_len + 1))
+    ramp_up = np.concatenate([np.zeros(margin), ramp])
+    n = min(len(ramp_up), length)
+    if fade_start:
+        w[:n] = np.minimum(w[:n], ramp_up[:n])
+    if fade_end:
+        w[length - n :] = np.minimum(w[length - n :], ramp_up[:n][::-1])
+    return w
+
+
+@lru_cache(maxsize=64)
+def _window(
+    tile_h: int, tile_w: int, overlap: int, margin: int, edges: tuple[bool, bool, bool, bool]
+) -> np.ndarray:
+    top, bottom, left, right = edges
+    wy = ramp_1d(tile_h, overlap, margin, not top, not bottom)
+    wx = ramp_1d(tile_w, overlap, margin, not left, not right)
+    out = np.outer(wy, wx).astype(np.float32)
+    out.setflags(write=False)
+    return out
+
+
+def tile_weights(grid: TileGrid, tile: Tile, margin: int | None = None) -> np.ndarray:
+    """Blending weights of one tile, shape ``(tile_h, tile_w)``, float32, read-only."""
+    m = default_margin(grid.overlap) if margin is None else margin
+    return _window(grid.tile_h, grid.tile_w, grid.overlap, m, tile.edges)
+
+
+@dataclass(frozen=True, slots=True)
+class BlendedBlock:
+    """A finished block of the raster.
+
+    ``probs`` is float32 ``(classes, rows, cols)`` normalised so classes sum to 1
+    wherever ``covered`` is True; elsewhere (nodata, or no tile) it is 0.
+    """
+
+    row_off: int
+    col_off: int
+    probs: np.ndarray
+    covered: np.ndarray
+
+
+class StreamingBlender:
+    """Accumulate weighted tile probabilities and release finished strips.
+
+    Tiles must be added in the grid's row-major order (``for tile in grid``);
+    tiles entirely nodata may be skipped with :meth:`skip`.  Each call returns
+    the strips that became final, top to bottom; together they cover every
+    raster pixel exactly once, left to right within each grid row's band.
+
+    Parameters
+    ----------
+    grid : TileGrid
+        The grid the tiles come from.
+    n_classes : int
+        Number of probability channels per tile.
+    margin : int, optional
+        Zero-weight margin along inner tile sides (default ``overlap // 4``).
+    """
+
+    def __init__(self, grid: TileGrid, n_classes: int, *, margin: int | None = None) -> None:
+        self.grid = grid
+        self.n_classes = n_classes
+        self.margin = default_margin(grid.overlap) if margin is None else margin
+        th, tw, width = grid.tile_h, grid.tile_w, grid.width
+        # One tile-sized buffer for the current tile row (channels: classes, then weight sum).
+        self._buf = np.zeros((n_classes + 1, th, tw), dtype=np.float32)
+        self._buf_col = 0  # raster column of self._buf[..., 0]
+        # Rows of the current tile row already touched by the previous tile row.
+        self._carry = np.zeros((n_classes + 1, 0, width), dtype=np.float32)
+        self._next_carry = np.zeros((n_classes + 1, 0, width), dtype=np.float32)
+        self._expected = 0  # index of the next tile in row-major order
+
+    def add(
+        self, tile: Tile, probs: np.ndarray | None, valid: np.ndarray | None
+    ) -> Iterator[BlendedBlock]:
+        """Add one tile's class probabilities.
+
+        Parameters
+        ----------
+        tile : Tile
+            The tile, which must be the next one in row-major grid order.
+        probs : numpy.ndarray or None
+            float32 ``(n_classes, tile_h, tile_w)`` probabilities; None for a tile
+            with no valid pixel (it contributes nothing).
+        valid : numpy.ndarray or None
+            bool ``(tile_h, tile_w)``; False marks nodata (weight 0).
+
+        Yields
+        ------
+        BlendedBlock
+            Blocks that are final after this tile.
+        """
+        grid = self.grid
+        index = tile.row * grid.shape[1] + tile.col
+        if index != self._expected:
+            raise ValueError(
+                f"tiles must arrive in row-major order; expected #{self._expected}, got #{index}"
+            )
+        self._expected += 1
+        if tile.col == 0:
+            self._start_row(tile.row)
+        if probs is not None:
+            w = tile_weights(grid, tile, self.margin)
+            if valid is not None:
+                w = w * valid
+            self._buf[:-1] += probs * w
+            self._buf[-1] += w
+        last_col = tile.col == grid.shape[1] - 1
+        upto = grid.width if last_col else grid.col_starts[tile.col + 1]
+        block = self._flush_columns(upto)
+        if block is not None:
+            yield block
+
+    def _start_row(self, row: int) -> None:
+        grid = self.grid
+        self._row = row
+        self._row_start = grid.row_starts[row]
+        self._final_rows = grid.final_row(row) - self._row_start
+        self._carry = self._next_carry
+        rows_next = 0 if row == grid.shape[0] - 1 else self._row_start + grid.tile_h - grid.final_row(row)
+        rows_next = max(rows_next, 0)
+        self._next_carry = np.zeros((self.n_classes + 1, rows_next, grid.width), dtype=np.float32)
+        self._buf[:] = 0
+        self._buf_col = 0
+
+    def _flush_columns(self, upto: int) -> BlendedBlock | None:
+        """Finish columns [buf_col, upto) of the tile buffer; keep what the next grid row needs."""
+        c0, c1 = self._buf_col, min(upto, self.grid.width)
+        if c1 <= c0:
+            return None
+        n = c1 - c0
+        part = self._buf[:, :, :n]
+        rows = min(self.grid.tile_h, self.grid.height - self._row_start)
+        part = part[:, :rows]
+        ch = self._carry.shape[1]
+        if ch:
+            part[:, :ch] += self._carry[:, :, c0:c1]
+        f = self._final_rows
+        final = part[:, :f].copy()
+        nc = self._next_carry.shape[1]
+        if nc:
+            self._next_carry[:, :, c0:c1] = part[:, f : f + nc]
+        # Shift the buffer left by n columns; the vacated columns start at zero.
+        keep = self._buf.shape[2] - n
+        if keep > 0:
+            self._buf[:, :, :keep] = self._buf[:, :, n:]
+            self._buf[:, :, keep:] = 0
+        else:
+            self._buf[:] = 0
+        self._buf_col = c1
+        wsum = final[-1]
+        covered = wsum > 0
+        probs = final[:-1]
+        np.divide(probs, wsum, out=probs, where=covered)
+        probs[:, ~covered] = 0
+        return BlendedBlock(self._row_start, c0, probs, covered)

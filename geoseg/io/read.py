@@ -1,0 +1,324 @@
+"""Open rasters and read pixel windows with masks, reflection and band selection.
+
+This module (with the other ``geoseg.io`` modules) is the only place that
+opens paths.  Everything downstream receives arrays and value objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.errors import RasterioError
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from geoseg.errors import BandError, GeoreferenceError, RasterReadError
+from geoseg.types import PixelWindow
+
+log = logging.getLogger(__name__)
+
+EARTH_RADIUS_M = 6371008.8
+
+
+@dataclass(frozen=True)
+class RasterSpec:
+    """What geoseg needs to know about a raster (no pixel data).
+
+    ``shape`` is ``(rows, cols)``; ``res`` is ``(x, y)`` pixel size in CRS units;
+    ``pixel_size_m`` is the mean pixel edge in metres (approximate for
+    geographic CRSs, evaluated at the raster centre).
+    """
+
+    path: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: CRS | None
+    transform: Affine
+    nodata: float | None
+    band_names: tuple[str, ...]
+    colorinterp: tuple[str, ...]
+    block_shape: tuple[int, int]
+    driver: str
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, cols)."""
+        return self.height, self.width
+
+    @property
+    def res(self) -> tuple[float, float]:
+        """(x, y) pixel size in CRS units."""
+        return abs(self.transform.a), abs(self.transform.e)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) in CRS units (north-up rasters)."""
+        left, top = self.transform * (0, 0)
+        right, bottom = self.transform * (self.width, self.height)
+        return min(left, right), min(bottom, top), max(left, right), max(bottom, top)
+
+    @property
+    def pixel_size_m(self) -> float | None:
+        """Mean pixel edge in metres, or None without a CRS."""
+        return pixel_size_m(self.crs, self.transform, self.width, self.height)
+
+    @property
+    def area_km2(self) -> float | None:
+        """Ground area of the whole raster in km², or None without a CRS."""
+        ps = pixel_size_m_xy(self.crs, self.transform, self.width, self.height)
+        if ps is None:
+            return None
+        return ps[0] * ps[1] * self.width * self.height / 1e6
+
+
+def pixel_size_m_xy(
+    crs: CRS | None, transform: Affine, width: int, height: int
+) -> tuple[float, float] | None:
+    """Pixel width and height in metres (at the raster centre for geographic CRSs)."""
+    if crs is None:
+        return None
+    rx = math.hypot(transform.a, transform.d)
+    ry = math.hypot(transform.b, transform.e)
+    if crs.is_geographic:
+        _, lat = transform * (width / 2, height / 2)
+        k = math.pi / 180 * EARTH_RADIUS_M
+        return rx * k * math.cos(math.radians(max(min(lat, 89.9), -89.9))), ry * k
+    factor = crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
+    return rx * factor, ry * factor
+
+
+def pixel_size_m(crs: CRS | None, transform: Affine, width: int, height: int) -> float | None:
+    """Mean pixel edge in metres; see :func:`pixel_size_m_xy`."""
+    xy = pixel_size_m_xy(crs, transform, width, height)
+    return None if xy is None else math.sqrt(xy[0] * xy[1])
+
+
+def _check_path(path: str) -> None:
+    if "://" in path or path.startswith("/vsi") or path.lower().startswith(("vrt:", "gti:")):
+        return
+    p = Path(path)
+    if not p.exists():
+        raise RasterReadError(f"input {path} does not exist; check the path")
+    if p.is_dir():
+        raise RasterReadError(f"input {path} is a directory, not a raster; pass a raster file")
+    if not os.access(p, os.R_OK):
+        raise RasterReadError(f"input {path} is not readable (permission denied); fix its permissions")
+
+
+def _spec(ds: Any, path: str) -> RasterSpec:
+    descs = tuple(d or "" for d in ds.descriptions)
+    ci = tuple(c.name for c in ds.colorinterp)
+    names = tuple(d or c for d, c in zip(descs, ci, strict=True))
+    return RasterSpec(
+        path=path,
+        width=ds.width,
+        height=ds.height,
+        count=ds.count,
+        dtype=ds.dtypes[0],
+        crs=ds.crs,
+        transform=ds.transform,
+        nodata=ds.nodata,
+        band_names=names,
+        colorinterp=ci,
+        block_shape=tuple(ds.block_shapes[0]) if ds.count else (0, 0),
+        driver=ds.driver,
+    )
+
+
+def describe(path: str | Path) -> RasterSpec:
+    """Open ``path`` just long enough to describe it.
+
+    Raises
+    ------
+    RasterReadError
+        If the path is missing, a directory, unreadable or not a raster.
+    """
+    with RasterSource(path) as src:
+        return src.spec
+
+
+def select_bands(spec: RasterSpec, wanted: Sequence[str], bands: Sequence[int] | None) -> tuple[int, ...]:
+    """Choose which raster bands (1-based) feed a model expecting ``wanted`` bands.
+
+    Explicit ``bands`` win.  Otherwise: the non-alpha bands when their count
+    matches; else bands whose colour interpretation or description matches the
+    wanted names (e.g. red, green, blue out of an RGBN raster).
+
+    Raises
+    ------
+    BandError
+        Naming the raster's bands, the model's, and the ``--bands`` option.
+    """
+    n = len(wanted)
+    listing = ", ".join(f"{i + 1}:{name}" for i, name in enumerate(spec.band_names))
+    if bands is not None:
+        bad = [b for b in bands if not 1 <= b <= spec.count]
+        if bad:
+            raise BandError(f"--bands {list(bands)} names band(s) {bad} but the raster has bands {listing}")
+        if len(bands) != n:
+            raise BandError(
+                f"--bands selects {len(bands)} band(s) but the model expects {n} ({', '.join(wanted)})"
+            )
+        return tuple(bands)
+    non_alpha = [i + 1 for i, c in enumerate(spec.colorinterp) if c != ColorInterp.alpha.name]
+    if len(non_alpha) == n:
+        return tuple(non_alpha)
+    lowered = [name.lower() for name in spec.band_names]
+    picked: list[int] = []
+    for w in wanted:
+        hits = [i + 1 for i, name in enumerate(lowered) if name == w.lower()]
+        if len(hits) != 1:
+            break
+        picked.append(hits[0])
+    if len(picked) == n:
+        return tuple(picked)
+    hint = ",".join(str(i) for i in non_alpha[:n]) if len(non_alpha) >= n else "..."
+    raise BandError(
+        f"the raster has {spec.count} band(s) ({listing}) but the model expects {n} "
+        f"({', '.join(wanted)}); choose them with --bands, e.g. --bands {hint}"
+    )
+
+
+class RasterSource:
+    """An open raster to read windows from, with optional on-the-fly resampling.
+
+    Parameters
+    ----------
+    path : str or Path
+        Anything GDAL opens: GeoTIFF/COG, VRT, JPEG2000, ``/vsicurl/`` URLs.
+    bands : sequence of int, optional
+        1-based bands to read (default: all).
+    resolution : float, optional
+        Read through a warped view resampled (bilinear) to this pixel size in CRS
+        units, same CRS and extent; ``spec`` then describes that grid.
+    assume_crs : str, optional
+        CRS to use when the file has none.
+
+    Notes
+    -----
+    Not thread-safe: use one instance per thread.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        bands: Sequence[int] | None = None,
+        resolution: float | None = None,
+        assume_crs: str | None = None,
+    ) -> None:
+        self.path = str(path)
+        _check_path(self.path)
+        self._stack = ExitStack()
+        try:
+            self._src = self._stack.enter_context(rasterio.open(self.path))
+            if self._src.count == 0:
+                raise RasterReadError(f"{self.path} has no raster bands (subdatasets only?)")
+            self.source_spec = _spec(self._src, self.path)
+            self._ds: Any = self._src
+            if assume_crs is not None and self._src.crs is None:
+                self._crs_override: CRS | None = CRS.from_user_input(assume_crs)
+            else:
+                self._crs_override = None
+            if resolution is not None:
+                self._ds = self._stack.enter_context(self._warped(resolution))
+        except RasterioError as exc:
+            self._stack.close()
+            raise RasterReadError(
+                f"cannot read {self.path} as a raster ({exc}); is it a valid, complete GeoTIFF/COG?"
+            ) from exc
+        except BaseException:
+            self._stack.close()
+            raise
+        spec = _spec(self._ds, self.path)
+        if self._crs_override is not None:
+            spec = RasterSpec(**{**spec.__dict__, "crs": self._crs_override})
+        self.spec = spec
+        self.bands = tuple(bands) if bands is not None else tuple(range(1, spec.count + 1))
+        self._float = np.dtype(spec.dtype).kind in "fc"
+
+    def _warped(self, resolution: float) -> WarpedVRT:
+        src = self._src
+        left, bottom, right, top = _spec(src, self.path).bounds
+        width = max(1, round((right - left) / resolution))
+        height = max(1, round((top - bottom) / resolution))
+        transform = Affine(
+            (right - left) / width, 0, left, 0, -(top - bottom) / height, top
+        )
+        return WarpedVRT(
+            src,
+            crs=src.crs,
+            transform=transform,
+            width=width,
+            height=height,
+            resampling=Resampling.bilinear,
+        )
+
+    def __enter__(self) -> RasterSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the underlying datasets."""
+        self._stack.close()
+
+    def read(self, window: PixelWindow) -> tuple[np.ndarray, np.ndarray]:
+        """Read the selected bands and validity over ``window``.
+
+        Parts of the window past the raster edge are filled by reflection of the
+        pixels inside (so edge tiles see natural context); their validity is
+        reflected too.
+
+        Returns
+        -------
+        data : numpy.ndarray
+            ``(bands, height, width)`` in the raster's dtype.
+        valid : numpy.ndarray
+            bool ``(height, width)``: False where any selected band is nodata
+            (nodata value, NaN, internal/external mask, alpha band).
+
+        Raises
+        ------
+        RasterReadError
+            When GDAL fails to decode a block (corrupt or truncated file).
+        """
+        h, w = self.spec.shape
+        inner = window.clip(h, w)
+        if inner is None:
+            raise ValueError(f"window {window} lies entirely outside the {h}x{w} raster")
+        rw = Window(inner.col_off, inner.row_off, inner.width, inner.height)
+        try:
+            data = self._ds.read(self.bands, window=rw)
+            masks = self._ds.read_masks(self.bands, window=rw)
+        except RasterioError as exc:
+            raise RasterReadError(
+                f"failed to read pixels of {self.path} at rows {inner.row_off}-{inner.row_end}, "
+                f"cols {inner.col_off}-{inner.col_end} ({exc}); the file may be corrupt or truncated"
+            ) from exc
+        valid = np.all(masks > 0, axis=0)
+        if self._float:
+            valid &= np.all(np.isfinite(data), axis=0)
+        if inner != window:
+            pad = (
+                (inner.row_off - window.row_off, window.row_end - inner.row_end),
+                (inner.col_off - window.col_off, window.col_end - inner.col_end),
+            )
+            data = np.pad(data, ((0, 0), *pad), mode="reflect")
+            valid = np.pad(valid, pad, mode="reflect")
+        return data, valid

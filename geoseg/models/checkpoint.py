@@ -1,0 +1,247 @@
+"""Checkpoints: safetensors weights plus a JSON model card, never pickles.
+
+A checkpoint is a directory holding ``model.safetensors`` and
+``model_card.json``.  Loading parses the card, builds the architecture from
+the registry and loads tensors with safetensors, which cannot execute code.
+Plain state dicts a user already has (``.pth``/``.pt`` from smp or torchgeo)
+are read with ``torch.load(weights_only=True)`` and wrapped with a card by
+:func:`wrap_state_dict`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from geoseg.errors import CheckpointError, ModelCardError, OutputExistsError
+from geoseg.models.card import ModelCard
+from geoseg.models.registry import build_model
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "model_card.json"
+BUNDLED_DIR = Path(__file__).parent / "bundled"
+DEFAULT_MODEL = "default"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A network in eval mode with its card and the sha256 of its weights file."""
+
+    model: nn.Module
+    card: ModelCard
+    sha256: str
+    path: Path
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def bundled_models() -> dict[str, Path]:
+    """Models shipped inside the package, by name."""
+    if not BUNDLED_DIR.is_dir():
+        return {}
+    return {
+        p.name: p for p in sorted(BUNDLED_DIR.iterdir()) if (p / CARD_NAME).is_file()
+    }
+
+
+def resolve_model_path(model: str | Path) -> Path:
+    """Turn a bundled model name, a checkpoint directory or its card/weights file into a directory.
+
+    Raises
+    ------
+    CheckpointError
+        If nothing usable is found, with the names of the bundled models.
+    """
+    bundled = bundled_models()
+    if isinstance(model, str) and model in bundled:
+        return bundled[model]
+    p = Path(model)
+    if p.is_dir():
+        return p
+    if p.is_file() and p.name in (WEIGHTS_NAME, CARD_NAME):
+        return p.parent
+    if p.is_file():
+        raise CheckpointError(
+            f"{p} is a single file, but a geoseg checkpoint is a directory with {WEIGHTS_NAME} and "
+            f"{CARD_NAME}; wrap plain weights with 'geoseg models wrap {p} ...'"
+        )
+    names = ", ".join(bundled) or "none installed"
+    raise CheckpointError(
+        f"model {str(model)!r} is neither a bundled model ({names}) nor a checkpoint directory; "
+        "check the --model path"
+    )
+
+
+def load_card(path: str | Path) -> ModelCard:
+    """Read and validate the card of a checkpoint (or bundled model name)."""
+    d = resolve_model_path(path)
+    card_path = d / CARD_NAME
+    if not card_path.is_file():
+        raise CheckpointError(f"{d} has no {CARD_NAME}; a geoseg checkpoint needs one")
+    try:
+        return ModelCard.from_json(card_path.read_bytes())
+    except ModelCardError as exc:
+        raise ModelCardError(f"{card_path}: {exc}") from exc
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"{path} is not a valid safetensors file ({exc}); geoseg never unpickles checkpoints: "
+            "convert plain weights with 'geoseg models wrap'"
+        ) from exc
+
+
+def load_checkpoint(path: str | Path) -> LoadedModel:
+    """Load a checkpoint directory (or bundled model name) into an eval-mode network.
+
+    Raises
+    ------
+    CheckpointError
+        If the weights are not safetensors or do not fit the architecture.
+    ModelCardError
+        If the card is invalid.
+    """
+    d = resolve_model_path(path)
+    card = load_card(d)
+    weights = d / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"{d} has no {WEIGHTS_NAME}")
+    state = _read_safetensors(weights)
+    model = build_model(card)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise CheckpointError(
+            f"weights in {weights} do not fit {card.architecture}/{card.encoder} with "
+            f"{card.in_channels} bands and {card.n_classes} classes: {first}"
+        ) from exc
+    return LoadedModel(model.eval(), card, sha256_file(weights), d)
+
+
+def save_checkpoint(
+    model: nn.Module, card: ModelCard, path: str | Path, *, overwrite: bool = False
+) -> Path:
+    """Write ``model``'s weights and ``card`` as a checkpoint directory, atomically.
+
+    The directory is assembled under a temporary name beside ``path`` and
+    renamed into place when complete.
+    """
+    from safetensors.torch import save_file
+
+    dst = Path(path)
+    if dst.exists() and not overwrite:
+        raise OutputExistsError(f"{dst} exists; pass --overwrite to replace it")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.geoseg-tmp-", dir=dst.parent))
+    try:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"geoseg_card_name": card.name})
+        (tmp / CARD_NAME).write_text(card.to_json() + "\n", encoding="utf-8")
+        if dst.exists():
+            shutil.rmtree(dst)
+        tmp.rename(dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read plain weights from ``.safetensors`` or a ``.pt``/``.pth``/``.ckpt`` file.
+
+    ``torch.load`` runs with ``weights_only=True``: a file that needs arbitrary
+    unpickling is refused.  Lightning/torchgeo checkpoints (``state_dict`` key,
+    ``model.`` prefixes) and DataParallel ``module.`` prefixes are unwrapped.
+    """
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"weights file {p} does not exist")
+    if p.suffix == ".safetensors":
+        state: Any = _read_safetensors(p)
+    else:
+        try:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(
+                f"{p} cannot be read as plain weights with weights_only=True ({type(exc).__name__}); "
+                "geoseg refuses files that need unpickling code — save a state_dict instead"
+            ) from exc
+    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{p} does not hold a state dict of tensors")
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        for prefix in ("model.", "module."):
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+        out[key] = value
+    return out
+
+
+def wrap_state_dict(
+    weights: str | Path, card: ModelCard, dst: str | Path, *, overwrite: bool = False
+) -> Path:
+    """Turn plain weights on disk into a geoseg checkpoint described by ``card``.
+
+    Raises
+    ------
+    CheckpointError
+        If the weights do not fit the card's architecture.
+    """
+    state = read_state_dict(weights)
+    model = build_model(card)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"weights in {weights} do not fit {card.architecture}/{card.encoder}: "
+            f"{str(exc).splitlines()[0]}; check --arch, --encoder, --bands and --classes"
+        ) from exc
+    return save_checkpoint(model, card, dst, overwrite=overwrite)
+
+
+def card_summary(card: ModelCard) -> dict[str, Any]:
+    """A compact, JSON-friendly description for ``geoseg info``."""
+    return json.loads(
+        json.dumps(
+            {
+                "name": card.name,
+                "architecture": card.architecture,
+                "encoder": card.encoder,
+                "bands": list(card.bands),
+                "classes": [{"id": c.id, "name": c.name, "color": c.color} for c in card.classes],
+                "pixel_size_m": card.pixel_size_m,
+                "tile_size": card.tile_size,
+                "overlap": card.overlap,
+                "licence": card.licence,
+                "metrics": card.metrics,
+            }
+        )
+    )

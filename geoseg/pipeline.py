@@ -1,0 +1,373 @@
+"""One scene, end to end: the path the CLI, the demo and batch runs share.
+
+``run_scene`` reads a raster tile by tile, runs the model, blends overlapping
+tiles, and writes a class COG (and optionally probabilities) on exactly the
+input's grid.  Memory stays bounded by the raster width times the tile size.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import resource
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geoseg import __version__
+from geoseg.errors import AllNodataWarning, ConfigError, GeoreferenceError
+from geoseg.infer.predictor import Predictor, normalize
+from geoseg.infer.stream import StreamStats, Strip, stream_segment
+from geoseg.io.read import RasterSource, RasterSpec, select_bands
+from geoseg.io.write_raster import RasterStripWriter
+from geoseg.models.checkpoint import LoadedModel, load_checkpoint
+from geoseg.tiling import make_grid
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int], None]
+
+#: Relative pixel-size difference beyond which inputs are resampled to the model's pixel size.
+RESAMPLE_TOLERANCE = 0.25
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Options of one prediction run (CLI flags and config files build this).
+
+    Parameters
+    ----------
+    tile, overlap : int, optional
+        Tile edge and overlap in pixels (default: the model card's).
+    batch_size : int, optional
+        Tiles per forward pass (default: 8 on GPU, 2 on CPU).
+    device : str
+        ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+    bands : tuple of int, optional
+        1-based raster bands feeding the model, in the model's band order.
+    probabilities : Path, optional
+        Also write a per-class probability COG there.
+    overwrite : bool
+        Replace existing outputs.
+    input_range : (float, float), optional
+        Raw value range mapped to the model's (default: the card's).
+    assume_crs : str, optional
+        CRS for rasters that have none.
+    resample : {"auto", "never"}
+        Resample to the model's pixel size when they differ by more than 25 %.
+    amp : bool, optional
+        Mixed precision (default: on GPUs).
+    """
+
+    tile: int | None = None
+    overlap: int | None = None
+    batch_size: int | None = None
+    device: str = "auto"
+    bands: tuple[int, ...] | None = None
+    probabilities: Path | None = None
+    overwrite: bool = False
+    input_range: tuple[float, float] | None = None
+    assume_crs: str | None = None
+    resample: str = "auto"
+    amp: bool | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.tile is not None and self.tile < 1:
+            raise ConfigError(f"--tile must be positive, got {self.tile}")
+        if self.overlap is not None and self.overlap < 0:
+            raise ConfigError(f"--overlap must be >= 0, got {self.overlap}")
+        if self.resample not in ("auto", "never"):
+            raise ConfigError(f"resample must be 'auto' or 'never', got {self.resample!r}")
+        if self.input_range is not None:
+            lo, hi = self.input_range
+            if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+                raise ConfigError(f"--input-range must be LOW,HIGH with HIGH > LOW, got {self.input_range}")
+
+
+@dataclass
+class RunStats:
+    """What a run did, for the CLI's last line and for logs."""
+
+    width: int = 0
+    height: int = 0
+    pixels: int = 0
+    valid_pixels: int = 0
+    area_km2: float | None = None
+    elapsed_s: float = 0.0
+    peak_rss_mb: float = 0.0
+    tiles: int = 0
+    skipped_tiles: int = 0
+    resampled_to_m: float | None = None
+    class_pixels: dict[int, int] = field(default_factory=dict)
+    outputs: list[str] = field(default_factory=list)
+
+    @property
+    def mpx_per_s(self) -> float:
+        """Input megapixels per second."""
+        return self.pixels / 1e6 / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def summary(self) -> str:
+        """One line: pixels, km², elapsed time, Mpx/s, peak memory."""
+        area = f"{self.area_km2:.3f} km²" if self.area_km2 is not None else "area unknown (no CRS)"
+        return (
+            f"{self.pixels:,} px ({self.width}x{self.height}), {area}, {self.elapsed_s:.1f} s, "
+            f"{self.mpx_per_s:.2f} Mpx/s, peak memory {self.peak_rss_mb:.0f} MB"
+        )
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if sys.platform != "darwin" else peak / 1024 / 1024
+
+
+def check_georeference(spec: RasterSpec, assume_crs: str | None) -> None:
+    """Refuse rasters whose georeferencing geoseg would not reproduce exactly.
+
+    Raises
+    ------
+    GeoreferenceError
+        No CRS (unless ``assume_crs``), or a rotated/sheared geotransform.
+    """
+    if spec.crs is None and assume_crs is None:
+        raise GeoreferenceError(
+            f"{spec.path} has no CRS, so outputs could not be placed on a map; "
+            "pass --assume-crs EPSG:XXXX if you know it"
+        )
+    t = spec.transform
+    if t.b != 0 or t.d != 0:
+        raise GeoreferenceError(
+            f"{spec.path} has a rotated or sheared geotransform {tuple(t)[:6]}; warp it to a "
+            "north-up grid first, e.g. gdalwarp -r bilinear IN OUT.tif"
+        )
+
+
+def _model_tags(loaded: LoadedModel, cfg: PredictConfig, src: str) -> dict[str, str]:
+    return {
+        "GEOSEG_VERSION": __version__,
+        "GEOSEG_MODEL": loaded.card.name,
+        "GEOSEG_MODEL_SHA256": loaded.sha256,
+        "GEOSEG_SOURCE": Path(src).name,
+        "GEOSEG_TIME": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+class _BackgroundWriter:
+    """Writes strips in a thread so the network never waits on compression or disk."""
+
+    def __init__(self, write: Callable[[Strip], None]) -> None:
+        self._q: queue.Queue[Strip | None] = queue.Queue(maxsize=2)
+        self._write = write
+        self._exc: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="geoseg-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            strip = self._q.get()
+            if strip is None:
+                return
+            if self._exc is None:
+                try:
+                    self._write(strip)
+                except BaseException as exc:  # re-raised in the producing thread
+                    self._exc = exc
+
+    def put(self, strip: Strip) -> None:
+        if self._exc is not None:
+            raise self._exc
+        self._q.put(strip)
+
+    def close(self) -> None:
+        self._q.put(None)
+        self._thread.join()
+        if self._exc is not None:
+            raise self._exc
+
+
+def run_scene(
+    src: str | Path,
+    dst: str | Path,
+    model: LoadedModel | str | Path,
+    config: PredictConfig | None = None,
+    progress: ProgressFn | None = None,
+) -> RunStats:
+    """Segment one raster into a class COG on the input's exact grid.
+
+    Parameters
+    ----------
+    src : str or Path
+        Input raster (anything GDAL reads).
+    dst : str or Path
+        Output class COG (uint8 class ids, colour table, nodata 255).
+    model : LoadedModel, str or Path
+        A loaded model, a checkpoint directory or a bundled model name.
+    config : PredictConfig, optional
+        Run options.
+    progress : callable, optional
+        ``progress(done, total)`` in tiles.
+
+    Returns
+    -------
+    RunStats
+
+    Raises
+    ------
+    GeosegError
+        Subclasses for unreadable inputs, missing CRS, band mismatches,
+        existing outputs and write failures; no partial output is left behind.
+    """
+    cfg = config or PredictConfig()
+    t0 = time.perf_counter()
+    loaded = model if isinstance(model, LoadedModel) else load_checkpoint(model)
+    card = loaded.card
+    dst = Path(dst)
+    stats = RunStats()
+    with RasterSource(src, assume_crs=cfg.assume_crs) as probe:
+        spec = probe.spec
+    check_georeference(spec, cfg.assume_crs)
+    bands = select_bands(spec, card.bands, cfg.bands)
+    stats.width, stats.height, stats.pixels = spec.width, spec.height, spec.width * spec.height
+    stats.area_km2 = spec.area_km2
+
+    resolution = None
+    src_ps = spec.pixel_size_m
+    if cfg.resample == "auto" and card.pixel_size_m and src_ps:
+        ratio = src_ps / card.pixel_size_m
+        if abs(ratio - 1) > RESAMPLE_TOLERANCE:
+            resolution = spec.res[0] * card.pixel_size_m / src_ps
+            stats.resampled_to_m = card.pixel_size_m
+            log.info(
+                "input pixel size %.3g m differs from the model's %.3g m; resampling on the fly",
+                src_ps,
+                card.pixel_size_m,
+            )
+
+    predictor = Predictor(
+        loaded.model,
+        card,
+        device=cfg.device,
+        batch_size=cfg.batch_size,
+        amp=cfg.amp,
+        threads=cfg.threads,
+    )
+    tags = _model_tags(loaded, cfg, str(src))
+    colormap = {c.id: c.rgb for c in card.classes}
+    names = [c.name for c in card.classes]
+    counts = np.zeros(256, dtype=np.int64)
+    stream_stats = StreamStats()
+
+    def consume(strips: Any, writer: RasterStripWriter) -> None:
+        bg = _BackgroundWriter(lambda s: writer.write(s.row_off, s.classes, s.probs))
+        try:
+            for strip in strips:
+                counts[:] += np.bincount(strip.classes.ravel(), minlength=256)
+                bg.put(strip)
+        finally:
+            bg.close()
+
+    with RasterSource(src, bands=bands, resolution=resolution, assume_crs=cfg.assume_crs) as reader:
+        rspec = reader.spec
+        grid = make_grid(
+            rspec.height,
+            rspec.width,
+            tile=cfg.tile or card.tile_size,
+            overlap=card.overlap if cfg.overlap is None else cfg.overlap,
+            stride=card.stride,
+        )
+        strips = stream_segment(
+            grid,
+            reader.read,
+            lambda d, v: normalize(d, v, card, cfg.input_range),
+            predictor,
+            card.n_classes,
+            batch_size=predictor.batch_size,
+            probabilities=cfg.probabilities is not None,
+            progress=progress,
+            stats=stream_stats,
+        )
+        crs = rspec.crs
+        if resolution is None:
+            with RasterStripWriter(
+                dst,
+                crs=crs,
+                transform=spec.transform,
+                width=spec.width,
+                height=spec.height,
+                colormap=colormap,
+                class_names=names,
+                probabilities=cfg.probabilities,
+                overwrite=cfg.overwrite,
+                tags=tags,
+            ) as writer:
+                consume(strips, writer)
+        else:
+            from geoseg.io.resample import resample_back
+
+            counts[:] = 0
+            resample_back(
+                strips,
+                model_spec=rspec,
+                source=src,
+                bands=bands,
+                dst=dst,
+                probabilities=cfg.probabilities,
+                colormap=colormap,
+                class_names=names,
+                overwrite=cfg.overwrite,
+                tags=tags,
+                counts=counts,
+                assume_crs=cfg.assume_crs,
+            )
+
+    stats.tiles, stats.skipped_tiles = stream_stats.tiles, stream_stats.skipped_tiles
+    stats.class_pixels = {c.id: int(counts[c.id]) for c in card.classes}
+    stats.valid_pixels = int(sum(stats.class_pixels.values()))
+    if stats.valid_pixels == 0:
+        warnings.warn(
+            f"{src} holds no valid pixel (all nodata); the outputs are valid but empty",
+            AllNodataWarning,
+            stacklevel=2,
+        )
+    stats.outputs = [str(dst)] + ([str(cfg.probabilities)] if cfg.probabilities else [])
+    stats.elapsed_s = time.perf_counter() - t0
+    stats.peak_rss_mb = peak_rss_mb()
+    return stats
+
+
+def parse_bands(text: str | None) -> tuple[int, ...] | None:
+    """Parse ``"3,2,1"`` into ``(3, 2, 1)``.
+
+    >>> parse_bands("3,2,1")
+    (3, 2, 1)
+    """
+    if text is None or not text.strip():
+        return None
+    try:
+        out = tuple(int(part) for part in text.split(","))
+    except ValueError as exc:
+        raise ConfigError(f"--bands must be comma-separated band numbers like 3,2,1, got {text!r}") from exc
+    if any(b < 1 for b in out):
+        raise ConfigError(f"--bands are 1-based band numbers, got {text!r}")
+    return out
+
+
+def parse_range(text: str | None) -> tuple[float, float] | None:
+    """Parse ``"0,10000"`` into ``(0.0, 10000.0)``."""
+    if text is None:
+        return None
+    parts: Sequence[str] = text.split(",")
+    try:
+        lo, hi = (float(p) for p in parts)
+    except ValueError as exc:
+        raise ConfigError(f"--input-range must be LOW,HIGH like 0,10000, got {text!r}") from exc
+    return lo, hi
