@@ -26,6 +26,7 @@ from geoseg import __version__
 from geoseg.errors import AllNodataWarning, ConfigError, GeoreferenceError
 from geoseg.infer.predictor import Predictor, normalize
 from geoseg.infer.stream import StreamStats, Strip, stream_segment
+from geoseg.io.env import gdal_env
 from geoseg.io.read import RasterSource, RasterSpec, select_bands
 from geoseg.io.write_raster import RasterStripWriter
 from geoseg.models.checkpoint import LoadedModel, load_checkpoint
@@ -226,7 +227,17 @@ def run_scene(
         Subclasses for unreadable inputs, missing CRS, band mismatches,
         existing outputs and write failures; no partial output is left behind.
     """
-    cfg = config or PredictConfig()
+    with gdal_env():
+        return _run_scene(src, dst, model, config or PredictConfig(), progress)
+
+
+def _run_scene(
+    src: str | Path,
+    dst: str | Path,
+    model: LoadedModel | str | Path,
+    cfg: PredictConfig,
+    progress: ProgressFn | None,
+) -> RunStats:
     t0 = time.perf_counter()
     loaded = model if isinstance(model, LoadedModel) else load_checkpoint(model)
     card = loaded.card

@@ -14,6 +14,7 @@ import click
 from geoseg import __version__
 from geoseg.cli.options import configure_logging
 from geoseg.errors import GeosegError, GeosegWarning, InterruptedRunError
+from geoseg.runtime import bound_malloc
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -51,7 +52,9 @@ def _show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: A
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; map geoseg errors to one line and a non-zero exit."""
-    verbose = any(a in ("-v", "--verbose") or (a.startswith("-v") and set(a[1:]) == {"v"}) for a in (argv or sys.argv[1:]))
+    args = argv if argv is not None else sys.argv[1:]
+    verbose = any(a == "--verbose" or (a.startswith("-v") and set(a[1:]) == {"v"}) for a in args)
+    bound_malloc()
     signal.signal(signal.SIGTERM, _on_sigterm)
     warnings.showwarning = _show_warning
     try:

@@ -116,7 +116,9 @@ def _check_path(path: str) -> None:
     if p.is_dir():
         raise RasterReadError(f"input {path} is a directory, not a raster; pass a raster file")
     if not os.access(p, os.R_OK):
-        raise RasterReadError(f"input {path} is not readable (permission denied); fix its permissions")
+        raise RasterReadError(
+            f"input {path} is not readable (permission denied); fix its permissions"
+        )
 
 
 def _spec(ds: Any, path: str) -> RasterSpec:
@@ -151,7 +153,9 @@ def describe(path: str | Path) -> RasterSpec:
         return src.spec
 
 
-def select_bands(spec: RasterSpec, wanted: Sequence[str], bands: Sequence[int] | None) -> tuple[int, ...]:
+def select_bands(
+    spec: RasterSpec, wanted: Sequence[str], bands: Sequence[int] | None
+) -> tuple[int, ...]:
     """Choose which raster bands (1-based) feed a model expecting ``wanted`` bands.
 
     Explicit ``bands`` win.  Otherwise: the non-alpha bands when their count
@@ -168,7 +172,9 @@ def select_bands(spec: RasterSpec, wanted: Sequence[str], bands: Sequence[int] |
     if bands is not None:
         bad = [b for b in bands if not 1 <= b <= spec.count]
         if bad:
-            raise BandError(f"--bands {list(bands)} names band(s) {bad} but the raster has bands {listing}")
+            raise BandError(
+                f"--bands {list(bands)} names band(s) {bad} but the raster has bands {listing}"
+            )
         if len(bands) != n:
             raise BandError(
                 f"--bands selects {len(bands)} band(s) but the model expects {n} ({', '.join(wanted)})"
@@ -256,9 +262,7 @@ class RasterSource:
         left, bottom, right, top = _spec(src, self.path).bounds
         width = max(1, round((right - left) / resolution))
         height = max(1, round((top - bottom) / resolution))
-        transform = Affine(
-            (right - left) / width, 0, left, 0, -(top - bottom) / height, top
-        )
+        transform = Affine((right - left) / width, 0, left, 0, -(top - bottom) / height, top)
         return WarpedVRT(
             src,
             crs=src.crs,
@@ -290,8 +294,8 @@ class RasterSource:
         data : numpy.ndarray
             ``(bands, height, width)`` in the raster's dtype.
         valid : numpy.ndarray
-            bool ``(height, width)``: False where any selected band is nodata
-            (nodata value, NaN, internal/external mask, alpha band).
+            bool ``(height, width)``: False where every selected band is nodata
+            (nodata value, internal/external mask, alpha band) or any band is NaN.
 
         Raises
         ------
@@ -311,7 +315,9 @@ class RasterSource:
                 f"failed to read pixels of {self.path} at rows {inner.row_off}-{inner.row_end}, "
                 f"cols {inner.col_off}-{inner.col_end} ({exc}); the file may be corrupt or truncated"
             ) from exc
-        valid = np.all(masks > 0, axis=0)
+        # GDAL's dataset-mask rule: a pixel is nodata only when every band is;
+        # a dark pixel with one band at the nodata value is still data.
+        valid = np.any(masks > 0, axis=0)
         if self._float:
             valid &= np.all(np.isfinite(data), axis=0)
         if inner != window:

@@ -49,7 +49,9 @@ def resample_back(
     ``counts`` (length 256) is incremented with the final class histogram.
     """
     n = len(class_names)
-    fd, name = tempfile.mkstemp(prefix=f".{dst.stem}.geoseg-model-grid-", suffix=".tif", dir=dst.parent)
+    fd, name = tempfile.mkstemp(
+        prefix=f".{dst.stem}.geoseg-model-grid-", suffix=".tif", dir=dst.parent
+    )
     os.close(fd)
     stage = Path(name)
     profile = {
@@ -74,7 +76,12 @@ def resample_back(
                     st.write(s.probs, list(range(2, n + 2)), window=win)
         with rasterio.open(source) as src, rasterio.open(stage) as st:
             crs = src.crs if src.crs is not None else rasterio.crs.CRS.from_user_input(assume_crs)
-            common = {"crs": crs, "transform": src.transform, "width": src.width, "height": src.height}
+            common = {
+                "crs": crs,
+                "transform": src.transform,
+                "width": src.width,
+                "height": src.height,
+            }
             with (
                 WarpedVRT(st, resampling=Resampling.nearest, **common) as cls_vrt,
                 WarpedVRT(st, resampling=Resampling.bilinear, **common) as prob_vrt,
@@ -93,7 +100,7 @@ def resample_back(
             ):
                 for row in range(0, src.height, STRIP_ROWS):
                     win = Window(0, row, src.width, min(STRIP_ROWS, src.height - row))
-                    valid = np.all(src.read_masks(list(bands), window=win) > 0, axis=0)
+                    valid = np.any(src.read_masks(list(bands), window=win) > 0, axis=0)
                     cls = cls_vrt.read(1, window=win)
                     cls[~valid] = CLASS_NODATA
                     probs = None

@@ -47,7 +47,9 @@ def _cog_options(resampling: str) -> dict[str, Any]:
 
 @contextmanager
 def _staging(final: Path) -> Iterator[Path]:
-    fd, name = tempfile.mkstemp(prefix=f".{final.stem}.geoseg-part-", suffix=".tif", dir=final.parent)
+    fd, name = tempfile.mkstemp(
+        prefix=f".{final.stem}.geoseg-part-", suffix=".tif", dir=final.parent
+    )
     os.close(fd)
     try:
         yield Path(name)
@@ -130,7 +132,12 @@ class RasterStripWriter:
         try:
             self._cls_ds = self._stack.enter_context(
                 rasterio.open(
-                    self._finals[0][0], "w", **self._profile, count=1, dtype="uint8", nodata=CLASS_NODATA
+                    self._finals[0][0],
+                    "w",
+                    **self._profile,
+                    count=1,
+                    dtype="uint8",
+                    nodata=CLASS_NODATA,
                 )
             )
             self._cls_ds.write_colormap(1, {k: (*v, 255) for k, v in self._colormap.items()})
@@ -169,7 +176,9 @@ class RasterStripWriter:
             if self._prob_ds is not None and probs is not None:
                 self._prob_ds.write(probs, window=win)
         except (RasterioError, OSError) as exc:
-            raise OutputWriteError(f"failed writing {self.path} ({exc}); is the disk full?") from exc
+            raise OutputWriteError(
+                f"failed writing {self.path} ({exc}); is the disk full?"
+            ) from exc
 
     def commit(self) -> None:
         """Convert the staged GeoTIFFs to COGs and rename them onto the final names."""
@@ -195,7 +204,9 @@ class RasterStripWriter:
     def __enter__(self) -> RasterStripWriter:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
         if exc is None:
             self.commit()
         else:

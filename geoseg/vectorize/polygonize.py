@@ -1,0 +1,608 @@
+"""Polygonize class rasters strip by strip, with seams that leave no trace.
+
+:func:`polygonize_strips` takes a class raster as horizontal strips, top to
+bottom, and yields exactly the polygons that
+``rasterio.features.shapes(whole_raster, mask=valid, connectivity=4)`` would
+give: one polygon (with holes) per 4-connected component of equal class, with
+the very same vertex coordinates.  Components are merged across strip seams
+with a union-find over the two rows that meet there, so a polygon is yielded as
+soon as the strip below it no longer touches it; only components that cross
+the current seam are carried over, and memory follows the raster width, not
+its height.
+
+How one strip is processed:
+
+1. label the 4-connected components of every class present
+   (:func:`scipy.ndimage.label`), giving one integer id per component;
+2. polygonize the label image with :func:`rasterio.features.shapes` in pixel
+   coordinates (integers, so unions across seams are exact);
+3. count pixels (and sum confidences) per component with :func:`numpy.bincount`;
+4. link components of this strip's first row to the open groups of the last
+   strip's bottom row (same class, vertically adjacent pixels);
+5. yield groups that no longer touch the bottom row after a
+   :func:`shapely.union_all` of their parts, and map them to raster coordinates
+   with the same arithmetic GDAL uses (``x = c + col * a + row * b``), so the
+   coordinates match the whole-raster polygons bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import rasterio.features
+import shapely
+from rasterio.transform import Affine
+from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from shapely.geometry import Polygon
+
+from geoseg.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_BLOCK_ROWS",
+    "PolygonRecord",
+    "polygonize_array",
+    "polygonize_strips",
+]
+
+DEFAULT_BLOCK_ROWS = 512
+"""Strip height used by :func:`polygonize_array` when ``block_rows`` is None."""
+
+_FOUR_CONNECTED = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
+
+# Unioning the parts of a group that stays open for many strips (1-row strips, a
+# very tall component) keeps the list of parts short; the threshold trades a few
+# intermediate unions against holding thousands of slivers.
+_MAX_OPEN_PARTS = 64
+
+
+class AffineLike(Protocol):
+    """The six coefficients of an affine transform (``rasterio``'s ``Affine``)."""
+
+    @property
+    def a(self) -> float: ...
+    @property
+    def b(self) -> float: ...
+    @property
+    def c(self) -> float: ...
+    @property
+    def d(self) -> float: ...
+    @property
+    def e(self) -> float: ...
+    @property
+    def f(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class PolygonRecord:
+    """One polygon of a class raster with its pixel statistics.
+
+    Attributes
+    ----------
+    value : int
+        Class value of the component.
+    geometry : shapely.Polygon
+        The component's outline (with holes) in the coordinates of the raster
+        transform.
+    pixel_count : int
+        Number of pixels in the component (at least 1).
+    confidence_sum : float or None
+        Sum of the per-pixel confidences over the component, in the units of
+        the confidence array (0-1 or 0-255), or None without confidences.
+    """
+
+    value: int
+    geometry: Polygon
+    pixel_count: int
+    confidence_sum: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.pixel_count < 1:
+            raise ConfigError(
+                f"PolygonRecord.pixel_count must be at least 1, got {self.pixel_count}"
+            )
+
+    @property
+    def mean_confidence(self) -> float | None:
+        """Mean confidence over the component's pixels, or None without confidences."""
+        if self.confidence_sum is None:
+            return None
+        return self.confidence_sum / self.pixel_count
+
+
+@dataclass
+class _Group:
+    """A component that touches the current seam: its parts so far, in pixel space."""
+
+    value: int
+    parts: list[shapely.Geometry]
+    pixel_count: int
+    confidence_sum: float
+    first_pixel: int
+
+
+class _Done(NamedTuple):
+    """A finished component, still in pixel coordinates."""
+
+    first_pixel: int
+    value: int
+    geometry: shapely.Geometry
+    pixel_count: int
+    confidence_sum: float
+
+
+@dataclass
+class _Strip:
+    """Everything known about one labelled strip (labels are 1..n, 0 is no data)."""
+
+    row_off: int
+    labels: npt.NDArray[np.int32]
+    values: npt.NDArray[np.int64]
+    counts: npt.NDArray[np.int64]
+    conf_sums: npt.NDArray[np.float64] | None
+    polygons: list[shapely.Geometry]
+    first_pixels: npt.NDArray[np.int64]
+    touches_bottom: npt.NDArray[np.bool_] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.touches_bottom = np.zeros(len(self.values), dtype=bool)
+        self.touches_bottom[self.labels[-1]] = True
+        self.touches_bottom[0] = False
+
+
+def polygonize_strips(
+    strips: Iterable[tuple[int, npt.NDArray[np.integer] | npt.NDArray[np.bool_]]],
+    transform: AffineLike,
+    *,
+    nodata: float | None = None,
+    skip_values: Sequence[int] = (),
+    confidence: Iterable[npt.NDArray[np.floating] | npt.NDArray[np.integer]] | None = None,
+) -> Iterator[PolygonRecord]:
+    """Polygonize a class raster given as consecutive horizontal strips.
+
+    The polygons are identical to those of
+    ``rasterio.features.shapes(raster, mask=valid, connectivity=4,
+    transform=transform)`` on the whole raster: one polygon per 4-connected
+    component of equal class, with the same vertex coordinates.
+
+    Parameters
+    ----------
+    strips : iterable of (int, numpy.ndarray)
+        ``(row_off, class_strip)`` pairs, top to bottom.  ``class_strip`` is a
+        2-D integer (or bool) array of shape ``(rows, width)`` covering the
+        full raster width; ``row_off`` is the raster row of its first row, and
+        each strip starts where the previous one ended.  Heights may vary,
+        down to a single row.
+    transform : affine.Affine
+        Transform of the whole raster (pixel ``(col, row)`` to coordinates).
+    nodata : int or float, optional
+        Class value that marks missing data: those pixels yield no polygon and
+        connect nothing.
+    skip_values : sequence of int, optional
+        Further class values that yield no polygon, e.g. ``(0,)`` for
+        background.
+    confidence : iterable of numpy.ndarray, optional
+        Per-pixel confidences, one array per strip with the strip's shape
+        (float, or uint8 in 0-255).  Each record then carries the sum over its
+        pixels; NaN confidences make that sum NaN.
+
+    Yields
+    ------
+    PolygonRecord
+        Records in raster coordinates.  A record is yielded with the first
+        strip that no longer touches its component; records freed by the same
+        strip come in raster order of their first (top-most, then left-most)
+        pixel, so the order is deterministic.
+
+    Raises
+    ------
+    ConfigError
+        If a strip is not 2-D, not integer, has no rows, changes width, does
+        not start where the previous one ended, or if confidences are missing
+        or mis-shaped.  Raised when the offending strip is reached.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from rasterio.transform import from_origin
+    >>> arr = np.array([[1, 1, 0], [0, 1, 0], [2, 1, 1]], dtype=np.uint8)
+    >>> strips = [(0, arr[:1]), (1, arr[1:])]
+    >>> recs = list(polygonize_strips(strips, from_origin(0, 3, 1, 1), skip_values=(0,)))
+    >>> [(r.value, r.pixel_count, r.geometry.area) for r in recs]
+    [(1, 5, 5.0), (2, 1, 1.0)]
+    """
+    coeffs = _check_transform(transform)
+    skip = _check_skip(nodata, skip_values)
+    return _polygonize(strips, coeffs, skip, confidence)
+
+
+def polygonize_array(
+    arr: npt.NDArray[np.integer] | npt.NDArray[np.bool_],
+    transform: AffineLike,
+    *,
+    nodata: float | None = None,
+    skip_values: Sequence[int] = (),
+    confidence: npt.NDArray[np.floating] | npt.NDArray[np.integer] | None = None,
+    block_rows: int | None = None,
+) -> Iterator[PolygonRecord]:
+    """Polygonize an in-memory class raster through :func:`polygonize_strips`.
+
+    Parameters
+    ----------
+    arr : numpy.ndarray
+        2-D integer class raster, shape ``(rows, cols)``.
+    transform : affine.Affine
+        Transform of ``arr``.
+    nodata, skip_values
+        As in :func:`polygonize_strips`.
+    confidence : numpy.ndarray, optional
+        Per-pixel confidences with the shape of ``arr``.
+    block_rows : int, optional
+        Strip height in rows; :data:`DEFAULT_BLOCK_ROWS` when None.  Smaller
+        strips use less memory for labels, the polygons are the same.
+
+    Returns
+    -------
+    iterator of PolygonRecord
+        As yielded by :func:`polygonize_strips`.
+
+    Raises
+    ------
+    ConfigError
+        If ``arr`` is not 2-D, ``confidence`` has another shape, or
+        ``block_rows`` is not a positive integer.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from rasterio.transform import from_origin
+    >>> arr = np.zeros((6, 6), dtype=np.uint8)
+    >>> arr[1:5, 1:5] = 3
+    >>> [r.geometry.area for r in polygonize_array(arr, from_origin(0, 12, 2, 2), block_rows=1)]
+    [64.0, 80.0]
+    """
+    if arr.ndim != 2:
+        raise ConfigError(f"arr must be a 2-D class raster, got shape {arr.shape}")
+    if confidence is not None and confidence.shape != arr.shape:
+        raise ConfigError(
+            f"confidence shape {confidence.shape} differs from the class raster's {arr.shape}; "
+            "pass a confidence array of the same shape"
+        )
+    rows = DEFAULT_BLOCK_ROWS if block_rows is None else block_rows
+    if isinstance(rows, bool) or not isinstance(rows, int | np.integer) or rows < 1:
+        raise ConfigError(f"block_rows must be a positive integer or None, got {block_rows!r}")
+    rows = int(rows)
+    offsets = range(0, arr.shape[0], rows)
+    strips = ((r, arr[r : r + rows]) for r in offsets)
+    conf = None if confidence is None else (confidence[r : r + rows] for r in offsets)
+    return polygonize_strips(
+        strips, transform, nodata=nodata, skip_values=skip_values, confidence=conf
+    )
+
+
+def _check_transform(transform: AffineLike) -> tuple[float, float, float, float, float, float]:
+    try:
+        coeffs = tuple(float(getattr(transform, k)) for k in "abcdef")
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"transform must be an affine.Affine (rasterio's dataset.transform), got {transform!r}"
+        ) from exc
+    a, b, c, d, e, f = coeffs
+    if not all(math.isfinite(v) for v in coeffs) or a * e - b * d == 0:
+        raise ConfigError(f"transform {transform!r} is not finite and invertible; check the raster")
+    return a, b, c, d, e, f
+
+
+def _check_skip(nodata: float | None, skip_values: Sequence[int]) -> tuple[float, ...]:
+    values = [*skip_values, *([] if nodata is None else [nodata])]
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise ConfigError(
+                f"nodata and skip_values must be numbers, got nodata={nodata!r}, "
+                f"skip_values={skip_values!r}"
+            )
+    return tuple(values)
+
+
+def _polygonize(
+    strips: Iterable[tuple[int, npt.NDArray[np.integer] | npt.NDArray[np.bool_]]],
+    coeffs: tuple[float, float, float, float, float, float],
+    skip: tuple[float, ...],
+    confidence: Iterable[npt.NDArray[np.floating] | npt.NDArray[np.integer]] | None,
+) -> Iterator[PolygonRecord]:
+    conf_iter = None if confidence is None else iter(confidence)
+    groups: dict[int, _Group] = {}
+    # Group id (or -1) and class of every pixel of the previous strip's bottom row.
+    seam_gids: npt.NDArray[np.int64] | None = None
+    seam_values: npt.NDArray[np.generic] | None = None
+    next_gid = 0
+    expected_row: int | None = None
+    width: int | None = None
+
+    for row_off, class_strip in strips:
+        strip = np.asarray(class_strip)
+        _check_strip(strip, row_off, expected_row, width)
+        width = strip.shape[1]
+        expected_row = int(row_off) + strip.shape[0]
+        conf = _next_confidence(conf_iter, strip.shape, int(row_off))
+
+        s = _label_strip(strip, int(row_off), skip, conf)
+        done: list[_Done] = []
+        label_gid = np.full(len(s.values), -1, dtype=np.int64)
+        linked = np.zeros(len(s.values), dtype=bool)
+        survivors: dict[int, _Group] = {}
+
+        if seam_gids is not None and seam_values is not None:
+            top = s.labels[0]
+            touching = (seam_gids >= 0) & (top > 0) & (seam_values == strip[0])
+            pairs = np.unique(np.stack([seam_gids[touching], top[touching]], axis=1), axis=0)
+            linked_gids = set(pairs[:, 0].tolist())
+            for gid, group in groups.items():
+                if gid not in linked_gids:
+                    done.append(_finish(group))
+            for gids, labels in _link(pairs):
+                linked[labels] = True
+                merged = _merge(s, [groups[g] for g in gids], labels)
+                if s.touches_bottom[labels].any():
+                    label_gid[labels] = next_gid
+                    survivors[next_gid] = merged
+                    next_gid += 1
+                else:
+                    done.append(_finish(merged))
+
+        for lab in np.flatnonzero(~linked[1:]) + 1:
+            if s.touches_bottom[lab]:
+                label_gid[lab] = next_gid
+                survivors[next_gid] = _merge(s, [], np.array([lab]))
+                next_gid += 1
+            else:
+                csum = 0.0 if s.conf_sums is None else float(s.conf_sums[lab])
+                done.append(
+                    _Done(
+                        int(s.first_pixels[lab]),
+                        int(s.values[lab]),
+                        s.polygons[lab],
+                        int(s.counts[lab]),
+                        csum,
+                    )
+                )
+
+        groups = survivors
+        seam_gids = label_gid[s.labels[-1]]
+        seam_values = strip[-1].copy()
+        yield from _records(done, coeffs, conf_iter is not None)
+
+    if conf_iter is not None and next(conf_iter, None) is not None:
+        raise ConfigError(
+            "confidence has more arrays than there are class strips; give one per strip"
+        )
+    yield from _records([_finish(g) for g in groups.values()], coeffs, conf_iter is not None)
+
+
+def _check_strip(
+    strip: npt.NDArray[np.generic], row_off: int, expected_row: int | None, width: int | None
+) -> None:
+    if isinstance(row_off, bool) or not isinstance(row_off, int | np.integer) or row_off < 0:
+        raise ConfigError(f"strip row_off must be a non-negative integer, got {row_off!r}")
+    if strip.ndim != 2 or strip.shape[0] == 0:
+        raise ConfigError(
+            f"strip at row_off={row_off} must be a 2-D array with at least one row, "
+            f"got shape {strip.shape}"
+        )
+    if strip.dtype.kind not in "iub":
+        raise ConfigError(
+            f"strip at row_off={row_off} has dtype {strip.dtype}; class rasters must be "
+            "integer (cast with .astype(np.int32) after rounding)"
+        )
+    if width is not None and strip.shape[1] != width:
+        raise ConfigError(
+            f"strip at row_off={row_off} is {strip.shape[1]} columns wide, earlier strips were "
+            f"{width}; every strip must cover the full raster width"
+        )
+    if expected_row is not None and row_off != expected_row:
+        raise ConfigError(
+            f"strip row_off={row_off} does not follow the previous strip, which ended at row "
+            f"{expected_row}; give strips top to bottom without gaps or overlaps"
+        )
+
+
+def _next_confidence(
+    conf_iter: Iterator[npt.NDArray[np.floating] | npt.NDArray[np.integer]] | None,
+    shape: tuple[int, ...],
+    row_off: int,
+) -> npt.NDArray[np.float64] | None:
+    if conf_iter is None:
+        return None
+    try:
+        conf = np.asarray(next(conf_iter))
+    except StopIteration:
+        raise ConfigError(
+            f"confidence ran out before the strip at row_off={row_off}; give one confidence "
+            "array per class strip"
+        ) from None
+    if conf.shape != shape:
+        raise ConfigError(
+            f"confidence for the strip at row_off={row_off} has shape {conf.shape}, the class "
+            f"strip {shape}; they must match"
+        )
+    return conf.astype(np.float64, copy=False)
+
+
+def _present_classes(strip: npt.NDArray[np.generic], skip: tuple[float, ...]) -> list[int]:
+    if strip.dtype == np.bool_:
+        strip = strip.view(np.uint8)
+    if strip.dtype.kind == "u" and strip.dtype.itemsize <= 2:
+        present = np.flatnonzero(np.bincount(strip.ravel()))
+    else:
+        lo, hi = int(strip.min()), int(strip.max())
+        if hi - lo < 1 << 16:
+            present = np.flatnonzero(np.bincount((strip.astype(np.int64) - lo).ravel())) + lo
+        else:
+            present = np.unique(strip)
+    # Python compares int and float exactly, even past 2**53.
+    return [v for v in map(int, present) if not any(v == x for x in skip)]
+
+
+def _label_strip(
+    strip: npt.NDArray[np.generic],
+    row_off: int,
+    skip: tuple[float, ...],
+    conf: npt.NDArray[np.float64] | None,
+) -> _Strip:
+    labels = np.zeros(strip.shape, dtype=np.int32)
+    values = [0]
+    n = 0
+    for value in _present_classes(strip, skip):
+        lab, count = ndimage.label(strip == value, structure=_FOUR_CONNECTED, output=np.int32)
+        if count == 0:
+            continue
+        inside = lab > 0
+        labels[inside] = lab[inside] + n
+        values.extend([value] * count)
+        n += count
+
+    flat = labels.ravel()
+    counts = np.bincount(flat, minlength=n + 1)
+    conf_sums: npt.NDArray[np.float64] | None = None
+    if conf is not None:
+        conf_sums = np.bincount(flat, weights=conf.ravel(), minlength=n + 1).astype(np.float64)
+
+    polygons = _label_polygons(labels, n, row_off)
+
+    width = strip.shape[1]
+    first_pixels = np.zeros(n + 1, dtype=np.int64)
+    for lab, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        r0, c0 = box[0].start, box[1].start
+        col = c0 + int(np.argmax(labels[r0, box[1]] == lab))
+        first_pixels[lab] = (row_off + r0) * width + col
+
+    return _Strip(
+        row_off=row_off,
+        labels=labels,
+        values=np.asarray(values, dtype=np.int64),
+        counts=counts.astype(np.int64),
+        conf_sums=conf_sums,
+        polygons=polygons,
+        first_pixels=first_pixels,
+    )
+
+
+def _label_polygons(labels: npt.NDArray[np.int32], n: int, row_off: int) -> list[shapely.Geometry]:
+    """Polygon of every label (index 0 is an empty placeholder), in pixel coordinates."""
+    polygons: list[shapely.Geometry] = [shapely.Polygon()] * (n + 1)
+    if n == 0:
+        return polygons
+    # Integer pixel coordinates: exact, so seam unions never need snapping.
+    pixel_space = Affine(1.0, 0.0, 0.0, 0.0, 1.0, float(row_off))
+    found: list[int] = []
+    points: list[tuple[float, float]] = []
+    ring_sizes: list[int] = []
+    rings_per_polygon: list[int] = []
+    for geom, lab_value in rasterio.features.shapes(
+        labels, mask=labels > 0, connectivity=4, transform=pixel_space
+    ):
+        found.append(int(lab_value))
+        rings = geom["coordinates"]
+        rings_per_polygon.append(len(rings))
+        for ring in rings:
+            ring_sizes.append(len(ring))
+            points.extend(ring)
+    # Building all rings and polygons in two vectorised calls is several times
+    # faster than shapely.geometry.shape() on each GeoJSON mapping.
+    rings_arr = shapely.linearrings(
+        np.asarray(points, dtype=np.float64),
+        indices=np.repeat(np.arange(len(ring_sizes)), ring_sizes),
+    )
+    built = shapely.polygons(rings_arr, indices=np.repeat(np.arange(len(found)), rings_per_polygon))
+    for lab, poly in zip(found, built, strict=True):
+        polygons[lab] = poly
+    return polygons
+
+
+def _link(
+    pairs: npt.NDArray[np.int64],
+) -> list[tuple[list[int], npt.NDArray[np.int64]]]:
+    """Connected groups of (open group ids, strip labels) linked across the seam."""
+    if len(pairs) == 0:
+        return []
+    gids, gid_idx = np.unique(pairs[:, 0], return_inverse=True)
+    labels, lab_idx = np.unique(pairs[:, 1], return_inverse=True)
+    n_nodes = len(gids) + len(labels)
+    graph = coo_matrix(
+        (np.ones(len(pairs)), (gid_idx, lab_idx + len(gids))), shape=(n_nodes, n_nodes)
+    )
+    n_comp, comp = connected_components(graph, directed=False)
+    gid_comp, lab_comp = comp[: len(gids)], comp[len(gids) :]
+    order_g = np.argsort(gid_comp, kind="stable")
+    order_l = np.argsort(lab_comp, kind="stable")
+    split_g = np.searchsorted(gid_comp[order_g], np.arange(1, n_comp))
+    split_l = np.searchsorted(lab_comp[order_l], np.arange(1, n_comp))
+    return [
+        (g.tolist(), lab)
+        for g, lab in zip(
+            np.split(gids[order_g], split_g), np.split(labels[order_l], split_l), strict=True
+        )
+    ]
+
+
+def _merge(s: _Strip, previous: list[_Group], labels: npt.NDArray[np.int64]) -> _Group:
+    parts = [p for g in previous for p in g.parts]
+    parts.extend(s.polygons[int(lab)] for lab in labels)
+    if len(parts) > _MAX_OPEN_PARTS:
+        parts = [shapely.union_all(parts)]
+    firsts = [g.first_pixel for g in previous] + s.first_pixels[labels].tolist()
+    value = previous[0].value if previous else int(s.values[labels[0]])
+    csum = sum(g.confidence_sum for g in previous)
+    if s.conf_sums is not None:
+        csum += float(s.conf_sums[labels].sum())
+    return _Group(
+        value=value,
+        parts=parts,
+        pixel_count=sum(g.pixel_count for g in previous) + int(s.counts[labels].sum()),
+        confidence_sum=csum,
+        first_pixel=min(firsts),
+    )
+
+
+def _finish(group: _Group) -> _Done:
+    if len(group.parts) == 1:
+        geom = group.parts[0]
+    else:
+        # The seam leaves collinear vertices where GDAL has none; they would move off
+        # the line under a rotated transform and break bit-exact equality.
+        geom = shapely.simplify(shapely.union_all(group.parts), 0.0, preserve_topology=False)
+    return _Done(group.first_pixel, group.value, geom, group.pixel_count, group.confidence_sum)
+
+
+def _records(
+    done: list[_Done],
+    coeffs: tuple[float, float, float, float, float, float],
+    with_confidence: bool,
+) -> Iterator[PolygonRecord]:
+    if not done:
+        return
+    done.sort(key=lambda item: item.first_pixel)
+    a, b, c, d, e, f = coeffs
+
+    def to_raster(xy: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        # Same operation order as GDAL's polygonizer, so coordinates match bit for bit.
+        col, row = xy[:, 0], xy[:, 1]
+        return np.column_stack([c + col * a + row * b, f + col * d + row * e])
+
+    geoms = shapely.transform(np.array([item.geometry for item in done], dtype=object), to_raster)
+    for item, geom in zip(done, geoms, strict=True):
+        yield PolygonRecord(
+            value=item.value,
+            geometry=geom,
+            pixel_count=item.pixel_count,
+            confidence_sum=item.confidence_sum if with_confidence else None,
+        )

@@ -1,0 +1,109 @@
+"""Shared fixtures: tiny rasters generated on the fly and tiny checkpoints."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from geoseg.models import ModelCard, build_model, save_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data() -> Path | None:
+    """../shared/data (or $GEOSEG_TEST_DATA) when present."""
+    env = os.environ.get("GEOSEG_TEST_DATA")
+    p = Path(env) if env else REPO.parent / "shared" / "data"
+    return p if p.is_dir() else None
+
+
+def write_raster(
+    path: Path,
+    data: np.ndarray,
+    *,
+    crs: str | None = "EPSG:32633",
+    transform: Any = None,
+    nodata: float | None = None,
+    **extra: Any,
+) -> Path:
+    """Write ``data`` (bands, rows, cols) as a GeoTIFF."""
+    if data.ndim == 2:
+        data = data[None]
+    count, h, w = data.shape
+    profile = {
+        "driver": "GTiff",
+        "width": w,
+        "height": h,
+        "count": count,
+        "dtype": data.dtype.name,
+        "crs": crs,
+        "transform": transform if transform is not None else from_origin(500000, 6000000, 0.5, 0.5),
+        "nodata": nodata,
+    }
+    profile.update(extra)
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(data)
+    return path
+
+
+def random_image(h: int, w: int, bands: int = 3, seed: int = 0) -> np.ndarray:
+    """Smooth-ish random uint8 imagery (blocky so classes form regions)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (bands, h // 8 + 2, w // 8 + 2)).astype(np.uint8)
+    img = np.repeat(np.repeat(small, 8, axis=1), 8, axis=2)[:, :h, :w]
+    noise = rng.integers(0, 30, img.shape).astype(np.uint8)
+    return img // 2 + noise
+
+
+def tiny_card(
+    bands: Sequence[str] = ("red", "green", "blue"),
+    n_classes: int = 3,
+    **overrides: Any,
+) -> ModelCard:
+    names = ["background", "building", "vegetation", "cropland", "water"][:n_classes]
+    colors = ["#000000", "#e41a1c", "#4daf4a", "#ffd92f", "#377eb8"]
+    d: dict[str, Any] = {
+        "name": "tiny-test",
+        "architecture": "tinycnn",
+        "bands": list(bands),
+        "classes": [
+            {"id": i, "name": n, "color": colors[i], "vectorize": i != 0} for i, n in enumerate(names)
+        ],
+        "stride": 1,
+        "tile_size": 128,
+        "overlap": 32,
+        "mean": [0.5] * len(bands),
+        "std": [0.25] * len(bands),
+    }
+    d.update(overrides)
+    return ModelCard.from_dict(d)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stride-1 three-class checkpoint with a 7-pixel receptive field."""
+    import torch
+
+    torch.manual_seed(0)
+    card = tiny_card()
+    model = build_model(card)
+    return save_checkpoint(model, card, tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture
+def make_raster(tmp_path: Path) -> Callable[..., Path]:
+    counter = iter(range(10_000))
+
+    def make(data: np.ndarray | None = None, *, shape: tuple[int, int] = (100, 120), **kw: Any) -> Path:
+        if data is None:
+            data = random_image(*shape)
+        return write_raster(tmp_path / f"in{next(counter)}.tif", data, **kw)
+
+    return make

@@ -1,0 +1,206 @@
+"""End-to-end runs on generated rasters: georeferencing, nodata, outputs, memory."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from geoseg.errors import BandError, GeoreferenceError, OutputExistsError, RasterReadError
+from geoseg.pipeline import PredictConfig, run_scene
+from tests.conftest import random_image
+
+CFG = PredictConfig(device="cpu", tile=64, overlap=16)
+
+
+@pytest.mark.parametrize(
+    ("crs", "transform"),
+    [
+        ("EPSG:32633", from_origin(500000, 6000000, 0.5, 0.5)),
+        ("EPSG:4326", from_origin(13.4, 52.5, 0.000005, 0.000005)),
+        ("EPSG:3857", from_origin(1491000, 6892000, 0.5, 0.5)),
+    ],
+)
+def test_output_has_input_georeferencing(tiny_model_dir, make_raster, tmp_path, crs, transform):
+    src = make_raster(crs=crs, transform=transform, shape=(90, 110))
+    run_scene(src, tmp_path / "out.tif", tiny_model_dir, CFG)
+    with rasterio.open(src) as a, rasterio.open(tmp_path / "out.tif") as b:
+        assert b.crs == a.crs
+        assert b.transform == a.transform
+        assert (b.width, b.height) == (a.width, a.height)
+        assert b.bounds == a.bounds
+        assert b.dtypes[0] == "uint8" and b.nodata == 255
+        assert b.colormap(1)[1][:3] == (0xE4, 0x1A, 0x1C)
+        assert b.tags()["GEOSEG_MODEL"] == "tiny-test"
+
+
+def test_nodata_propagates_and_is_not_hallucinated(tiny_model_dir, make_raster, tmp_path):
+    img = random_image(100, 100)
+    img[:, 10:40, 20:60] = 0
+    img[:, 10:40, 20:60][0, 0, 0] = 0
+    src = make_raster(img, nodata=0)
+    with rasterio.open(src) as ds:
+        valid = ds.dataset_mask() > 0
+    run_scene(src, tmp_path / "out.tif", tiny_model_dir, CFG)
+    with rasterio.open(tmp_path / "out.tif") as ds:
+        cls = ds.read(1)
+    assert (cls[~valid] == 255).all()
+    assert (cls[valid] != 255).all()
+
+
+def test_float_nan_and_alpha_masks(tiny_model_dir, make_raster, tmp_path):
+    img = random_image(80, 80).astype("float32")
+    img[:, 5:15, 5:15] = np.nan
+    src = make_raster(img)
+    run_scene(src, tmp_path / "a.tif", tiny_model_dir, PredictConfig(device="cpu", tile=64, overlap=16,
+                                                                       input_range=(0, 255)))
+    with rasterio.open(tmp_path / "a.tif") as ds:
+        assert (ds.read(1)[5:15, 5:15] == 255).all()
+    rgba = np.concatenate([random_image(80, 80), np.full((1, 80, 80), 255, np.uint8)])
+    rgba[3, 50:60, 50:60] = 0
+    src2 = make_raster(rgba, photometric="RGB", alpha="YES")
+    run_scene(src2, tmp_path / "b.tif", tiny_model_dir, CFG)  # alpha is not fed to the model
+    with rasterio.open(tmp_path / "b.tif") as ds:
+        cls = ds.read(1)
+    assert (cls[50:60, 50:60] == 255).all() and (cls[:50] != 255).all()
+
+
+def test_probabilities_output(tiny_model_dir, make_raster, tmp_path):
+    src = make_raster(shape=(70, 90))
+    cfg = PredictConfig(device="cpu", tile=64, overlap=16, probabilities=tmp_path / "p.tif")
+    run_scene(src, tmp_path / "c.tif", tiny_model_dir, cfg)
+    with rasterio.open(tmp_path / "p.tif") as p, rasterio.open(tmp_path / "c.tif") as c:
+        probs = p.read().astype(int)
+        cls = c.read(1)
+        assert p.count == 3
+        assert np.abs(probs.sum(0) - 254).max() <= 2
+        top2 = np.sort(probs, axis=0)[-2:]
+        clear = top2[1] - top2[0] >= 2  # uint8 rounding may flip near-ties only
+        assert clear.mean() > 0.3
+        assert (probs.argmax(0)[clear] == cls[clear]).all()
+
+
+def test_all_nodata_gives_valid_empty_output_and_warns(tiny_model_dir, make_raster, tmp_path):
+    src = make_raster(np.zeros((3, 50, 50), np.uint8), nodata=0)
+    with pytest.warns(UserWarning, match="no valid pixel"):
+        stats = run_scene(src, tmp_path / "o.tif", tiny_model_dir, CFG)
+    assert stats.valid_pixels == 0 and stats.skipped_tiles == stats.tiles
+    with rasterio.open(tmp_path / "o.tif") as ds:
+        assert (ds.read(1) == 255).all()
+
+
+def test_refuses_existing_output_and_leaves_it_untouched(tiny_model_dir, make_raster, tmp_path):
+    src = make_raster()
+    out = tmp_path / "o.tif"
+    out.write_bytes(b"previous")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        run_scene(src, out, tiny_model_dir, CFG)
+    assert out.read_bytes() == b"previous"
+    run_scene(src, out, tiny_model_dir, PredictConfig(device="cpu", tile=64, overlap=16, overwrite=True))
+    with rasterio.open(out) as ds:
+        assert ds.width == 120
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["o.tif", src.name])
+
+
+def test_bad_inputs_raise_clear_errors(tiny_model_dir, make_raster, tmp_path):
+    with pytest.raises(RasterReadError, match="does not exist"):
+        run_scene(tmp_path / "missing.tif", tmp_path / "o.tif", tiny_model_dir, CFG)
+    with pytest.raises(RasterReadError, match="directory"):
+        run_scene(tmp_path, tmp_path / "o.tif", tiny_model_dir, CFG)
+    junk = tmp_path / "junk.tif"
+    junk.write_bytes(b"II*\x00garbage" * 10)
+    with pytest.raises(RasterReadError):
+        run_scene(junk, tmp_path / "o.tif", tiny_model_dir, CFG)
+    with pytest.raises(GeoreferenceError, match="--assume-crs"):
+        run_scene(make_raster(crs=None), tmp_path / "o.tif", tiny_model_dir, CFG)
+    with pytest.raises(BandError, match="--bands"):
+        run_scene(make_raster(random_image(40, 40, bands=5)), tmp_path / "o.tif", tiny_model_dir, CFG)
+    assert not (tmp_path / "o.tif").exists()
+    assert not [p for p in tmp_path.iterdir() if "geoseg" in p.name]
+
+
+def test_band_selection(tiny_model_dir, make_raster, tmp_path):
+    img = random_image(40, 40, bands=4)
+    src = make_raster(img)
+    run_scene(src, tmp_path / "a.tif", tiny_model_dir,
+              PredictConfig(device="cpu", tile=64, overlap=16, bands=(3, 2, 1)))
+    src3 = make_raster(img[[2, 1, 0]].copy())
+    run_scene(src3, tmp_path / "b.tif", tiny_model_dir, CFG)
+    with rasterio.open(tmp_path / "a.tif") as a, rasterio.open(tmp_path / "b.tif") as b:
+        np.testing.assert_array_equal(a.read(), b.read())
+
+
+def test_resamples_to_model_pixel_size_and_back(tmp_path, make_raster):
+    import torch
+
+    from geoseg.models import build_model, save_checkpoint
+    from tests.conftest import tiny_card
+
+    card = tiny_card(pixel_size_m=1.0)
+    torch.manual_seed(1)
+    mdir = save_checkpoint(build_model(card), card, tmp_path / "m1")
+    img = random_image(200, 160)
+    img[:, :20, :20] = 0
+    src = make_raster(img, transform=from_origin(500000, 6000000, 0.25, 0.25), nodata=0)
+    stats = run_scene(src, tmp_path / "o.tif", mdir, CFG)
+    assert stats.resampled_to_m == 1.0
+    with rasterio.open(src) as a, rasterio.open(tmp_path / "o.tif") as b:
+        assert (b.transform, b.width, b.height, b.crs) == (a.transform, a.width, a.height, a.crs)
+        cls = b.read(1)
+        valid = a.dataset_mask() > 0
+    assert (cls[~valid] == 255).all()
+    assert (cls[valid] != 255).mean() > 0.99
+    # Classes come from a 4x coarser grid: they form blocks, not pixel noise.
+    assert (cls[valid][:-1] == cls[valid][1:]).mean() > 0.6
+
+
+MEMORY_SCRIPT = textwrap.dedent(
+    """
+    import json, resource, sys
+    import numpy as np, rasterio
+    from rasterio.transform import from_origin
+    from geoseg.pipeline import PredictConfig, run_scene
+    from geoseg.runtime import bound_malloc
+    bound_malloc()  # as the CLI does
+    height, width, model, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    src = out + ".in.tif"
+    prof = dict(driver="GTiff", width=width, height=height, count=3, dtype="uint8", tiled=True,
+                crs="EPSG:32633", transform=from_origin(500000, 6000000, 0.5, 0.5))
+    with rasterio.open(src, "w", **prof) as ds:
+        rng = np.random.default_rng(0)
+        for r in range(0, height, 512):
+            h = min(512, height - r)
+            ds.write(rng.integers(0, 255, (3, h, width), dtype=np.uint8),
+                     window=rasterio.windows.Window(0, r, width, h))
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    run_scene(src, out, model, PredictConfig(device="cpu", tile=256, overlap=32, threads=1,
+                                             probabilities=out + ".p.tif"))
+    print(json.dumps({"peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "base_kb": base}))
+    """
+)
+
+
+def _peak(tmp_path, model, h, w):
+    out = tmp_path / f"m{h}.tif"
+    r = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT, str(h), str(w), str(model), str(out)],
+        capture_output=True, text=True, check=True,
+        # GDAL's block cache is a fixed cap (64 MB by default) that a tall raster
+        # fills and a short one may not; keep it small so geoseg's own buffers show.
+        env={**os.environ, "GEOSEG_GDAL_CACHEMAX": "8"},
+    )
+    return json.loads(r.stdout.strip().splitlines()[-1])["peak_kb"] / 1024
+
+
+def test_peak_memory_does_not_grow_with_height(tiny_model_dir, tmp_path):
+    """A raster 8x taller must not need more memory (no time is measured)."""
+    short = _peak(tmp_path, tiny_model_dir, 768, 1024)
+    tall = _peak(tmp_path, tiny_model_dir, 6144, 1024)
+    # A whole-scene float accumulator for the tall raster alone would add
+    # (3 classes + weights) * 4 bytes * 6.3 Mpx = 100 MB, plus probabilities.
+    assert tall - short < 20, f"peak RSS grew from {short:.0f} MB to {tall:.0f} MB"
