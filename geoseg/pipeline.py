@@ -26,6 +26,7 @@ from geoseg import __version__
 from geoseg.errors import AllNodataWarning, ConfigError, GeoreferenceError
 from geoseg.infer.predictor import Predictor, normalize
 from geoseg.infer.stream import StreamStats, Strip, stream_segment
+from geoseg.io.atomic import check_output_path
 from geoseg.io.env import gdal_env
 from geoseg.io.read import RasterSource, RasterSpec, select_bands
 from geoseg.io.write_raster import RasterStripWriter
@@ -91,7 +92,9 @@ class PredictConfig:
         if self.input_range is not None:
             lo, hi = self.input_range
             if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
-                raise ConfigError(f"--input-range must be LOW,HIGH with HIGH > LOW, got {self.input_range}")
+                raise ConfigError(
+                    f"--input-range must be LOW,HIGH with HIGH > LOW, got {self.input_range}"
+                )
 
 
 @dataclass
@@ -239,13 +242,17 @@ def _run_scene(
     progress: ProgressFn | None,
 ) -> RunStats:
     t0 = time.perf_counter()
-    loaded = model if isinstance(model, LoadedModel) else load_checkpoint(model)
-    card = loaded.card
     dst = Path(dst)
     stats = RunStats()
+    # Cheap checks first, so a bad path fails before a model is loaded.
     with RasterSource(src, assume_crs=cfg.assume_crs) as probe:
         spec = probe.spec
     check_georeference(spec, cfg.assume_crs)
+    for out in (dst, cfg.probabilities):
+        if out is not None:
+            check_output_path(out, overwrite=cfg.overwrite)
+    loaded = model if isinstance(model, LoadedModel) else load_checkpoint(model)
+    card = loaded.card
     bands = select_bands(spec, card.bands, cfg.bands)
     stats.width, stats.height, stats.pixels = spec.width, spec.height, spec.width * spec.height
     stats.area_km2 = spec.area_km2
@@ -366,7 +373,9 @@ def parse_bands(text: str | None) -> tuple[int, ...] | None:
     try:
         out = tuple(int(part) for part in text.split(","))
     except ValueError as exc:
-        raise ConfigError(f"--bands must be comma-separated band numbers like 3,2,1, got {text!r}") from exc
+        raise ConfigError(
+            f"--bands must be comma-separated band numbers like 3,2,1, got {text!r}"
+        ) from exc
     if any(b < 1 for b in out):
         raise ConfigError(f"--bands are 1-based band numbers, got {text!r}")
     return out

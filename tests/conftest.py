@@ -74,7 +74,8 @@ def tiny_card(
         "architecture": "tinycnn",
         "bands": list(bands),
         "classes": [
-            {"id": i, "name": n, "color": colors[i], "vectorize": i != 0} for i, n in enumerate(names)
+            {"id": i, "name": n, "color": colors[i], "vectorize": i != 0}
+            for i, n in enumerate(names)
         ],
         "stride": 1,
         "tile_size": 128,
@@ -101,7 +102,9 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def make_raster(tmp_path: Path) -> Callable[..., Path]:
     counter = iter(range(10_000))
 
-    def make(data: np.ndarray | None = None, *, shape: tuple[int, int] = (100, 120), **kw: Any) -> Path:
+    def make(
+        data: np.ndarray | None = None, *, shape: tuple[int, int] = (100, 120), **kw: Any
+    ) -> Path:
         if data is None:
             data = random_image(*shape)
         return write_raster(tmp_path / f"in{next(counter)}.tif", data, **kw)

@@ -57,8 +57,12 @@ def test_float_nan_and_alpha_masks(tiny_model_dir, make_raster, tmp_path):
     img = random_image(80, 80).astype("float32")
     img[:, 5:15, 5:15] = np.nan
     src = make_raster(img)
-    run_scene(src, tmp_path / "a.tif", tiny_model_dir, PredictConfig(device="cpu", tile=64, overlap=16,
-                                                                       input_range=(0, 255)))
+    run_scene(
+        src,
+        tmp_path / "a.tif",
+        tiny_model_dir,
+        PredictConfig(device="cpu", tile=64, overlap=16, input_range=(0, 255)),
+    )
     with rasterio.open(tmp_path / "a.tif") as ds:
         assert (ds.read(1)[5:15, 5:15] == 255).all()
     rgba = np.concatenate([random_image(80, 80), np.full((1, 80, 80), 255, np.uint8)])
@@ -101,7 +105,9 @@ def test_refuses_existing_output_and_leaves_it_untouched(tiny_model_dir, make_ra
     with pytest.raises(OutputExistsError, match="--overwrite"):
         run_scene(src, out, tiny_model_dir, CFG)
     assert out.read_bytes() == b"previous"
-    run_scene(src, out, tiny_model_dir, PredictConfig(device="cpu", tile=64, overlap=16, overwrite=True))
+    run_scene(
+        src, out, tiny_model_dir, PredictConfig(device="cpu", tile=64, overlap=16, overwrite=True)
+    )
     with rasterio.open(out) as ds:
         assert ds.width == 120
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["o.tif", src.name])
@@ -119,7 +125,9 @@ def test_bad_inputs_raise_clear_errors(tiny_model_dir, make_raster, tmp_path):
     with pytest.raises(GeoreferenceError, match="--assume-crs"):
         run_scene(make_raster(crs=None), tmp_path / "o.tif", tiny_model_dir, CFG)
     with pytest.raises(BandError, match="--bands"):
-        run_scene(make_raster(random_image(40, 40, bands=5)), tmp_path / "o.tif", tiny_model_dir, CFG)
+        run_scene(
+            make_raster(random_image(40, 40, bands=5)), tmp_path / "o.tif", tiny_model_dir, CFG
+        )
     assert not (tmp_path / "o.tif").exists()
     assert not [p for p in tmp_path.iterdir() if "geoseg" in p.name]
 
@@ -127,8 +135,12 @@ def test_bad_inputs_raise_clear_errors(tiny_model_dir, make_raster, tmp_path):
 def test_band_selection(tiny_model_dir, make_raster, tmp_path):
     img = random_image(40, 40, bands=4)
     src = make_raster(img)
-    run_scene(src, tmp_path / "a.tif", tiny_model_dir,
-              PredictConfig(device="cpu", tile=64, overlap=16, bands=(3, 2, 1)))
+    run_scene(
+        src,
+        tmp_path / "a.tif",
+        tiny_model_dir,
+        PredictConfig(device="cpu", tile=64, overlap=16, bands=(3, 2, 1)),
+    )
     src3 = make_raster(img[[2, 1, 0]].copy())
     run_scene(src3, tmp_path / "b.tif", tiny_model_dir, CFG)
     with rasterio.open(tmp_path / "a.tif") as a, rasterio.open(tmp_path / "b.tif") as b:
@@ -189,7 +201,9 @@ def _peak(tmp_path, model, h, w):
     out = tmp_path / f"m{h}.tif"
     r = subprocess.run(
         [sys.executable, "-c", MEMORY_SCRIPT, str(h), str(w), str(model), str(out)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
         # GDAL's block cache is a fixed cap (64 MB by default) that a tall raster
         # fills and a short one may not; keep it small so geoseg's own buffers show.
         env={**os.environ, "GEOSEG_GDAL_CACHEMAX": "8"},

@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -32,7 +34,7 @@ def test_tiles_cover_every_pixel(h, w, stride, tile_mult, overlap_frac):
     for starts, size, length in ((g.row_starts, g.tile_h, h), (g.col_starts, g.tile_w, w)):
         assert starts[0] == 0
         assert starts[-1] + size >= length
-        for a, b in zip(starts, starts[1:], strict=False):
+        for a, b in itertools.pairwise(starts):
             assert b > a
             assert a + size - b >= overlap
 

@@ -16,7 +16,11 @@ def info(target: str, as_json: bool) -> None:
     from geoseg.models.checkpoint import CARD_NAME, bundled_models, card_summary, load_card
 
     p = Path(target)
-    if target in bundled_models() or (p.is_dir() and (p / CARD_NAME).is_file()) or p.name == CARD_NAME:
+    if (
+        target in bundled_models()
+        or (p.is_dir() and (p / CARD_NAME).is_file())
+        or p.name == CARD_NAME
+    ):
         d = card_summary(load_card(p if target not in bundled_models() else target))
         d["kind"] = "checkpoint"
     else:

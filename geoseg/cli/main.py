@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except InterruptedRunError as exc:
-        click.echo(f"geoseg: interrupted ({exc}); no output was written under the final name", err=True)
+        click.echo(
+            f"geoseg: interrupted ({exc}); no output was written under the final name", err=True
+        )
         sys.exit(143)
     except KeyboardInterrupt:
         click.echo("geoseg: interrupted; no output was written under the final name", err=True)

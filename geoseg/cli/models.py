@@ -25,35 +25,69 @@ def models(ctx: click.Context) -> None:
     for name, path in bundled.items():
         card = load_card(path)
         classes = ", ".join(c.name for c in card.classes)
-        click.echo(f"  {name:<12} {card.architecture}/{card.encoder}  bands={','.join(card.bands)}  classes={classes}")
+        click.echo(
+            f"  {name:<12} {card.architecture}/{card.encoder}  bands={','.join(card.bands)}  classes={classes}"
+        )
     click.echo("Architectures (for --arch in 'geoseg models wrap' and training configs):")
     for name in list_models():
         arch = get_architecture(name)
-        click.echo(f"  {name:<14} default encoder {arch.default_encoder or '-':<10} {arch.description}")
+        click.echo(
+            f"  {name:<14} default encoder {arch.default_encoder or '-':<10} {arch.description}"
+        )
 
 
 def _parse_classes(text: str) -> list[dict[str, object]]:
-    palette = ["#000000", "#e41a1c", "#4daf4a", "#ffd92f", "#377eb8", "#984ea3", "#ff7f00", "#a65628"]
+    palette = [
+        "#000000",
+        "#e41a1c",
+        "#4daf4a",
+        "#ffd92f",
+        "#377eb8",
+        "#984ea3",
+        "#ff7f00",
+        "#a65628",
+    ]
     out: list[dict[str, object]] = []
     for i, item in enumerate(p.strip() for p in text.split(",")):
         name, _, color = item.partition(":")
-        out.append({"id": i, "name": name, "color": color or palette[i % len(palette)],
-                    "vectorize": i != 0})
+        out.append(
+            {
+                "id": i,
+                "name": name,
+                "color": color or palette[i % len(palette)],
+                "vectorize": i != 0,
+            }
+        )
     return out
 
 
 @models.command()
 @click.argument("weights", type=click.Path(path_type=Path))
-@click.option("-o", "--output", "dst", required=True, type=click.Path(path_type=Path),
-              help="Checkpoint directory to create.")
+@click.option(
+    "-o",
+    "--output",
+    "dst",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Checkpoint directory to create.",
+)
 @click.option("--arch", required=True, help="Architecture name (see 'geoseg models').")
-@click.option("--encoder", default=None, help="Encoder name, e.g. resnet34 or tu-efficientnet_lite0.")
-@click.option("--bands", "band_names", required=True, help="Band names in input order, e.g. red,green,blue.")
-@click.option("--classes", required=True,
-              help="Class names in output order with optional colours: background,building:#e41a1c,...")
+@click.option(
+    "--encoder", default=None, help="Encoder name, e.g. resnet34 or tu-efficientnet_lite0."
+)
+@click.option(
+    "--bands", "band_names", required=True, help="Band names in input order, e.g. red,green,blue."
+)
+@click.option(
+    "--classes",
+    required=True,
+    help="Class names in output order with optional colours: background,building:#e41a1c,...",
+)
 @click.option("--name", default=None, help="Model name [default: output directory name].")
 @click.option("--pixel-size", type=float, default=None, help="Training pixel size in metres.")
-@click.option("--mean", default=None, help="Per-band means after scaling to [0, 1], comma-separated.")
+@click.option(
+    "--mean", default=None, help="Per-band means after scaling to [0, 1], comma-separated."
+)
 @click.option("--std", default=None, help="Per-band stds after scaling to [0, 1], comma-separated.")
 @click.option("--input-range", default="0,255", show_default=True, help="Raw value range LOW,HIGH.")
 @click.option("--tile", type=int, default=512, show_default=True)

@@ -42,5 +42,7 @@ def device_opt(f: F) -> F:
 def configure_logging(verbose: int, quiet: int) -> None:
     """Map -v/-q counts to log levels (only the CLI touches logging configuration)."""
     level = logging.WARNING - 10 * verbose + 10 * quiet
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s"
+    )
     logging.captureWarnings(True)

@@ -12,20 +12,38 @@ from geoseg.cli.progress import TileProgress
 
 @click.command()
 @click.argument("src", type=str)
-@click.option("-o", "--output", "dst", required=True, type=click.Path(path_type=Path),
-              help="Output: a class COG (.tif).")
+@click.option(
+    "-o",
+    "--output",
+    "dst",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Output: a class COG (.tif).",
+)
 @model_opt
 @click.option("--tile", type=int, default=None, help="Tile edge in pixels [default: the model's].")
-@click.option("--overlap", type=int, default=None, help="Tile overlap in pixels [default: the model's].")
-@click.option("--batch-size", type=int, default=None, help="Tiles per forward pass [default: 8 GPU, 2 CPU].")
+@click.option(
+    "--overlap", type=int, default=None, help="Tile overlap in pixels [default: the model's]."
+)
+@click.option(
+    "--batch-size", type=int, default=None, help="Tiles per forward pass [default: 8 GPU, 2 CPU]."
+)
 @device_opt
-@click.option("--bands", default=None, help="1-based raster bands in the model's order, e.g. 3,2,1.")
-@click.option("--probabilities", type=click.Path(path_type=Path), default=None,
-              help="Also write per-class probabilities (uint8 COG, p*254) here.")
+@click.option(
+    "--bands", default=None, help="1-based raster bands in the model's order, e.g. 3,2,1."
+)
+@click.option(
+    "--probabilities",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write per-class probabilities (uint8 COG, p*254) here.",
+)
 @click.option("--input-range", default=None, help="Raw value range LOW,HIGH mapped to the model's.")
 @click.option("--assume-crs", default=None, help="CRS for rasters that have none, e.g. EPSG:32633.")
 @click.option("--no-resample", is_flag=True, help="Never resample to the model's pixel size.")
-@click.option("--threads", type=int, default=None, help="CPU threads for the network [default: all].")
+@click.option(
+    "--threads", type=int, default=None, help="CPU threads for the network [default: all]."
+)
 @overwrite_opt
 @click.pass_context
 def predict(
@@ -46,7 +64,6 @@ def predict(
     overwrite: bool,
 ) -> None:
     """Segment raster SRC tile by tile into a class COG on its exact grid."""
-    from geoseg.models.checkpoint import load_checkpoint
     from geoseg.pipeline import PredictConfig, parse_bands, parse_range, run_scene
 
     cfg = PredictConfig(
@@ -62,10 +79,9 @@ def predict(
         resample="never" if no_resample else "auto",
         threads=threads,
     )
-    loaded = load_checkpoint(model)
     quiet = ctx.obj["quiet"] > 0
     with TileProgress("predict", disable=quiet) as bar:
-        stats = run_scene(src, dst, loaded, cfg, progress=bar.update)
+        stats = run_scene(src, dst, model, cfg, progress=bar.update)
     for out in stats.outputs:
         click.echo(f"wrote {out}", err=quiet)
     click.echo(stats.summary())

@@ -21,7 +21,12 @@ class TileProgress:
             return
         if self._bar is None:
             self._bar = tqdm(
-                total=total, desc=self._desc, unit=self._unit, leave=False, dynamic_ncols=True, disable=None
+                total=total,
+                desc=self._desc,
+                unit=self._unit,
+                leave=False,
+                dynamic_ncols=True,
+                disable=None,
             )
         self._bar.n = done
         self._bar.refresh()

@@ -189,7 +189,9 @@ class StreamingBlender:
         self._row_start = grid.row_starts[row]
         self._final_rows = grid.final_row(row) - self._row_start
         self._carry = self._next_carry
-        rows_next = 0 if row == grid.shape[0] - 1 else self._row_start + grid.tile_h - grid.final_row(row)
+        rows_next = (
+            0 if row == grid.shape[0] - 1 else self._row_start + grid.tile_h - grid.final_row(row)
+        )
         rows_next = max(rows_next, 0)
         self._next_carry = np.zeros((self.n_classes + 1, rows_next, grid.width), dtype=np.float32)
         self._buf[:] = 0

@@ -44,19 +44,27 @@ def resolve_device(device: str = "auto") -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError as exc:
-        raise ConfigError(f"--device {device!r} is not a device name; use auto, cpu, cuda, cuda:N or mps") from exc
+        raise ConfigError(
+            f"--device {device!r} is not a device name; use auto, cpu, cuda, cuda:N or mps"
+        ) from exc
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"--device {device} asked for CUDA but no CUDA GPU is available; use --device cpu")
+            raise ConfigError(
+                f"--device {device} asked for CUDA but no CUDA GPU is available; use --device cpu"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ConfigError(
                 f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present"
             )
     elif dev.type == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise ConfigError(f"--device {device} asked for MPS but it is not available; use --device cpu")
+            raise ConfigError(
+                f"--device {device} asked for MPS but it is not available; use --device cpu"
+            )
     elif dev.type != "cpu":
-        raise ConfigError(f"--device {device!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
+        raise ConfigError(
+            f"--device {device!r} is not supported; use auto, cpu, cuda, cuda:N or mps"
+        )
     return dev
 
 
@@ -110,7 +118,7 @@ class Predictor:
         if self.device.type == "cpu" and threads:
             torch.set_num_threads(threads)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.model = model.eval().to(self.device, memory_format=fmt)
+        self.model = model.eval().to(self.device).to(memory_format=fmt)
         self.pin = self.device.type == "cuda"
 
     @property
@@ -178,7 +186,9 @@ def normalize(
     """
     lo, hi = input_range or card.input_range
     scale = np.asarray(card.std, dtype=np.float32)[:, None, None] * np.float32(hi - lo)
-    offset = np.float32(lo) + np.asarray(card.mean, dtype=np.float32)[:, None, None] * np.float32(hi - lo)
+    offset = np.float32(lo) + np.asarray(card.mean, dtype=np.float32)[:, None, None] * np.float32(
+        hi - lo
+    )
     out = data.astype(np.float32, copy=True)
     out -= offset
     out /= scale

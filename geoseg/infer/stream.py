@@ -99,7 +99,9 @@ class _StripAssembler:
         self._row_off = row_off
         self._classes = np.full((rows, w), CLASS_NODATA, dtype=np.uint8)
         self._probs = (
-            np.full((self.n_classes, rows, w), PROB_NODATA, dtype=np.uint8) if self.want_probs else None
+            np.full((self.n_classes, rows, w), PROB_NODATA, dtype=np.uint8)
+            if self.want_probs
+            else None
         )
         self._exact = np.zeros((self.n_classes, rows, w), np.float32) if self.want_exact else None
 

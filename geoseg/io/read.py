@@ -24,7 +24,7 @@ from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from geoseg.errors import BandError, GeoreferenceError, RasterReadError
+from geoseg.errors import BandError, RasterReadError
 from geoseg.types import PixelWindow
 
 log = logging.getLogger(__name__)

@@ -96,7 +96,9 @@ class ClassInfo:
                 f"class {self.name!r} colour must look like '#1f78b4', got {self.color!r}"
             )
         if not self.layer:
-            object.__setattr__(self, "layer", self.name if self.name.endswith("s") else self.name + "s")
+            object.__setattr__(
+                self, "layer", self.name if self.name.endswith("s") else self.name + "s"
+            )
 
     @property
     def rgb(self) -> tuple[int, int, int]:
@@ -221,9 +223,13 @@ class ModelCard:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ModelCardError(f"model card has unknown field(s) {unknown}; known: {sorted(known)}")
+            raise ModelCardError(
+                f"model card has unknown field(s) {unknown}; known: {sorted(known)}"
+            )
         try:
-            classes = tuple(ClassInfo.from_dict(c) for c in _as_list(_req(d, "classes", ""), "classes"))
+            classes = tuple(
+                ClassInfo.from_dict(c) for c in _as_list(_req(d, "classes", ""), "classes")
+            )
             kwargs: dict[str, Any] = {
                 "name": _req(d, "name", ""),
                 "architecture": _req(d, "architecture", ""),

@@ -56,9 +56,7 @@ def bundled_models() -> dict[str, Path]:
     """Models shipped inside the package, by name."""
     if not BUNDLED_DIR.is_dir():
         return {}
-    return {
-        p.name: p for p in sorted(BUNDLED_DIR.iterdir()) if (p / CARD_NAME).is_file()
-    }
+    return {p.name: p for p in sorted(BUNDLED_DIR.iterdir()) if (p / CARD_NAME).is_file()}
 
 
 def resolve_model_path(model: str | Path) -> Path:
@@ -192,9 +190,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 f"{p} cannot be read as plain weights with weights_only=True ({type(exc).__name__}); "
                 "geoseg refuses files that need unpickling code — save a state_dict instead"
             ) from exc
-    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+    if (
+        isinstance(state, Mapping)
+        and "state_dict" in state
+        and isinstance(state["state_dict"], Mapping)
+    ):
         state = state["state_dict"]
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
         raise CheckpointError(f"{p} does not hold a state dict of tensors")
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():

@@ -59,7 +59,9 @@ def get_architecture(name: str) -> Architecture:
     """Look up an architecture by (case-insensitive) name."""
     key = name.lower().replace("-", "").replace("_", "")
     if key not in _REGISTRY:
-        raise ModelCardError(f"unknown architecture {name!r}; choose one of {', '.join(list_models())}")
+        raise ModelCardError(
+            f"unknown architecture {name!r}; choose one of {', '.join(list_models())}"
+        )
     return _REGISTRY[key]
 
 
@@ -77,7 +79,9 @@ def build_model(card: ModelCard) -> nn.Module:
     return model.eval()
 
 
-def architecture_stride(name: str, encoder: str | None, params: dict[str, Any] | None = None) -> int:
+def architecture_stride(
+    name: str, encoder: str | None, params: dict[str, Any] | None = None
+) -> int:
     """The input size multiple an architecture needs."""
     arch = get_architecture(name)
     return arch.stride(encoder or arch.default_encoder, params or {})
@@ -158,7 +162,10 @@ def _fcn(in_channels: int, n_classes: int, encoder: str | None, **params: Any) -
 
 register(
     Architecture(
-        "fcn", _fcn, "resnet50", "Fully Convolutional Network (Long et al. 2015), torchvision",
+        "fcn",
+        _fcn,
+        "resnet50",
+        "Fully Convolutional Network (Long et al. 2015), torchvision",
         lambda _e, _p: 8,
     )
 )

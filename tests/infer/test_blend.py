@@ -32,7 +32,12 @@ def test_normalised_weights_sum_to_one_wherever_covered(shape, tile, frac):
 
 
 @settings(max_examples=60, deadline=None)
-@given(shape=shapes, tile=st.sampled_from([16, 48, 64]), frac=st.floats(0, 0.45), seed=st.integers(0, 9))
+@given(
+    shape=shapes,
+    tile=st.sampled_from([16, 48, 64]),
+    frac=st.floats(0, 0.45),
+    seed=st.integers(0, 9),
+)
 def test_blender_reproduces_a_consistent_field_exactly(shape, tile, frac, seed):
     """If every tile sees the same underlying field, blending returns that field."""
     h, w = shape
@@ -54,7 +59,9 @@ def test_blender_reproduces_a_consistent_field_exactly(shape, tile, frac, seed):
             bh, bw = b.covered.shape
             out[:, b.row_off : b.row_off + bh, b.col_off : b.col_off + bw] = b.probs
             hits[b.row_off : b.row_off + bh, b.col_off : b.col_off + bw] += 1
-            assert not b.covered[~valid[b.row_off : b.row_off + bh, b.col_off : b.col_off + bw]].any()
+            assert not b.covered[
+                ~valid[b.row_off : b.row_off + bh, b.col_off : b.col_off + bw]
+            ].any()
     assert (hits == 1).all(), "every pixel must be released exactly once"
     np.testing.assert_allclose(out[:, valid], field[:, valid], atol=1e-6)
     assert (out[:, ~valid] == 0).all()

@@ -27,7 +27,10 @@ def _reader(img):
     def read(win: PixelWindow):
         c = win.clip(h, w)
         data = img[:, c.row_off : c.row_end, c.col_off : c.col_end]
-        pad = ((c.row_off - win.row_off, win.row_end - c.row_end), (c.col_off - win.col_off, win.col_end - c.col_end))
+        pad = (
+            (c.row_off - win.row_off, win.row_end - c.row_end),
+            (c.col_off - win.col_off, win.col_end - c.col_end),
+        )
         valid = np.ones(data.shape[1:], bool)
         return np.pad(data, ((0, 0), *pad), mode="reflect"), np.pad(valid, pad, mode="reflect")
 
@@ -66,7 +69,9 @@ def test_tiled_equals_whole_image(tiny_model_dir, h, w, tile, overlap):
     ):
         rows = strip.classes.shape[0]
         out[:, strip.row_off : strip.row_off + rows] = strip.probs_f32
-        np.testing.assert_array_equal(strip.classes, ref[:, strip.row_off : strip.row_off + rows].argmax(0))
+        np.testing.assert_array_equal(
+            strip.classes, ref[:, strip.row_off : strip.row_off + rows].argmax(0)
+        )
         covered_rows += rows
     assert covered_rows == h
     np.testing.assert_allclose(out, ref, atol=1e-5)

@@ -1,0 +1,5 @@
+"""``python -m geoseg``."""
+
+from geoseg.cli import main
+
+main()

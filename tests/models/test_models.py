@@ -1,0 +1,144 @@
+"""Every registered architecture: builds, runs on odd sizes, round-trips through a checkpoint."""
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from geoseg.errors import CheckpointError, ModelCardError, OutputExistsError
+from geoseg.models import (
+    ModelCard,
+    architecture_stride,
+    build_model,
+    list_models,
+    load_checkpoint,
+    save_checkpoint,
+    wrap_state_dict,
+)
+from geoseg.models.checkpoint import CARD_NAME, WEIGHTS_NAME
+from tests.conftest import tiny_card
+
+LIGHT_ENCODER = {"fcn": "resnet50"}
+
+
+def card_for(arch: str, bands: int = 4, classes: int = 3) -> ModelCard:
+    encoder = LIGHT_ENCODER.get(arch, "resnet18" if arch != "tinycnn" else None)
+    return tiny_card(
+        bands=[f"b{i}" for i in range(bands)],
+        n_classes=classes,
+        architecture=arch,
+        encoder=encoder,
+        stride=architecture_stride(arch, encoder),
+        tile_size=64,
+        overlap=16,
+    )
+
+
+def test_registry_has_the_required_architectures():
+    required = {
+        "unet",
+        "unetplusplus",
+        "fpn",
+        "deeplabv3plus",
+        "pspnet",
+        "linknet",
+        "segformer",
+        "fcn",
+    }
+    assert required <= set(list_models())
+
+
+@pytest.mark.parametrize("arch", list_models())
+def test_forward_odd_sizes_and_checkpoint_roundtrip(arch, tmp_path):
+    card = card_for(arch)
+    torch.manual_seed(0)
+    model = build_model(card)
+    s = card.stride
+    h, w = s * 3, s * 5 if s > 1 else 37
+    x = torch.randn(2, card.in_channels, h, w)
+    with torch.inference_mode():
+        y = model(x)
+    assert tuple(y.shape) == (2, card.n_classes, h, w)
+    path = save_checkpoint(model, card, tmp_path / arch)
+    loaded = load_checkpoint(path)
+    assert loaded.card == card
+    with torch.inference_mode():
+        np.testing.assert_allclose(loaded.model(x).numpy(), y.numpy(), atol=1e-5)
+
+
+def test_card_json_roundtrip_and_validation():
+    card = tiny_card()
+    assert ModelCard.from_json(card.to_json()) == card
+    d = card.to_dict()
+    for bad, match in [
+        ({**d, "classes": [{"id": 0, "name": "a", "color": "red"}, d["classes"][1]]}, "colour"),
+        ({**d, "classes": d["classes"][:1]}, "at least two"),
+        ({**d, "mean": [0.1]}, "normalisation"),
+        ({**d, "tile_size": "big"}, "integer"),
+        ({**d, "input_range": [5, 1]}, "input_range"),
+        ({**d, "surprise": 1}, "unknown field"),
+        ({k: v for k, v in d.items() if k != "bands"}, "bands"),
+        ({**d, "classes": [{**c, "id": c["id"] + 1} for c in d["classes"]]}, "without gaps"),
+    ]:
+        with pytest.raises(ModelCardError, match=match):
+            ModelCard.from_dict(bad)
+    with pytest.raises(ModelCardError, match="JSON"):
+        ModelCard.from_json("{not json")
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_malicious_pickle_checkpoint_is_refused_without_running(tmp_path, tiny_model_dir):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / CARD_NAME).write_text((tiny_model_dir / CARD_NAME).read_text())
+    (evil / WEIGHTS_NAME).write_bytes(pickle.dumps({"w": _Evil(str(marker))}))
+    with pytest.raises(CheckpointError, match="never unpickles"):
+        load_checkpoint(evil)
+    pth = tmp_path / "evil.pth"
+    pth.write_bytes(pickle.dumps({"w": _Evil(str(marker))}))
+    torch.save({"w": _Evil(str(marker))}, tmp_path / "evil2.pt")
+    for f in (pth, tmp_path / "evil2.pt"):
+        with pytest.raises(CheckpointError):
+            wrap_state_dict(f, tiny_card(), tmp_path / "out")
+    assert not marker.exists()
+    assert not (tmp_path / "out").exists()
+
+
+def test_wrap_plain_state_dict_with_prefixes(tmp_path):
+    card = tiny_card()
+    torch.manual_seed(3)
+    model = build_model(card)
+    state = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}
+    torch.save(state, tmp_path / "lightning.ckpt")
+    out = wrap_state_dict(tmp_path / "lightning.ckpt", card, tmp_path / "wrapped")
+    loaded = load_checkpoint(out)
+    for a, b in zip(loaded.model.state_dict().values(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(OutputExistsError):
+        wrap_state_dict(tmp_path / "lightning.ckpt", card, tmp_path / "wrapped")
+    wrong = tiny_card(n_classes=4)
+    with pytest.raises(CheckpointError, match="do not fit"):
+        wrap_state_dict(tmp_path / "lightning.ckpt", wrong, tmp_path / "w2")
+
+
+def test_missing_and_wrong_model_paths(tmp_path):
+    with pytest.raises(CheckpointError, match="bundled"):
+        load_checkpoint(tmp_path / "nope")
+    (tmp_path / "file.pt").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="models wrap"):
+        load_checkpoint(tmp_path / "file.pt")
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / CARD_NAME).write_text(json.dumps({"name": "x"}))
+    with pytest.raises(ModelCardError):
+        load_checkpoint(d)
