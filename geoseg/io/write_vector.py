@@ -24,12 +24,18 @@ Formats are chosen by extension:
     default style (single-symbol fill in the layer colour) in the standard
     ``layer_styles`` table, so QGIS draws the layers in their colours as soon
     as they are added.  The run metadata is GDAL dataset metadata (GeoPackage
-    metadata extension): ``pyogrio.read_info(path)["dataset_metadata"]``.
+    metadata extension): ``pyogrio.read_info(path)["dataset_metadata"]``;
+    each layer's metadata holds its original name, class and colour
+    (``geoseg_layer_name``, ``geoseg_class_id``, ...).  The file is written as
+    GeoPackage 1.2 so that older GDAL (QGIS 3.22 and other LTS builds) opens
+    it without warnings.
 ``.fgb`` (FlatGeobuf), ``.geojson`` (GeoJSON), ``.parquet`` (GeoParquet)
     These formats hold one layer per file, so ``out/scene.fgb`` becomes
     ``out/scene.buildings.fgb``, ``out/scene.vegetation.fgb``, ... (see
     :attr:`VectorWriter.outputs`), without styles.  FlatGeobuf and GeoParquet
-    keep the run metadata as layer metadata; GeoJSON has nowhere to keep it.
+    keep the run metadata as layer metadata; GeoJSON has nowhere to keep it,
+    and as it has no schema, readers infer field types from the values (an
+    empty GeoJSON layer has no fields at all).
     Batches are spooled to a scratch GeoPackage next to the outputs and each
     file is written in one go on close, because FlatGeobuf cannot be appended
     to; a layer is therefore held in memory once, while it is converted.
@@ -206,8 +212,9 @@ def sanitize_layer_name(name: str, *, taken: Collection[str] = ()) -> str:
     text = unicodedata.normalize("NFKD", str(name).translate(_TRANSLITERATION))
     text = text.encode("ascii", "ignore").decode("ascii").lower()
     text = re.sub(r"[^a-z0-9]+", "_", text).strip("_")
+    # "gpkg" itself is reserved too: deduplicating it would give "gpkg_2".
     if text and (
-        text[0].isdigit() or text.startswith(_RESERVED_PREFIXES) or text in _RESERVED_NAMES
+        text[0].isdigit() or f"{text}_".startswith(_RESERVED_PREFIXES) or text in _RESERVED_NAMES
     ):
         text = f"layer_{text}"
     text = text[:MAX_LAYER_NAME_LENGTH].rstrip("_")
@@ -392,7 +399,7 @@ def _qml(spec: LayerSpec) -> str:
  <layerOpacity>1</layerOpacity>
  <layerGeometryType>{geometry_type}</layerGeometryType>
 </qgis>
-"""  # noqa: E501
+"""
 
 
 def _sld(spec: LayerSpec, layer: str) -> str:
@@ -429,7 +436,7 @@ def _sld(spec: LayerSpec, layer: str) -> str:
   </UserStyle>
  </NamedLayer>
 </StyledLayerDescriptor>
-"""  # noqa: E501
+"""
 
 
 def _driver_for(path: Path) -> str:
@@ -529,9 +536,10 @@ class VectorWriter:
 
     Use it as a context manager.  Entering checks every output path
     (:func:`~geoseg.io.atomic.check_output_path`) and creates every layer,
-    empty, with its schema and CRS; :meth:`write` appends batches; a clean
-    exit adds spatial indexes, QGIS styles and metadata and renames the
-    finished file(s) into place.  An exception inside the block (Ctrl-C
+    empty, with its schema, CRS, R-tree spatial index and metadata;
+    :meth:`write` appends batches; a clean exit adds the QGIS styles, checks
+    the spatial indexes (single-layer formats: writes each file) and renames
+    the finished file(s) into place.  An exception inside the block (Ctrl-C
     included) removes everything written, leaving any previous output as it
     was.
 
@@ -787,9 +795,9 @@ class VectorWriter:
             bad = [i for i, t in enumerate(type_ids) if int(t) not in allowed]
             if bad:
                 first = geoms[bad[0]]
-                kind = "None" if first is None else first.geom_type
+                got = "None" if first is None else first.geom_type
                 raise ConfigError(
-                    f"layer {spec.name!r} takes {spec.geometry_type} geometries; got {kind} "
+                    f"layer {spec.name!r} takes {spec.geometry_type} geometries; got {got} "
                     f"at position {bad[0]} ({len(bad)} such geometries in the batch)"
                 )
         fields = {**CORE_FIELDS, **self._extra_fields}
@@ -939,7 +947,7 @@ class VectorWriter:
                     (
                         table,
                         _GEOMETRY_COLUMN,
-                        table[:30],
+                        table,
                         _qml(spec),
                         _sld(spec, table),
                         f"geoseg default style: {spec.class_name} (class {spec.class_id})",
@@ -947,7 +955,8 @@ class VectorWriter:
                 )
             connection.execute("COMMIT")
         except BaseException:
-            connection.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):
+                connection.execute("ROLLBACK")
             raise
 
     def _finish_single_layer_files(self) -> None:
@@ -962,14 +971,17 @@ class VectorWriter:
                 raise OutputWriteError(
                     f"could not read back the spooled layer {table!r} for {self._path}: {exc}"
                 ) from exc
-            # NULLs come back as NaN in float columns; restore the declared types.
+            # NULLs come back as NaN (also in integer and string columns); restore the
+            # declared types so each file gets the same schema as the GeoPackage.
             for field, kind in fields.items():
                 if kind == "int":
                     frame[field] = pd.array(
                         [None if pd.isna(v) else int(v) for v in frame[field]], dtype="Int64"
                     )
                 elif kind == "str":
-                    frame[field] = _str_column(frame[field], field)
+                    frame[field] = _str_column(
+                        [None if pd.isna(v) else v for v in frame[field]], field
+                    )
             layer_options: dict[str, str] = {}
             layer_metadata: dict[str, str] | None = None
             if self._driver == "FlatGeobuf":

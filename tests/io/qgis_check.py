@@ -33,7 +33,8 @@ from typing import Any
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from qgis.core import (  # noqa: E402  (needs QT_QPA_PLATFORM set first)
+# Imported after QT_QPA_PLATFORM is set: Qt reads it when QGIS loads.
+from qgis.core import (
     Qgis,
     QgsApplication,
     QgsSingleSymbolRenderer,
@@ -70,8 +71,9 @@ def check_layer(path: str, name: str, expected: dict[str, Any]) -> dict[str, Any
         problems.append(f"missing fields {missing}")
 
     # Styles the provider finds in layer_styles, and which one is the default.
-    count, ids, names, descriptions, error = layer.listStylesInDatabase()
-    result["styles_in_database"] = list(names)
+    count, _ids, names, _descriptions, error = layer.listStylesInDatabase()
+    # The first `count` entries are the styles of this layer.
+    result["styles_in_database"] = list(names)[:count]
     if count < 1:
         problems.append(f"no style for the layer in layer_styles ({error})")
 
