@@ -23,7 +23,13 @@ from typing import Any
 import numpy as np
 
 from geoseg import __version__
-from geoseg.errors import AllNodataWarning, ConfigError, GeoreferenceError
+from geoseg.errors import (
+    AllNodataWarning,
+    BandError,
+    ConfigError,
+    GeoreferenceError,
+    GeosegWarning,
+)
 from geoseg.infer.predictor import Predictor, normalize
 from geoseg.infer.stream import StreamStats, Strip, stream_segment
 from geoseg.io.atomic import check_output_path
@@ -140,8 +146,17 @@ def check_georeference(spec: RasterSpec, assume_crs: str | None) -> None:
     Raises
     ------
     GeoreferenceError
-        No CRS (unless ``assume_crs``), or a rotated/sheared geotransform.
+        No CRS (unless ``assume_crs``), a rotated/sheared geotransform, or
+        GCP/RPC georeferencing.
     """
+    if spec.georef in ("gcps", "rpcs"):
+        how = "ground control points" if spec.georef == "gcps" else "RPC coefficients"
+        flag = "-rpc " if spec.georef == "rpcs" else ""
+        raise GeoreferenceError(
+            f"{spec.path} is placed by {how}, not a geotransform, so its pixels have no "
+            f"north-up grid to write results on; warp it first, e.g. gdalwarp {flag}-r bilinear "
+            "IN OUT.tif"
+        )
     if spec.crs is None and assume_crs is None:
         raise GeoreferenceError(
             f"{spec.path} has no CRS, so outputs could not be placed on a map; "
@@ -152,6 +167,32 @@ def check_georeference(spec: RasterSpec, assume_crs: str | None) -> None:
         raise GeoreferenceError(
             f"{spec.path} has a rotated or sheared geotransform {tuple(t)[:6]}; warp it to a "
             "north-up grid first, e.g. gdalwarp -r bilinear IN OUT.tif"
+        )
+
+
+def check_dtype(
+    spec: RasterSpec, card_range: tuple[float, float], input_range: tuple[float, float] | None
+) -> None:
+    """Refuse complex data; warn when the dtype cannot match the model's value range.
+
+    Raises
+    ------
+    BandError
+        For complex-valued rasters (e.g. SAR single-look complex).
+    """
+    dt = np.dtype(spec.dtype) if not spec.dtype.startswith("complex_int") else None
+    if dt is None or dt.kind == "c":
+        raise BandError(
+            f"{spec.path} holds complex values ({spec.dtype}), which no imagery model reads; "
+            "convert to amplitude first, e.g. gdal_translate -ot Float32 with a VRT pixel function"
+        )
+    if input_range is None and dt.kind in "ui" and card_range[1] <= 255 and dt.itemsize > 1:
+        warnings.warn(
+            f"{spec.path} is {spec.dtype} but the model expects values in "
+            f"[{card_range[0]:g}, {card_range[1]:g}]; pass --input-range LOW,HIGH (e.g. 0,10000 "
+            "for reflectance, 0,4095 for 12-bit) or predictions will be meaningless",
+            GeosegWarning,
+            stacklevel=3,
         )
 
 
@@ -254,6 +295,7 @@ def _run_scene(
     loaded = model if isinstance(model, LoadedModel) else load_checkpoint(model)
     card = loaded.card
     bands = select_bands(spec, card.bands, cfg.bands)
+    check_dtype(spec, card.input_range, cfg.input_range)
     stats.width, stats.height, stats.pixels = spec.width, spec.height, spec.width * spec.height
     stats.area_km2 = spec.area_km2
 

@@ -45,4 +45,3 @@ def configure_logging(verbose: int, quiet: int) -> None:
     logging.basicConfig(
         level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s"
     )
-    logging.captureWarnings(True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ class RasterSpec:
     """What geoseg needs to know about a raster (no pixel data).
 
     ``shape`` is ``(rows, cols)``; ``res`` is ``(x, y)`` pixel size in CRS units;
+    ``georef`` says how pixels are placed: ``"transform"`` (a geotransform),
+    ``"gcps"`` or ``"rpcs"`` (no geotransform; needs warping) or ``"none"``;
     ``pixel_size_m`` is the mean pixel edge in metres (approximate for
     geographic CRSs, evaluated at the raster centre).
     """
@@ -53,6 +56,7 @@ class RasterSpec:
     colorinterp: tuple[str, ...]
     block_shape: tuple[int, int]
     driver: str
+    georef: str = "transform"
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -125,7 +129,16 @@ def _spec(ds: Any, path: str) -> RasterSpec:
     descs = tuple(d or "" for d in ds.descriptions)
     ci = tuple(c.name for c in ds.colorinterp)
     names = tuple(d or c for d, c in zip(descs, ci, strict=True))
+    if ds.transform.is_identity and ds.gcps[0]:
+        georef = "gcps"
+    elif ds.transform.is_identity and ds.rpcs:
+        georef = "rpcs"
+    elif ds.transform.is_identity and ds.crs is None:
+        georef = "none"
+    else:
+        georef = "transform"
     return RasterSpec(
+        georef=georef,
         path=path,
         width=ds.width,
         height=ds.height,
@@ -183,16 +196,28 @@ def select_bands(
     non_alpha = [i + 1 for i, c in enumerate(spec.colorinterp) if c != ColorInterp.alpha.name]
     if len(non_alpha) == n:
         return tuple(non_alpha)
-    lowered = [name.lower() for name in spec.band_names]
-    picked: list[int] = []
-    for w in wanted:
-        hits = [i + 1 for i, name in enumerate(lowered) if name == w.lower()]
-        if len(hits) != 1:
-            break
-        picked.append(hits[0])
-    if len(picked) == n:
-        return tuple(picked)
-    hint = ",".join(str(i) for i in non_alpha[:n]) if len(non_alpha) >= n else "..."
+    # Then by colour interpretation, then by a band description that names the
+    # band as a word ("B04 red" is red).
+    for names in (
+        [c.lower() for c in spec.colorinterp],
+        [re.split(r"[^a-z0-9]+", name.lower()) for name in spec.band_names],
+    ):
+        picked: list[int] = []
+        for w in wanted:
+            hits = [
+                i + 1
+                for i, name in enumerate(names)
+                if (w.lower() in name if isinstance(name, list) else name == w.lower())
+            ]
+            if len(hits) != 1:
+                break
+            picked.append(hits[0])
+        if len(picked) == n:
+            return tuple(picked)
+    if len(non_alpha) >= n:
+        hint = ",".join(str(i) for i in non_alpha[:n])
+    else:  # e.g. a grey band repeated for an RGB model
+        hint = ",".join(str(non_alpha[i % len(non_alpha)] if non_alpha else 1) for i in range(n))
     raise BandError(
         f"the raster has {spec.count} band(s) ({listing}) but the model expects {n} "
         f"({', '.join(wanted)}); choose them with --bands, e.g. --bands {hint}"
@@ -255,7 +280,7 @@ class RasterSource:
             spec = RasterSpec(**{**spec.__dict__, "crs": self._crs_override})
         self.spec = spec
         self.bands = tuple(bands) if bands is not None else tuple(range(1, spec.count + 1))
-        self._float = np.dtype(spec.dtype).kind in "fc"
+        self._float = spec.dtype.startswith("complex") or np.dtype(spec.dtype).kind in "fc"
 
     def _warped(self, resolution: float) -> WarpedVRT:
         src = self._src
@@ -311,9 +336,10 @@ class RasterSource:
             data = self._ds.read(self.bands, window=rw)
             masks = self._ds.read_masks(self.bands, window=rw)
         except RasterioError as exc:
+            detail = str(exc.__cause__ or exc)
             raise RasterReadError(
                 f"failed to read pixels of {self.path} at rows {inner.row_off}-{inner.row_end}, "
-                f"cols {inner.col_off}-{inner.col_end} ({exc}); the file may be corrupt or truncated"
+                f"cols {inner.col_off}-{inner.col_end} ({detail}); the file may be corrupt or truncated"
             ) from exc
         # GDAL's dataset-mask rule: a pixel is nodata only when every band is;
         # a dark pixel with one band at the nodata value is still data.
