@@ -69,12 +69,13 @@ def tiny_card(
 ) -> ModelCard:
     names = ["background", "building", "vegetation", "cropland", "water"][:n_classes]
     colors = ["#000000", "#e41a1c", "#4daf4a", "#ffd92f", "#377eb8"]
+    layers = ["background", "buildings", "vegetation", "cropland", "water"]
     d: dict[str, Any] = {
         "name": "tiny-test",
         "architecture": "tinycnn",
         "bands": list(bands),
         "classes": [
-            {"id": i, "name": n, "color": colors[i], "vectorize": i != 0}
+            {"id": i, "name": n, "color": colors[i], "vectorize": i != 0, "layer": layers[i]}
             for i, n in enumerate(names)
         ],
         "stride": 1,

@@ -29,9 +29,10 @@ def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
 
 
 def _register() -> None:
-    from geoseg.cli import info, models, predict
+    from geoseg.cli import info, models, predict, vectorize
 
     cli.add_command(predict.predict)
+    cli.add_command(vectorize.vectorize)
     cli.add_command(models.models)
     cli.add_command(info.info)
 

@@ -44,6 +44,9 @@ from geoseg.cli.progress import TileProgress
 @click.option(
     "--threads", type=int, default=None, help="CPU threads for the network [default: all]."
 )
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+              help="YAML of clean-up settings per class name (vector outputs).")
+@click.option("--dst-crs", default=None, help="CRS of the polygons (vector outputs).")
 @overwrite_opt
 @click.pass_context
 def predict(
@@ -61,10 +64,27 @@ def predict(
     assume_crs: str | None,
     no_resample: bool,
     threads: int | None,
+    config_path: Path | None,
+    dst_crs: str | None,
     overwrite: bool,
 ) -> None:
-    """Segment raster SRC tile by tile into a class COG on its exact grid."""
-    from geoseg.pipeline import PredictConfig, parse_bands, parse_range, run_scene
+    """Segment raster SRC tile by tile into a class COG on its exact grid (and polygons)."""
+    from geoseg.cli.vectorize import load_cleanup_config
+    from geoseg.io.atomic import check_output_path
+    from geoseg.pipeline import (
+        PredictConfig,
+        VectorizeConfig,
+        parse_bands,
+        parse_range,
+        run_scene,
+        run_vectorize,
+    )
+
+    vector_out = dst.suffix.lower() in (".gpkg", ".fgb", ".geojson", ".json", ".parquet")
+    raster_out = dst.with_name(dst.stem + "_classes.tif") if vector_out else dst
+    if vector_out:
+        check_output_path(dst, overwrite=overwrite)
+    cleanup = load_cleanup_config(config_path)
 
     cfg = PredictConfig(
         tile=tile,
@@ -81,7 +101,16 @@ def predict(
     )
     quiet = ctx.obj["quiet"] > 0
     with TileProgress("predict", disable=quiet) as bar:
-        stats = run_scene(src, dst, model, cfg, progress=bar.update)
-    for out in stats.outputs:
+        stats = run_scene(src, raster_out, model, cfg, progress=bar.update)
+    outputs = list(stats.outputs)
+    if vector_out:
+        vcfg = VectorizeConfig(
+            confidence=probabilities, cleanup=cleanup, dst_crs=dst_crs, overwrite=overwrite
+        )
+        with TileProgress("vectorize", disable=quiet, unit="row") as bar:
+            vstats = run_vectorize(raster_out, dst, vcfg, progress=bar.update)
+        outputs += vstats.outputs
+        click.echo(vstats.summary(), err=True)
+    for out in outputs:
         click.echo(f"wrote {out}", err=quiet)
     click.echo(stats.summary())

@@ -10,7 +10,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -354,3 +354,64 @@ class RasterSource:
             data = np.pad(data, ((0, 0), *pad), mode="reflect")
             valid = np.pad(valid, pad, mode="reflect")
         return data, valid
+
+
+def iter_strips(
+    path: str | Path, *, rows: int = 512, band: int = 1
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(row_off, array)`` strips of one band over the full raster width.
+
+    Raises
+    ------
+    RasterReadError
+        If the raster cannot be opened or a block cannot be decoded.
+    """
+    with RasterSource(path, bands=[band]) as src:
+        h, w = src.spec.shape
+        for r in range(0, h, rows):
+            n = min(rows, h - r)
+            try:
+                arr = src._ds.read(band, window=Window(0, r, w, n))
+            except RasterioError as exc:
+                raise RasterReadError(f"failed to read {path} rows {r}-{r + n}: {exc.__cause__ or exc}") from exc
+            yield r, arr
+
+
+def iter_confidence_strips(path: str | Path, *, rows: int = 512) -> Iterator[np.ndarray]:
+    """Yield float32 per-pixel confidence strips in [0, 1] from a probability raster.
+
+    A one-band raster is the confidence itself (its band scale applied, or
+    unscaled unsigned integers divided by their top value); a
+    raster with a band per class gives the highest class probability, which is
+    the probability of the predicted class.  Nodata pixels give NaN.
+    """
+    with RasterSource(path) as src:
+        h, w = src.spec.shape
+        scales = np.asarray(src._ds.scales, dtype=np.float32)[:, None, None]
+        nodata = src._ds.nodata
+        dt = np.dtype(src.spec.dtype)
+        if dt.kind == "u" and np.all(scales == 1):
+            # Unscaled integers: full range means 1 (geoseg's own rasters carry a 1/254 scale).
+            top = np.iinfo(dt).max - (1 if nodata == np.iinfo(dt).max else 0)
+            scales = scales / np.float32(top)
+        for r in range(0, h, rows):
+            n = min(rows, h - r)
+            try:
+                raw = src._ds.read(window=Window(0, r, w, n))
+            except RasterioError as exc:
+                raise RasterReadError(f"failed to read {path} rows {r}-{r + n}: {exc.__cause__ or exc}") from exc
+            bad = np.all(raw == nodata, axis=0) if nodata is not None else np.zeros((n, w), bool)
+            conf = (raw.astype(np.float32) * scales).max(axis=0)
+            conf[bad] = np.nan
+            yield conf
+
+
+def read_tags(path: str | Path) -> tuple[dict[str, str], dict[int, tuple[int, int, int]], RasterSpec]:
+    """Dataset tags, band-1 colour table and spec of a raster."""
+    with RasterSource(path, bands=[1]) as src:
+        tags = dict(src._ds.tags())
+        try:
+            cmap = {k: tuple(v[:3]) for k, v in src._ds.colormap(1).items()}
+        except ValueError:
+            cmap = {}
+        return tags, cmap, src.spec  # type: ignore[return-value]

@@ -76,8 +76,7 @@ class ClassInfo:
     color : str
         ``#rrggbb`` colour used in the raster colour table and the QGIS style.
     layer : str, optional
-        GeoPackage layer name for its polygons (default: ``name`` + "s"); ``None``
-        in the JSON and ``vectorize=False`` for classes that are not vectorized.
+        GeoPackage layer name for its polygons (default: ``name``).
     vectorize : bool
         Whether polygons are produced for this class (False for background).
     """
@@ -96,9 +95,7 @@ class ClassInfo:
                 f"class {self.name!r} colour must look like '#1f78b4', got {self.color!r}"
             )
         if not self.layer:
-            object.__setattr__(
-                self, "layer", self.name if self.name.endswith("s") else self.name + "s"
-            )
+            object.__setattr__(self, "layer", self.name)
 
     @property
     def rgb(self) -> tuple[int, int, int]:

@@ -31,7 +31,7 @@ import math
 import numbers
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -57,9 +57,11 @@ DEFAULT_BLOCK_ROWS = 512
 
 _FOUR_CONNECTED = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
 
-# Unioning the parts of a group that stays open for many strips (1-row strips, a
-# very tall component) keeps the list of parts short; the threshold trades a few
-# intermediate unions against holding thousands of slivers.
+# A group that stays open for many strips (1-row strips, a very tall component)
+# collects many parts.  They are unioned once there are more than this many and
+# more than half of all the parts the group ever had: the number of parts stays
+# bounded while each union at least doubles the size it covers, so the
+# intermediate unions cost O(n log n) overall instead of O(n^2).
 _MAX_OPEN_PARTS = 64
 
 
@@ -126,16 +128,50 @@ class _Group:
     pixel_count: int
     confidence_sum: float
     first_pixel: int
+    raw_parts: int
 
 
-class _Done(NamedTuple):
-    """A finished component, still in pixel coordinates."""
+@dataclass
+class _Columns:
+    """Finished components as columns, still in pixel coordinates."""
 
-    first_pixel: int
-    value: int
-    geometry: shapely.Geometry
-    pixel_count: int
-    confidence_sum: float
+    first_pixel: npt.NDArray[np.int64]
+    value: npt.NDArray[np.int64]
+    geometry: npt.NDArray[np.object_]
+    pixel_count: npt.NDArray[np.int64]
+    confidence_sum: npt.NDArray[np.float64]
+
+    @classmethod
+    def of_strip(cls, s: _Strip, labels: npt.NDArray[np.intp]) -> _Columns:
+        sums = np.zeros(len(labels)) if s.conf_sums is None else s.conf_sums[labels]
+        return cls(
+            s.first_pixels[labels],
+            s.values[labels],
+            s.polygons[labels],
+            s.counts[labels],
+            sums,
+        )
+
+    @classmethod
+    def of_groups(cls, groups: list[_Group]) -> _Columns:
+        geoms = np.empty(len(groups), dtype=object)
+        geoms[:] = [_union(g.parts) for g in groups]
+        return cls(
+            np.array([g.first_pixel for g in groups], dtype=np.int64),
+            np.array([g.value for g in groups], dtype=np.int64),
+            geoms,
+            np.array([g.pixel_count for g in groups], dtype=np.int64),
+            np.array([g.confidence_sum for g in groups], dtype=np.float64),
+        )
+
+    def concat(self, other: _Columns) -> _Columns:
+        return _Columns(
+            np.concatenate([self.first_pixel, other.first_pixel]),
+            np.concatenate([self.value, other.value]),
+            np.concatenate([self.geometry, other.geometry]),
+            np.concatenate([self.pixel_count, other.pixel_count]),
+            np.concatenate([self.confidence_sum, other.confidence_sum]),
+        )
 
 
 @dataclass
@@ -147,7 +183,7 @@ class _Strip:
     values: npt.NDArray[np.int64]
     counts: npt.NDArray[np.int64]
     conf_sums: npt.NDArray[np.float64] | None
-    polygons: list[shapely.Geometry]
+    polygons: npt.NDArray[np.object_]
     first_pixels: npt.NDArray[np.int64]
     touches_bottom: npt.NDArray[np.bool_] = field(init=False)
 
@@ -334,7 +370,7 @@ def _polygonize(
         conf = _next_confidence(conf_iter, strip.shape, int(row_off))
 
         s = _label_strip(strip, int(row_off), skip, conf)
-        done: list[_Done] = []
+        closed: list[_Group] = []
         label_gid = np.full(len(s.values), -1, dtype=np.int64)
         linked = np.zeros(len(s.values), dtype=bool)
         survivors: dict[int, _Group] = {}
@@ -344,9 +380,7 @@ def _polygonize(
             touching = (seam_gids >= 0) & (top > 0) & (seam_values == strip[0])
             pairs = np.unique(np.stack([seam_gids[touching], top[touching]], axis=1), axis=0)
             linked_gids = set(pairs[:, 0].tolist())
-            for gid, group in groups.items():
-                if gid not in linked_gids:
-                    done.append(_finish(group))
+            closed.extend(g for gid, g in groups.items() if gid not in linked_gids)
             for gids, labels in _link(pairs):
                 linked[labels] = True
                 merged = _merge(s, [groups[g] for g in gids], labels)
@@ -355,35 +389,30 @@ def _polygonize(
                     survivors[next_gid] = merged
                     next_gid += 1
                 else:
-                    done.append(_finish(merged))
+                    closed.append(merged)
 
-        for lab in np.flatnonzero(~linked[1:]) + 1:
-            if s.touches_bottom[lab]:
-                label_gid[lab] = next_gid
-                survivors[next_gid] = _merge(s, [], np.array([lab]))
-                next_gid += 1
-            else:
-                csum = 0.0 if s.conf_sums is None else float(s.conf_sums[lab])
-                done.append(
-                    _Done(
-                        int(s.first_pixels[lab]),
-                        int(s.values[lab]),
-                        s.polygons[lab],
-                        int(s.counts[lab]),
-                        csum,
-                    )
-                )
+        linked[0] = True
+        for lab in np.flatnonzero(~linked & s.touches_bottom):
+            label_gid[lab] = next_gid
+            survivors[next_gid] = _merge(s, [], np.array([lab]))
+            next_gid += 1
+        # Components inside the strip, touching neither seam: the bulk, handled as arrays.
+        inside = np.flatnonzero(~linked & ~s.touches_bottom)
 
         groups = survivors
         seam_gids = label_gid[s.labels[-1]]
         seam_values = strip[-1].copy()
-        yield from _records(done, coeffs, conf_iter is not None)
+        yield from _records(
+            _Columns.of_strip(s, inside).concat(_Columns.of_groups(closed)),
+            coeffs,
+            conf_iter is not None,
+        )
 
     if conf_iter is not None and next(conf_iter, None) is not None:
         raise ConfigError(
             "confidence has more arrays than there are class strips; give one per strip"
         )
-    yield from _records([_finish(g) for g in groups.values()], coeffs, conf_iter is not None)
+    yield from _records(_Columns.of_groups(list(groups.values())), coeffs, conf_iter is not None)
 
 
 def _check_strip(
@@ -457,7 +486,8 @@ def _label_strip(
     conf: npt.NDArray[np.float64] | None,
 ) -> _Strip:
     labels = np.zeros(strip.shape, dtype=np.int32)
-    values = [0]
+    values = [np.zeros(1, dtype=np.int64)]
+    firsts = [np.zeros(1, dtype=np.int64)]
     n = 0
     for value in _present_classes(strip, skip):
         lab, count = ndimage.label(strip == value, structure=_FOUR_CONNECTED, output=np.int32)
@@ -465,7 +495,8 @@ def _label_strip(
             continue
         inside = lab > 0
         labels[inside] = lab[inside] + n
-        values.extend([value] * count)
+        values.append(np.full(count, value, dtype=np.int64))
+        firsts.append(_first_pixels(lab.ravel(), count))
         n += count
 
     flat = labels.ravel()
@@ -473,44 +504,47 @@ def _label_strip(
     conf_sums: npt.NDArray[np.float64] | None = None
     if conf is not None:
         conf_sums = np.bincount(flat, weights=conf.ravel(), minlength=n + 1).astype(np.float64)
-
-    polygons = _label_polygons(labels, n, row_off)
-
-    width = strip.shape[1]
-    first_pixels = np.zeros(n + 1, dtype=np.int64)
-    for lab, box in enumerate(ndimage.find_objects(labels), start=1):
-        if box is None:
-            continue
-        r0, c0 = box[0].start, box[1].start
-        col = c0 + int(np.argmax(labels[r0, box[1]] == lab))
-        first_pixels[lab] = (row_off + r0) * width + col
-
     return _Strip(
         row_off=row_off,
         labels=labels,
-        values=np.asarray(values, dtype=np.int64),
+        values=np.concatenate(values),
         counts=counts.astype(np.int64),
         conf_sums=conf_sums,
-        polygons=polygons,
-        first_pixels=first_pixels,
+        polygons=_label_polygons(labels, n, row_off),
+        first_pixels=np.concatenate(firsts) + row_off * strip.shape[1],
     )
 
 
-def _label_polygons(labels: npt.NDArray[np.int32], n: int, row_off: int) -> list[shapely.Geometry]:
-    """Polygon of every label (index 0 is an empty placeholder), in pixel coordinates."""
-    polygons: list[shapely.Geometry] = [shapely.Polygon()] * (n + 1)
+def _first_pixels(flat: npt.NDArray[np.int32], count: int) -> npt.NDArray[np.int64]:
+    """Flat index of the first pixel (raster order) of labels 1..count."""
+    # scipy numbers labels in raster order of their first pixel, so a label's first
+    # pixel is where it exceeds every label seen before: one O(N) pass, no sort.
+    seen = np.maximum.accumulate(flat)
+    new = np.flatnonzero(flat[1:] > seen[:-1]) + 1
+    if flat[0] > 0:
+        new = np.concatenate([[0], new])
+    if len(new) == count and np.array_equal(flat[new], np.arange(1, count + 1)):
+        return new.astype(np.int64)
+    labels, first = np.unique(flat, return_index=True)
+    out: npt.NDArray[np.int64] = first[labels > 0].astype(np.int64)
+    return out
+
+
+def _label_polygons(labels: npt.NDArray[np.int32], n: int, row_off: int) -> npt.NDArray[np.object_]:
+    """Polygon of every label (index 0 is an unused None), in pixel coordinates."""
+    polygons = np.full(n + 1, None, dtype=object)
     if n == 0:
         return polygons
     # Integer pixel coordinates: exact, so seam unions never need snapping.
     pixel_space = Affine(1.0, 0.0, 0.0, 0.0, 1.0, float(row_off))
-    found: list[int] = []
+    found: list[float] = []
     points: list[tuple[float, float]] = []
     ring_sizes: list[int] = []
     rings_per_polygon: list[int] = []
     for geom, lab_value in rasterio.features.shapes(
         labels, mask=labels > 0, connectivity=4, transform=pixel_space
     ):
-        found.append(int(lab_value))
+        found.append(lab_value)
         rings = geom["coordinates"]
         rings_per_polygon.append(len(rings))
         for ring in rings:
@@ -522,9 +556,9 @@ def _label_polygons(labels: npt.NDArray[np.int32], n: int, row_off: int) -> list
         np.asarray(points, dtype=np.float64),
         indices=np.repeat(np.arange(len(ring_sizes)), ring_sizes),
     )
-    built = shapely.polygons(rings_arr, indices=np.repeat(np.arange(len(found)), rings_per_polygon))
-    for lab, poly in zip(found, built, strict=True):
-        polygons[lab] = poly
+    polygons[np.asarray(found, dtype=np.int64)] = shapely.polygons(
+        rings_arr, indices=np.repeat(np.arange(len(found)), rings_per_polygon)
+    )
     return polygons
 
 
@@ -556,9 +590,10 @@ def _link(
 
 def _merge(s: _Strip, previous: list[_Group], labels: npt.NDArray[np.int64]) -> _Group:
     parts = [p for g in previous for p in g.parts]
-    parts.extend(s.polygons[int(lab)] for lab in labels)
-    if len(parts) > _MAX_OPEN_PARTS:
-        parts = [shapely.union_all(parts)]
+    parts.extend(s.polygons[labels].tolist())
+    raw_parts = sum(g.raw_parts for g in previous) + len(labels)
+    if len(parts) > max(_MAX_OPEN_PARTS, raw_parts // 2):
+        parts = [_union(parts)]
     firsts = [g.first_pixel for g in previous] + s.first_pixels[labels].tolist()
     value = previous[0].value if previous else int(s.values[labels[0]])
     csum = sum(g.confidence_sum for g in previous)
@@ -570,27 +605,48 @@ def _merge(s: _Strip, previous: list[_Group], labels: npt.NDArray[np.int64]) -> 
         pixel_count=sum(g.pixel_count for g in previous) + int(s.counts[labels].sum()),
         confidence_sum=csum,
         first_pixel=min(firsts),
+        raw_parts=raw_parts,
     )
 
 
-def _finish(group: _Group) -> _Done:
-    if len(group.parts) == 1:
-        geom = group.parts[0]
-    else:
-        # The seam leaves collinear vertices where GDAL has none; they would move off
-        # the line under a rotated transform and break bit-exact equality.
-        geom = shapely.simplify(shapely.union_all(group.parts), 0.0, preserve_topology=False)
-    return _Done(group.first_pixel, group.value, geom, group.pixel_count, group.confidence_sum)
+def _union(parts: list[shapely.Geometry]) -> shapely.Geometry:
+    """The polygon of a finished group from its parts, all in pixel coordinates."""
+    if len(parts) == 1:
+        return parts[0]
+    # The seams leave collinear vertices where GDAL has none; they would move off
+    # the line under a rotated transform and break bit-exact equality.
+    polygons = [
+        shapely.Polygon(
+            _drop_collinear(p.exterior.coords), [_drop_collinear(r.coords) for r in p.interiors]
+        )
+        for p in shapely.get_parts(shapely.union_all(parts))
+    ]
+    return polygons[0] if len(polygons) == 1 else shapely.MultiPolygon(polygons)
+
+
+def _drop_collinear(ring: shapely.coords.CoordinateSequence) -> npt.NDArray[np.float64]:
+    """A closed ring without vertices in the middle of a straight run.
+
+    ``shapely.simplify(geom, 0)`` keeps some of them, so this is done by hand;
+    pixel coordinates are integers, so the cross products are exact.
+    """
+    pts = np.asarray(ring)[:-1]
+    into = pts - np.roll(pts, 1, axis=0)
+    out = np.roll(pts, -1, axis=0) - pts
+    cross = into[:, 0] * out[:, 1] - into[:, 1] * out[:, 0]
+    straight = (cross == 0) & ((into * out).sum(axis=1) > 0)
+    kept = pts[~straight]
+    return np.vstack([kept, kept[:1]])
 
 
 def _records(
-    done: list[_Done],
+    done: _Columns,
     coeffs: tuple[float, float, float, float, float, float],
     with_confidence: bool,
 ) -> Iterator[PolygonRecord]:
-    if not done:
+    if len(done.first_pixel) == 0:
         return
-    done.sort(key=lambda item: item.first_pixel)
+    order = np.argsort(done.first_pixel, kind="stable")
     a, b, c, d, e, f = coeffs
 
     def to_raster(xy: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -598,11 +654,9 @@ def _records(
         col, row = xy[:, 0], xy[:, 1]
         return np.column_stack([c + col * a + row * b, f + col * d + row * e])
 
-    geoms = shapely.transform(np.array([item.geometry for item in done], dtype=object), to_raster)
-    for item, geom in zip(done, geoms, strict=True):
-        yield PolygonRecord(
-            value=item.value,
-            geometry=geom,
-            pixel_count=item.pixel_count,
-            confidence_sum=item.confidence_sum if with_confidence else None,
-        )
+    geoms = shapely.transform(done.geometry[order], to_raster)
+    values = done.value[order].tolist()
+    counts = done.pixel_count[order].tolist()
+    sums = done.confidence_sum[order].tolist() if with_confidence else [None] * len(order)
+    for value, geom, count, csum in zip(values, geoms, counts, sums, strict=True):
+        yield PolygonRecord(value=value, geometry=geom, pixel_count=count, confidence_sum=csum)

@@ -12,12 +12,20 @@ run along one of two perpendicular directions:
    back to the minimum rotated rectangle's direction for round shapes;
 3. rotate the outline so that direction is the x axis, label each edge
    horizontal or vertical, and merge runs of equally labelled edges into one
-   line each (at the length-weighted mean offset);
+   line each;
 4. drop the shortest line while it is shorter than ``min_edge`` (its two
    neighbours, both parallel, merge into one), so noise does not leave steps;
-5. intersect consecutive lines to get the corners, rotate back, and check the
+5. hand every edge of the *original* outline to its nearest line, correct the
+   direction with the principal axis of those edges (walls pooled, vertical
+   ones turned by 90°) and move each line to the length-weighted mean offset
+   of its edges: a staircase straddles the true wall, while the vertices that
+   Douglas-Peucker keeps are its outer corners;
+6. intersect consecutive lines to get the corners, rotate back, and check the
    result: an invalid polygon, or one whose area differs from the input's by
    more than ``max_area_change``, is replaced by the minimum rotated rectangle.
+
+Holes (courtyards) are squared along the same direction; a hole that collapses
+or leaves the squared shell is dropped.
 
 Work in a metric CRS (see :mod:`geoseg.vectorize.metric`); every distance here
 is in the units of the coordinates.
@@ -50,8 +58,8 @@ __all__ = [
 # Edges within this angle of the first estimate refine the dominant direction;
 # wider would let 45° chamfers pull it, narrower would ignore slightly bent walls.
 _REFINE_WINDOW = math.radians(20.0)
-# The fit on all outline vertices only corrects the direction; a larger change
-# means the vertices disagree with the walls found and the estimate is kept.
+# The fit on the whole outline only corrects the direction; a larger change
+# means the outline disagrees with the walls found, and the estimate is kept.
 _MAX_CORRECTION = math.radians(10.0)
 
 
