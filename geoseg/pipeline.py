@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from affine import Affine
 
 from geoseg import __version__
 from geoseg.errors import (
@@ -39,8 +40,9 @@ from geoseg.io.read import RasterSource, RasterSpec, select_bands
 from geoseg.io.write_raster import RasterStripWriter
 from geoseg.models.card import ClassInfo
 from geoseg.models.checkpoint import LoadedModel, load_checkpoint
+from geoseg.tiling import make_grid, region_grid
+from geoseg.types import PixelWindow
 from geoseg.vectorize.clean import CleanupParams, clean_geometries, default_cleanup
-from geoseg.tiling import make_grid
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,12 @@ class PredictConfig:
         Resample to the model's pixel size when they differ by more than 25 %.
     amp : bool, optional
         Mixed precision (default: on GPUs).
+    threads : int, optional
+        CPU threads for the network.
+    region : PixelWindow, optional
+        Compute and write only this window of the raster, bit-identical to the
+        same pixels of a whole-raster run (batch runs use it; implies
+        ``resample="never"``).
     """
 
     tile: int | None = None
@@ -90,8 +98,11 @@ class PredictConfig:
     resample: str = "auto"
     amp: bool | None = None
     threads: int | None = None
+    region: PixelWindow | None = None
 
     def __post_init__(self) -> None:
+        if self.region is not None and self.resample != "never":
+            object.__setattr__(self, "resample", "never")
         if self.tile is not None and self.tile < 1:
             raise ConfigError(f"--tile must be positive, got {self.tile}")
         if self.overlap is not None and self.overlap < 0:
@@ -208,7 +219,13 @@ def _model_tags(loaded: LoadedModel, cfg: PredictConfig, src: str) -> dict[str, 
         "GEOSEG_TIME": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "GEOSEG_CLASSES": json.dumps(
             [
-                {"id": c.id, "name": c.name, "color": c.color, "layer": c.layer, "vectorize": c.vectorize}
+                {
+                    "id": c.id,
+                    "name": c.name,
+                    "color": c.color,
+                    "layer": c.layer,
+                    "vectorize": c.vectorize,
+                }
                 for c in loaded.card.classes
             ]
         ),
@@ -255,6 +272,28 @@ class _BackgroundWriter:
         self._thread.join()
         if self._exc is not None:
             raise self._exc
+
+
+def crop_strips(
+    strips: Iterator[Strip], core: PixelWindow, origin: tuple[int, int]
+) -> Iterator[Strip]:
+    """Cut grid-local strips down to the rows and columns of ``core`` (raster pixels)."""
+    oy, ox = origin
+    top, left = core.row_off - oy, core.col_off - ox
+    out_row = 0
+    for s in strips:
+        a, b = max(s.row_off, top), min(s.row_off + s.classes.shape[0], top + core.height)
+        if b <= a:
+            continue
+        rs = slice(a - s.row_off, b - s.row_off)
+        cs = slice(left, left + core.width)
+        yield Strip(
+            out_row,
+            s.classes[rs, cs],
+            None if s.probs is None else s.probs[:, rs, cs],
+            None if s.probs_f32 is None else s.probs_f32[:, rs, cs],
+        )
+        out_row += b - a
 
 
 def run_scene(
@@ -362,9 +401,26 @@ def _run_scene(
             overlap=card.overlap if cfg.overlap is None else cfg.overlap,
             stride=card.stride,
         )
+        read: Callable[[PixelWindow], tuple[np.ndarray, np.ndarray]] = reader.read
+        out_transform, out_w, out_h = spec.transform, spec.width, spec.height
+        if cfg.region is not None:
+            core = cfg.region
+            grid = region_grid(grid, core)
+            oy, ox = grid.origin
+
+            def read_region(w: PixelWindow) -> tuple[np.ndarray, np.ndarray]:
+                return reader.read(PixelWindow(w.row_off + oy, w.col_off + ox, w.height, w.width))
+
+            read = read_region
+
+            out_transform = spec.transform * Affine.translation(core.col_off, core.row_off)
+            out_w, out_h = core.width, core.height
+            stats.width, stats.height, stats.pixels = out_w, out_h, out_w * out_h
+            if stats.area_km2 is not None:
+                stats.area_km2 *= out_w * out_h / (spec.width * spec.height)
         strips = stream_segment(
             grid,
-            reader.read,
+            read,
             lambda d, v: normalize(d, v, card, cfg.input_range),
             predictor,
             card.n_classes,
@@ -373,14 +429,16 @@ def _run_scene(
             progress=progress,
             stats=stream_stats,
         )
+        if cfg.region is not None:
+            strips = crop_strips(strips, cfg.region, grid.origin)
         crs = rspec.crs
         if resolution is None:
             with RasterStripWriter(
                 dst,
                 crs=crs,
-                transform=spec.transform,
-                width=spec.width,
-                height=spec.height,
+                transform=out_transform,
+                width=out_w,
+                height=out_h,
                 colormap=colormap,
                 class_names=names,
                 probabilities=cfg.probabilities,
@@ -527,7 +585,9 @@ def _style_for(name: str) -> str:
     return "simplify"
 
 
-def cleanup_for(cls: ClassInfo, card_post: Mapping[str, Any], override: Mapping[str, CleanupParams] | None) -> CleanupParams:
+def cleanup_for(
+    cls: ClassInfo, card_post: Mapping[str, Any], override: Mapping[str, CleanupParams] | None
+) -> CleanupParams:
     """Clean-up of one class: explicit override, else the card's, else a default by kind."""
     if override and cls.name in override:
         return override[cls.name]
@@ -536,12 +596,16 @@ def cleanup_for(cls: ClassInfo, card_post: Mapping[str, Any], override: Mapping[
     return default_cleanup(_style_for(cls.name))
 
 
-def _classes_from_raster(tags: Mapping[str, str], cmap: Mapping[int, tuple[int, int, int]]) -> tuple[ClassInfo, ...]:
+def _classes_from_raster(
+    tags: Mapping[str, str], cmap: Mapping[int, tuple[int, int, int]]
+) -> tuple[ClassInfo, ...]:
     if "GEOSEG_CLASSES" in tags:
         try:
             return tuple(ClassInfo.from_dict(d) for d in json.loads(tags["GEOSEG_CLASSES"]))
         except (ValueError, TypeError) as exc:
-            raise ConfigError(f"the class raster's GEOSEG_CLASSES tag is malformed ({exc}); pass --model") from exc
+            raise ConfigError(
+                f"the class raster's GEOSEG_CLASSES tag is malformed ({exc}); pass --model"
+            ) from exc
     if "CLASS_NAMES" in tags:
         out = []
         for i, name in enumerate(tags["CLASS_NAMES"].split(",")):
@@ -608,10 +672,16 @@ def _run_vectorize(
     params = {c.id: cleanup_for(c, card_post, cfg.cleanup) for c in wanted}
     skip = [c.id for c in classes if not c.vectorize]
     bounds = spec.bounds
-    out_crs = pyproj.CRS.from_user_input(cfg.dst_crs) if cfg.dst_crs else pyproj.CRS.from_user_input(spec.crs.to_wkt())
+    out_crs = (
+        pyproj.CRS.from_user_input(cfg.dst_crs)
+        if cfg.dst_crs
+        else pyproj.CRS.from_user_input(spec.crs.to_wkt())
+    )
     to_out = None
     if cfg.dst_crs:
-        tr = pyproj.Transformer.from_crs(pyproj.CRS.from_user_input(spec.crs.to_wkt()), out_crs, always_xy=True)
+        tr = pyproj.Transformer.from_crs(
+            pyproj.CRS.from_user_input(spec.crs.to_wkt()), out_crs, always_xy=True
+        )
         to_out = tr.transform
     layers = [LayerSpec(c.layer, c.id, c.name, c.color) for c in wanted]
     by_id = {c.id: c for c in wanted}
@@ -644,14 +714,18 @@ def _run_vectorize(
             if progress is not None:
                 progress(row_off + arr.shape[0], rows_total)
 
-    confidence = iter_confidence_strips(cfg.confidence, rows=cfg.block_rows) if cfg.confidence else None
+    confidence = (
+        iter_confidence_strips(cfg.confidence, rows=cfg.block_rows) if cfg.confidence else None
+    )
 
     def flush(writer: VectorWriter, class_id: int) -> None:
         items = pending[class_id]
         if not items:
             return
         cls = by_id[class_id]
-        cleaned = clean_geometries([g for g, _ in items], params[class_id], crs=spec.crs, bounds=bounds)
+        cleaned = clean_geometries(
+            [g for g, _ in items], params[class_id], crs=spec.crs, bounds=bounds
+        )
         keep = [(g, c) for g, (_, c) in zip(cleaned, items, strict=True) if g is not None]
         stats.dropped += len(items) - len(keep)
         items.clear()
@@ -667,8 +741,8 @@ def _run_vectorize(
             {
                 "class_id": [cls.id] * len(keep),
                 "class_name": [cls.name] * len(keep),
-                "area_m2": areas,
-                "perimeter_m": perims,
+                "area_m2": areas.tolist(),
+                "perimeter_m": perims.tolist(),
                 "confidence": [c for _, c in keep],
                 "source": [source] * len(keep),
             },
@@ -676,12 +750,18 @@ def _run_vectorize(
         stats.polygons[cls.layer] += len(keep)
         stats.area_m2[cls.layer] += float(np.sum(areas))
 
-    with VectorWriter(dst, crs=out_crs, layers=layers, metadata=metadata, overwrite=cfg.overwrite) as writer:
-        for rec in polygonize_strips(strips(), spec.transform, nodata=255, skip_values=skip, confidence=confidence):
+    with VectorWriter(
+        dst, crs=out_crs, layers=layers, metadata=metadata, overwrite=cfg.overwrite
+    ) as writer:
+        for rec in polygonize_strips(
+            strips(), spec.transform, nodata=255, skip_values=skip, confidence=confidence
+        ):
             if rec.value not in pending:
                 continue
             conf = rec.mean_confidence if cfg.confidence else None
-            pending[rec.value].append((rec.geometry, None if conf is None or not math.isfinite(conf) else conf))
+            pending[rec.value].append(
+                (rec.geometry, None if conf is None or not math.isfinite(conf) else conf)
+            )
             if len(pending[rec.value]) >= cfg.batch:
                 flush(writer, rec.value)
         for class_id in pending:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import bisect
+
 from geoseg.errors import ConfigError
-from geoseg.types import TileGrid
+from geoseg.types import PixelWindow, TileGrid
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -86,4 +88,63 @@ def make_grid(
         overlap=overlap,
         row_starts=_starts(height, tile_h, overlap),
         col_starts=_starts(width, tile_w, overlap),
+    )
+
+
+def region_grid(grid: TileGrid, core: PixelWindow) -> TileGrid:
+    """The part of ``grid`` needed to compute ``core`` exactly as the whole grid would.
+
+    Every tile of ``grid`` that touches ``core`` is kept, with its global
+    position and blending edges, so the blended result over ``core`` is
+    identical (bit for bit) to the one the whole-raster run gives: the same
+    tiles, the same weights, added in the same order.  Pixels of the returned
+    grid outside ``core`` may lack contributions and must be discarded.
+
+    Parameters
+    ----------
+    grid : TileGrid
+        A whole-raster grid (origin ``(0, 0)``).
+    core : PixelWindow
+        The region to compute, inside the raster.
+
+    Returns
+    -------
+    TileGrid
+        A grid whose ``origin`` is the upper-left raster pixel of its first tile.
+
+    Examples
+    --------
+    >>> g = make_grid(1000, 1000, tile=256, overlap=32)
+    >>> r = region_grid(g, PixelWindow(500, 0, 100, 100))
+    >>> r.origin, r.row_starts, r.col_starts, r.border
+    ((372, 0), (0, 186), (0,), (False, False, True, False))
+    """
+    if grid.origin != (0, 0):
+        raise ConfigError("region_grid needs a whole-raster grid")
+    clip = core.clip(grid.height, grid.width)
+    if clip != core:
+        raise ConfigError(f"region {core} is not inside the {grid.height}x{grid.width} raster")
+
+    def span(starts: tuple[int, ...], size: int, lo: int, hi: int) -> tuple[int, int]:
+        first = max(0, bisect.bisect_right(starts, lo - size))
+        while starts[first] + size <= lo:
+            first += 1
+        last = bisect.bisect_left(starts, hi) - 1
+        return first, max(first, last)
+
+    r0, r1 = span(grid.row_starts, grid.tile_h, core.row_off, core.row_end)
+    c0, c1 = span(grid.col_starts, grid.tile_w, core.col_off, core.col_end)
+    rows = grid.row_starts[r0 : r1 + 1]
+    cols = grid.col_starts[c0 : c1 + 1]
+    oy, ox = rows[0], cols[0]
+    return TileGrid(
+        height=min(rows[-1] + grid.tile_h, grid.height) - oy,
+        width=min(cols[-1] + grid.tile_w, grid.width) - ox,
+        tile_h=grid.tile_h,
+        tile_w=grid.tile_w,
+        overlap=grid.overlap,
+        row_starts=tuple(r - oy for r in rows),
+        col_starts=tuple(c - ox for c in cols),
+        origin=(oy, ox),
+        border=(r0 == 0, r1 == len(grid.row_starts) - 1, c0 == 0, c1 == len(grid.col_starts) - 1),
     )

@@ -73,7 +73,12 @@ class TileGrid:
     """A regular grid of overlapping tiles covering a ``height`` x ``width`` raster.
 
     Build it with :func:`geoseg.tiling.make_grid`.  ``row_starts`` and
-    ``col_starts`` are the tile origins along each axis.
+    ``col_starts`` are the tile origins along each axis, relative to
+    ``origin`` (the raster pixel ``(row, col)`` of this grid's upper-left
+    corner: ``(0, 0)`` for a whole raster, elsewhere for a region cut out of a
+    larger grid with :func:`geoseg.tiling.region_grid`).  ``border`` tells which
+    sides of the grid (top, bottom, left, right) are raster borders, where
+    blending does not fade.
     """
 
     height: int
@@ -83,6 +88,8 @@ class TileGrid:
     overlap: int
     row_starts: tuple[int, ...]
     col_starts: tuple[int, ...]
+    origin: tuple[int, int] = (0, 0)
+    border: tuple[bool, bool, bool, bool] = (True, True, True, True)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -96,10 +103,10 @@ class TileGrid:
         """Return tile ``(row, col)``."""
         r0, c0 = self.row_starts[row], self.col_starts[col]
         edges = (
-            row == 0,
-            row == len(self.row_starts) - 1,
-            col == 0,
-            col == len(self.col_starts) - 1,
+            row == 0 and self.border[0],
+            row == len(self.row_starts) - 1 and self.border[1],
+            col == 0 and self.border[2],
+            col == len(self.col_starts) - 1 and self.border[3],
         )
         return Tile(row, col, PixelWindow(r0, c0, self.tile_h, self.tile_w), edges)
 

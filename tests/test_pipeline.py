@@ -218,3 +218,32 @@ def test_peak_memory_does_not_grow_with_height(tiny_model_dir, tmp_path):
     # A whole-scene float accumulator for the tall raster alone would add
     # (3 classes + weights) * 4 bytes * 6.3 Mpx = 100 MB, plus probabilities.
     assert tall - short < 20, f"peak RSS grew from {short:.0f} MB to {tall:.0f} MB"
+
+
+def test_region_runs_are_identical_to_the_whole_run(tiny_model_dir, make_raster, tmp_path):
+    from geoseg.types import PixelWindow
+
+    src = make_raster(shape=(230, 190))
+    cfg = dict(device="cpu", tile=64, overlap=16, probabilities=None)
+    run_scene(src, tmp_path / "whole.tif", tiny_model_dir, PredictConfig(**cfg))
+    with rasterio.open(tmp_path / "whole.tif") as ds:
+        whole = ds.read(1)
+        transform = ds.transform
+    for i, core in enumerate(
+        [
+            PixelWindow(0, 0, 100, 90),
+            PixelWindow(100, 90, 130, 100),
+            PixelWindow(37, 51, 61, 77),
+            PixelWindow(229, 0, 1, 190),
+        ]
+    ):
+        out = tmp_path / f"r{i}.tif"
+        run_scene(src, out, tiny_model_dir, PredictConfig(**cfg, region=core))
+        with rasterio.open(out) as ds:
+            part = ds.read(1)
+            assert ds.transform == transform * rasterio.Affine.translation(
+                core.col_off, core.row_off
+            )
+        np.testing.assert_array_equal(
+            part, whole[core.row_off : core.row_end, core.col_off : core.col_end]
+        )

@@ -61,3 +61,33 @@ def test_bad_parameters_raise_config_error(tile, overlap, stride):
 
 def test_round_up():
     assert round_up(1, 32) == 32 and round_up(64, 32) == 64
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    h=st.integers(1, 600),
+    w=st.integers(1, 600),
+    data=st.data(),
+)
+def test_region_grid_keeps_exactly_the_tiles_touching_the_core(h, w, data):
+    from geoseg.tiling import region_grid
+    from geoseg.types import PixelWindow
+
+    g = make_grid(h, w, tile=64, overlap=16)
+    r0 = data.draw(st.integers(0, h - 1))
+    c0 = data.draw(st.integers(0, w - 1))
+    core = PixelWindow(r0, c0, data.draw(st.integers(1, h - r0)), data.draw(st.integers(1, w - c0)))
+    sub = region_grid(g, core)
+    oy, ox = sub.origin
+    touching = {
+        (t.window.row_off, t.window.col_off, t.edges)
+        for t in g
+        if t.window.row_off < core.row_end
+        and t.window.row_end > core.row_off
+        and t.window.col_off < core.col_end
+        and t.window.col_end > core.col_off
+    }
+    kept = {(t.window.row_off + oy, t.window.col_off + ox, t.edges) for t in sub}
+    assert kept == touching
+    assert oy <= core.row_off and oy + sub.height >= core.row_end
+    assert ox <= core.col_off and ox + sub.width >= core.col_end

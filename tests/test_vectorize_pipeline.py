@@ -23,11 +23,25 @@ NO_CLEAN = {n: CleanupParams(style="none") for n in ("building", "vegetation")}
 
 def class_raster(tmp_path, arr, crs="EPSG:32633", transform=None, tags=None):
     transform = transform or from_origin(500000, 6000000, 1.0, 1.0)
-    path = write_raster(tmp_path / "cls.tif", arr.astype("uint8"), crs=crs, transform=transform, nodata=255)
+    path = write_raster(
+        tmp_path / "cls.tif", arr.astype("uint8"), crs=crs, transform=transform, nodata=255
+    )
     classes = [
-        {"id": 0, "name": "background", "color": "#000000", "layer": "background", "vectorize": False},
+        {
+            "id": 0,
+            "name": "background",
+            "color": "#000000",
+            "layer": "background",
+            "vectorize": False,
+        },
         {"id": 1, "name": "building", "color": "#e41a1c", "layer": "buildings", "vectorize": True},
-        {"id": 2, "name": "vegetation", "color": "#4daf4a", "layer": "vegetation", "vectorize": True},
+        {
+            "id": 2,
+            "name": "vegetation",
+            "color": "#4daf4a",
+            "layer": "vegetation",
+            "vectorize": True,
+        },
     ]
     with rasterio.open(path, "r+") as ds:
         ds.update_tags(GEOSEG_CLASSES=json.dumps(classes), GEOSEG_MODEL="m", **(tags or {}))
@@ -48,11 +62,18 @@ def test_streamed_layers_equal_whole_raster_polygons(tmp_path):
     stats = run_vectorize(src, tmp_path / "o.gpkg", cfg)
     tr = from_origin(500000, 6000000, 1.0, 1.0)
     for value, layer in ((1, "buildings"), (2, "vegetation")):
-        want = [shapely.geometry.shape(g) for g, v in shapes(arr.astype("uint8"), transform=tr) if v == value]
+        want = [
+            shapely.geometry.shape(g)
+            for g, v in shapes(arr.astype("uint8"), transform=tr)
+            if v == value
+        ]
         got = pyogrio.read_dataframe(tmp_path / "o.gpkg", layer=layer)
         assert len(got) == len(want) == stats.polygons[layer]
         assert got.geometry.is_valid.all()
-        assert shapely.union_all(list(got.geometry)).symmetric_difference(shapely.union_all(want)).area == 0
+        assert (
+            shapely.union_all(list(got.geometry)).symmetric_difference(shapely.union_all(want)).area
+            == 0
+        )
         np.testing.assert_allclose(sorted(got.area_m2), sorted(p.area for p in want))
 
 
@@ -67,9 +88,18 @@ def test_fields_styles_metadata_and_crs(tmp_path):
     write_raster(tmp_path / "p.tif", probs, transform=from_origin(500000, 6000000, 1.0, 1.0))
     run_vectorize(src, tmp_path / "o.gpkg", VectorizeConfig(confidence=tmp_path / "p.tif"))
     b = pyogrio.read_dataframe(tmp_path / "o.gpkg", layer="buildings")
-    assert list(b.columns[:6]) == ["class_id", "class_name", "area_m2", "perimeter_m", "confidence", "source"]
+    assert list(b.columns[:6]) == [
+        "class_id",
+        "class_name",
+        "area_m2",
+        "perimeter_m",
+        "confidence",
+        "source",
+    ]
     assert len(b) == 1 and b.class_name[0] == "building" and b.source[0] == "scene.tif"
-    assert b.area_m2[0] == pytest.approx(600, rel=0.02) and b.perimeter_m[0] == pytest.approx(100, rel=0.02)
+    assert b.area_m2[0] == pytest.approx(600, rel=0.02) and b.perimeter_m[0] == pytest.approx(
+        100, rel=0.02
+    )
     assert b.confidence[0] == pytest.approx(200 / 255, abs=1e-3)  # unscaled uint8: 255 is 1
     assert pyogrio.read_info(tmp_path / "o.gpkg", layer="buildings")["crs"] == "EPSG:32633"
     meta = pyogrio.read_info(tmp_path / "o.gpkg", layer="buildings")["dataset_metadata"]
@@ -111,26 +141,50 @@ def test_predict_to_gpkg_in_cli_and_qgis(tiny_model_dir, tmp_path):
 
     src = write_raster(tmp_path / "scene.tif", random_image(120, 100))
     r = subprocess.run(
-        [sys.executable, "-m", "geoseg", "predict", src, "-o", tmp_path / "scene.gpkg", "--model",
-         tiny_model_dir, "--device", "cpu", "--probabilities", tmp_path / "p.tif"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "geoseg",
+            "predict",
+            src,
+            "-o",
+            tmp_path / "scene.gpkg",
+            "--model",
+            tiny_model_dir,
+            "--device",
+            "cpu",
+            "--probabilities",
+            tmp_path / "p.tif",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "scene_classes.tif").exists()
     layers = dict(pyogrio.list_layers(tmp_path / "scene.gpkg"))
     assert {"buildings", "vegetation"} <= set(layers)
-    counts = {n: pyogrio.read_info(tmp_path / "scene.gpkg", layer=n)["features"] for n in ("buildings", "vegetation")}
+    counts = {
+        n: pyogrio.read_info(tmp_path / "scene.gpkg", layer=n)["features"]
+        for n in ("buildings", "vegetation")
+    }
     assert sum(counts.values()) > 0
     qgis = pytest.importorskip("tests.io.test_qgis")
     home = tmp_path / "qhome"
     home.mkdir()
-    probe = subprocess.run([qgis.SYSTEM_PYTHON, "-c", "import qgis.core"], env=qgis.qgis_env(home),
-                           capture_output=True, text=True, check=False)
+    probe = subprocess.run(
+        [qgis.SYSTEM_PYTHON, "-c", "import qgis.core"],
+        env=qgis.qgis_env(home),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if probe.returncode != 0:
         pytest.skip("PyQGIS not installed (.ci/install-qgis.sh)")
-    expectations = {"layers": {
-        "buildings": {"crs": "EPSG:32633", "count": counts["buildings"], "color": "#e41a1c"},
-        "vegetation": {"crs": "EPSG:32633", "count": counts["vegetation"], "color": "#4daf4a"},
-    }}
+    expectations = {
+        "layers": {
+            "buildings": {"crs": "EPSG:32633", "count": counts["buildings"], "color": "#e41a1c"},
+            "vegetation": {"crs": "EPSG:32633", "count": counts["vegetation"], "color": "#4daf4a"},
+        }
+    }
     rc, report = qgis.run_check(tmp_path / "scene.gpkg", expectations, home)
     assert rc == 0 and report["ok"], report

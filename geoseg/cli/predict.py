@@ -44,8 +44,13 @@ from geoseg.cli.progress import TileProgress
 @click.option(
     "--threads", type=int, default=None, help="CPU threads for the network [default: all]."
 )
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
-              help="YAML of clean-up settings per class name (vector outputs).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="YAML of clean-up settings per class name (vector outputs).",
+)
 @click.option("--dst-crs", default=None, help="CRS of the polygons (vector outputs).")
 @overwrite_opt
 @click.pass_context

@@ -27,20 +27,39 @@ def load_cleanup_config(path: Path | None) -> dict[str, Any] | None:
     if isinstance(data, dict) and "classes" in data:
         data = data["classes"]
     if not isinstance(data, dict):
-        raise ConfigError(f"--config {path} must map class names to clean-up settings, e.g. 'building: {{style: regularize}}'")
+        raise ConfigError(
+            f"--config {path} must map class names to clean-up settings, e.g. 'building: {{style: regularize}}'"
+        )
     return {str(k): CleanupParams.from_dict(v or {}) for k, v in data.items()}
 
 
 @click.command()
 @click.argument("classes", type=click.Path(path_type=Path))
-@click.option("-o", "--output", "dst", required=True, type=click.Path(path_type=Path),
-              help="Output .gpkg (styled layers), .fgb or .geojson.")
-@click.option("--confidence", type=click.Path(path_type=Path), default=None,
-              help="Probability raster from 'predict --probabilities' for mean confidence.")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
-              help="YAML of clean-up settings per class name.")
+@click.option(
+    "-o",
+    "--output",
+    "dst",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Output .gpkg (styled layers), .fgb or .geojson.",
+)
+@click.option(
+    "--confidence",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Probability raster from 'predict --probabilities' for mean confidence.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="YAML of clean-up settings per class name.",
+)
 @click.option("--dst-crs", default=None, help="Write polygons in this CRS, e.g. EPSG:4326.")
-@click.option("--model", default=None, help="Model whose classes the raster holds, when it does not say.")
+@click.option(
+    "--model", default=None, help="Model whose classes the raster holds, when it does not say."
+)
 @overwrite_opt
 @click.pass_context
 def vectorize(

@@ -373,7 +373,9 @@ def iter_strips(
             try:
                 arr = src._ds.read(band, window=Window(0, r, w, n))
             except RasterioError as exc:
-                raise RasterReadError(f"failed to read {path} rows {r}-{r + n}: {exc.__cause__ or exc}") from exc
+                raise RasterReadError(
+                    f"failed to read {path} rows {r}-{r + n}: {exc.__cause__ or exc}"
+                ) from exc
             yield r, arr
 
 
@@ -399,14 +401,18 @@ def iter_confidence_strips(path: str | Path, *, rows: int = 512) -> Iterator[np.
             try:
                 raw = src._ds.read(window=Window(0, r, w, n))
             except RasterioError as exc:
-                raise RasterReadError(f"failed to read {path} rows {r}-{r + n}: {exc.__cause__ or exc}") from exc
+                raise RasterReadError(
+                    f"failed to read {path} rows {r}-{r + n}: {exc.__cause__ or exc}"
+                ) from exc
             bad = np.all(raw == nodata, axis=0) if nodata is not None else np.zeros((n, w), bool)
             conf = (raw.astype(np.float32) * scales).max(axis=0)
             conf[bad] = np.nan
             yield conf
 
 
-def read_tags(path: str | Path) -> tuple[dict[str, str], dict[int, tuple[int, int, int]], RasterSpec]:
+def read_tags(
+    path: str | Path,
+) -> tuple[dict[str, str], dict[int, tuple[int, int, int]], RasterSpec]:
     """Dataset tags, band-1 colour table and spec of a raster."""
     with RasterSource(path, bands=[1]) as src:
         tags = dict(src._ds.tags())
@@ -414,4 +420,4 @@ def read_tags(path: str | Path) -> tuple[dict[str, str], dict[int, tuple[int, in
             cmap = {k: tuple(v[:3]) for k, v in src._ds.colormap(1).items()}
         except ValueError:
             cmap = {}
-        return tags, cmap, src.spec  # type: ignore[return-value]
+        return tags, cmap, src.spec
