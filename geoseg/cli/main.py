@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import signal
 import sys
 import traceback
 import warnings
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
@@ -51,6 +55,32 @@ def _show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: A
         click.echo(f"warning: {category.__name__}: {message}", err=True)
 
 
+@contextlib.contextmanager
+def _native_stderr_to(log_path: str | None) -> Iterator[None]:
+    """Send what C libraries print on fd 2 (libtiff, GDAL) to a file, not the terminal.
+
+    Python's ``sys.stderr`` keeps the real terminal through a duplicate of fd 2,
+    so progress bars and geoseg's own one-line messages still show.
+    """
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    target = os.open(log_path or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    old_stderr = sys.stderr
+    sys.stderr = io.TextIOWrapper(os.fdopen(os.dup(saved), "wb", buffering=0), write_through=True)
+    os.dup2(target, 2)
+    os.close(target)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        sys.stderr = old_stderr
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; map geoseg errors to one line and a non-zero exit."""
     args = argv if argv is not None else sys.argv[1:]
@@ -59,8 +89,19 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
     warnings.showwarning = _show_warning
     try:
-        cli.main(args=argv, prog_name="geoseg", standalone_mode=False)
-    except click.exceptions.Abort:
+        if verbose:
+            cli.main(args=argv, prog_name="geoseg", standalone_mode=False)
+        else:
+            with _native_stderr_to(os.environ.get("GEOSEG_NATIVE_LOG")):
+                cli.main(args=argv, prog_name="geoseg", standalone_mode=False)
+    except click.exceptions.Abort as exc:
+        # click turns KeyboardInterrupt (and so our SIGTERM error) into Abort.
+        if isinstance(exc.__cause__, InterruptedRunError):
+            click.echo(
+                f"geoseg: interrupted ({exc.__cause__}); no output was written under the final name",
+                err=True,
+            )
+            sys.exit(143)
         click.echo("geoseg: interrupted; no output was written under the final name", err=True)
         sys.exit(130)
     except click.ClickException as exc:

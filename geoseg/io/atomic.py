@@ -39,11 +39,17 @@ SIDECAR_SUFFIXES: tuple[str, ...] = ("-journal", "-wal", "-shm", ".aux.xml", ".o
 # files belong to an open connection and are never carried over.
 _CARRIED_SIDECARS: tuple[str, ...] = (".aux.xml", ".ovr", ".msk")
 
-_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+# EFBIG: a file size limit (ulimit -f, filesystem maximum) stops a write just as a full disk does.
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)})
 
 # How GDAL and SQLite word a full disk in the messages of the exceptions that
 # pyogrio and rasterio raise (they carry no errno).
-_DISK_FULL_MESSAGES = ("no space left on device", "database or disk is full", "disk quota exceeded")
+_DISK_FULL_MESSAGES = (
+    "no space left on device",
+    "database or disk is full",
+    "disk quota exceeded",
+    "file too large",
+)
 
 
 def check_output_path(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
@@ -143,7 +149,7 @@ def remove_with_sidecars(path: str | os.PathLike[str]) -> None:
             os.unlink(name)
 
 
-def _is_disk_full(exc: BaseException) -> bool:
+def is_disk_full(exc: BaseException) -> bool:
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
@@ -234,10 +240,10 @@ def atomic_output(path: str | os.PathLike[str], *, overwrite: bool) -> Iterator[
             ) from exc
     except BaseException as exc:
         remove_with_sidecars(tmp)
-        if isinstance(exc, Exception) and _is_disk_full(exc):
+        if isinstance(exc, Exception) and is_disk_full(exc):
             raise OutputWriteError(
-                f"disk full while writing {target}; free space on the disk holding "
-                f"{target.parent} or choose another output directory"
+                f"disk full (or file size limit reached) while writing {target}; free space on "
+                f"the disk holding {target.parent} or choose another output directory"
             ) from exc
         raise
     for suffix in SIDECAR_SUFFIXES:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -22,11 +24,10 @@ import rasterio
 import rasterio.shutil
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from geoseg.errors import OutputWriteError
-from geoseg.io.atomic import atomic_output
+from geoseg.errors import GeosegError, OutputWriteError
+from geoseg.io.atomic import atomic_output, is_disk_full
 
 CLASS_NODATA = 255
 PROB_NODATA = 255
@@ -57,6 +58,25 @@ def _staging(final: Path) -> Iterator[Path]:
         for p in (Path(name), Path(name + ".aux.xml"), Path(name + ".ovr")):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
+
+
+def _write_error(path: Path, exc: BaseException) -> OutputWriteError:
+    if is_disk_full(exc):
+        return OutputWriteError(
+            f"disk full (or file size limit reached) while writing {path}; free space on the disk "
+            f"holding {path.parent} or choose another output directory"
+        )
+    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    # GDAL often reports a failed write without the errno; say what is likely.
+    free = shutil.disk_usage(path.parent).free / 1e6 if path.parent.exists() else float("nan")
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    hint = f"{free:,.0f} MB free on {path.parent}"
+    if limit != resource.RLIM_INFINITY:
+        hint += f", file size limit {limit:,} bytes"
+    return OutputWriteError(
+        f"failed writing {path} ({detail}); the disk may be full or a file size limit reached "
+        f"({hint}); free space or choose another output directory"
+    )
 
 
 class RasterStripWriter:
@@ -161,8 +181,10 @@ class RasterStripWriter:
                     self._prob_ds.set_band_description(i, f"p({name})")
                 self._prob_ds.scales = (1.0 / PROB_SCALE,) * n
                 self._prob_ds.update_tags(**self._tags, CLASS_NAMES=",".join(self._names))
-        except (RasterioError, OSError) as exc:
-            raise OutputWriteError(f"cannot create {self.path}: {exc}") from exc
+        except GeosegError:
+            raise
+        except Exception as exc:  # rasterio raises CPLE_* errors outside RasterioError
+            raise _write_error(self.path, exc) from exc
 
     def write(self, row_off: int, classes: np.ndarray, probs: np.ndarray | None = None) -> None:
         """Write rows ``row_off .. row_off + len(classes)`` of the full width.
@@ -175,10 +197,10 @@ class RasterStripWriter:
             self._cls_ds.write(classes, 1, window=win)
             if self._prob_ds is not None and probs is not None:
                 self._prob_ds.write(probs, window=win)
-        except (RasterioError, OSError) as exc:
-            raise OutputWriteError(
-                f"failed writing {self.path} ({exc}); is the disk full?"
-            ) from exc
+        except GeosegError:
+            raise
+        except Exception as exc:  # rasterio raises CPLE_* errors outside RasterioError
+            raise _write_error(self.path, exc) from exc
 
     def commit(self) -> None:
         """Convert the staged GeoTIFFs to COGs and rename them onto the final names."""
@@ -188,11 +210,12 @@ class RasterStripWriter:
                 self._prob_ds.close()
             for part, tmp_final, resampling in self._finals:
                 rasterio.shutil.copy(part, tmp_final, **_cog_options(resampling))
-        except (RasterioError, OSError) as exc:
-            self._stack.__exit__(type(exc), exc, exc.__traceback__)
-            raise OutputWriteError(
-                f"failed writing the COG for {self.path} ({exc}); is the disk full?"
-            ) from exc
+        except GeosegError as exc:
+            self.abort(exc)
+            raise
+        except Exception as exc:  # rasterio raises CPLE_* errors outside RasterioError
+            self.abort(exc)
+            raise _write_error(self.path, exc) from exc
         self._stack.close()
 
     def abort(self, exc: BaseException | None = None) -> None:
