@@ -407,7 +407,10 @@ def test_disk_full_during_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(write_vector.pyogrio, "write_dataframe", failing)
     out = tmp_path / "scene.gpkg"
     with (
-        pytest.raises(OutputWriteError, match=f"disk full while writing {re.escape(str(out))}"),
+        pytest.raises(
+            OutputWriteError,
+            match=f"disk full \\(or file size limit reached\\) while writing {re.escape(str(out))}",
+        ),
         VectorWriter(out, crs=32633, layers=SPECS, metadata={}) as writer,
     ):
         writer.write("water", boxes("EPSG:32633", 1), attributes(1))
@@ -810,7 +813,8 @@ def test_atomic_output_disk_full(tmp_path: Path, error: Exception) -> None:
     out = tmp_path / "result.gpkg"
     with (
         pytest.raises(
-            OutputWriteError, match=r"disk full while writing .*result\.gpkg; free space"
+            OutputWriteError,
+            match=r"disk full \(or file size limit reached\) while writing .*result\.gpkg; free space",
         ),
         atomic_output(out, overwrite=False) as tmp,
     ):
