@@ -73,7 +73,9 @@ def unit(h: NDArray[np.uint32]) -> NDArray[np.float32]:
     return (h >> np.uint32(8)).astype(np.float32) * _INV24
 
 
-def _axis(coords: NDArray[np.int64], period: float) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+def _axis(
+    coords: NDArray[np.int64], period: float
+) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
     """Lattice index and smoothstep weight of each pixel centre along one axis."""
     g = (coords.astype(np.float64) + 0.5) / period
     i = np.floor(g)
@@ -136,7 +138,9 @@ def fbm(
     weight = 1.0
     norm = 0.0
     for k, period in enumerate(periods):
-        total += np.float32(2.0 * weight) * value_noise(rows, cols, period, (salt + 7919 * k) & 0xFFFFFFFF)
+        total += np.float32(2.0 * weight) * value_noise(
+            rows, cols, period, (salt + 7919 * k) & 0xFFFFFFFF
+        )
         norm += weight
         weight *= 0.5
     total *= np.float32(1.0 / norm)
@@ -198,27 +202,25 @@ def worley(
     tones = ((h >> np.uint32(20)) & _MASK10).astype(np.float32) * _INV10
 
     base = (cy - y0) * nx + (cx - x0)
-    ox = np.where(fx < half, np.int64(-1), np.int64(1))
-    oy = np.where(fy < half, np.int64(-1), np.int64(1))
-    fox = ox.astype(np.float32)
-    foy = oy.astype(np.float32)
-    best = np.full(x.size, np.inf, np.float32)
-    bdx = np.zeros(x.size, np.float32)
-    bdy = np.zeros(x.size, np.float32)
-    btone = np.zeros(x.size, np.float32)
-    zero = np.zeros(x.size, np.float32)
-    for offx, offy, li in (
-        (zero, zero, base),
-        (fox, zero, base + ox),
-        (zero, foy, base + oy * nx),
-        (fox, foy, base + ox + oy * nx),
-    ):
-        dx = fx - (offx + px[li])
-        dy = fy - (offy + py[li])
+    right = fx >= half
+    below = fy >= half
+    ox = np.where(right, np.int64(1), np.int64(-1))
+    oy = np.where(below, np.int64(nx), np.int64(-nx))
+    fox = np.where(right, np.float32(1), np.float32(-1))
+    foy = np.where(below, np.float32(1), np.float32(-1))
+    # Own cell first, then the three neighbours towards the pixel's quadrant.
+    bdx = fx - px[base]
+    bdy = fy - py[base]
+    best = bdx * bdx + bdy * bdy
+    bli = base
+    for li, sx, sy in ((base + ox, fox, None), (base + oy, None, foy), (base + ox + oy, fox, foy)):
+        dx = fx - px[li] if sx is None else fx - (sx + px[li])
+        dy = fy - py[li] if sy is None else fy - (sy + py[li])
         d2 = dx * dx + dy * dy
         closer = d2 < best
         best = np.where(closer, d2, best)
         bdx = np.where(closer, dx, bdx)
         bdy = np.where(closer, dy, bdy)
-        btone = np.where(closer, tones[li], btone)
+        bli = np.where(closer, li, bli)
+    btone = tones[bli]
     return np.sqrt(best), bdx, bdy, btone

@@ -1,0 +1,1357 @@
+"""Vector layout of a synthetic scene: every object as a polygon in pixel space.
+
+The layout is built once per :class:`~geoseg.synth.scene.SceneSpec` from the
+seed alone, as a list of objects (roads, water, fields, forests, tree crowns,
+buildings, ...) whose memory grows with the number of objects, not pixels.
+
+Coordinates are *global pixel coordinates*: x is the column, y the row (y
+down), and pixel ``(row, col)`` covers ``[col, col + 1) x [row, row + 1)``, so
+its centre is ``(col + 0.5, row + 0.5)``.  Rendering a block is rasterizing
+with an integer translation, which keeps pixels identical in any blocking.
+Distances given in metres in this module are converted with the pixel size.
+
+Objects are drawn in layers; a later layer wins where objects overlap, and each
+layer has one class, so the class raster is the class of the topmost object:
+
+======  =====================================  ==========
+layer   materials                              class
+======  =====================================  ==========
+0       bare ground (no object): grass / dry   background
+1       meadow, bare soil, paved yards         background
+2       crop fields                            cropland
+3       canopy: forest, hedgerows, shrubs      vegetation
+4       single tree crowns                     vegetation
+5       water                                  background
+6       roads, dirt tracks                     background
+7       road markings                          background
+8       roofs                                  building
+======  =====================================  ==========
+
+Vegetation means woody plants seen from above: tree crowns, forest canopy,
+hedgerows and shrub patches.  Grass, lawns, meadows and pasture are
+background; crop fields are cropland at every growth stage, ploughed soil and
+stubble included.  Shadows (see :attr:`Layout.shadow_geoms`) only darken the
+image and never change a class.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import TYPE_CHECKING
+
+import numpy as np
+import shapely
+import shapely.affinity
+import shapely.ops
+from numpy.typing import NDArray
+from shapely.geometry import LineString, MultiPoint, Point, Polygon, box
+from shapely.geometry.base import BaseGeometry
+
+if TYPE_CHECKING:
+    from geoseg.synth.scene import SceneSpec
+
+__all__ = [
+    "BACKGROUND",
+    "BUILDING",
+    "CROPLAND",
+    "VEGETATION",
+    "Layout",
+    "Material",
+    "build_layout",
+    "class_regions",
+]
+
+BACKGROUND, BUILDING, VEGETATION, CROPLAND = 0, 1, 2, 3
+
+
+class Material(IntEnum):
+    """How an object is textured; also fixes its layer and class."""
+
+    GROUND = 0
+    MEADOW = 1
+    SOIL = 2
+    PAVED = 3
+    FIELD = 4
+    CANOPY = 5
+    CROWN = 6
+    WATER = 7
+    ROAD = 8
+    TRACK = 9
+    MARKING = 10
+    ROOF_GABLE = 11
+    ROOF_HIP = 12
+    ROOF_FLAT = 13
+    ROOF_METAL = 14
+
+
+M = Material
+_LAYER: dict[Material, int] = {
+    M.GROUND: 0,
+    M.MEADOW: 1,
+    M.SOIL: 1,
+    M.PAVED: 1,
+    M.FIELD: 2,
+    M.CANOPY: 3,
+    M.CROWN: 4,
+    M.WATER: 5,
+    M.ROAD: 6,
+    M.TRACK: 6,
+    M.MARKING: 7,
+    M.ROOF_GABLE: 8,
+    M.ROOF_HIP: 8,
+    M.ROOF_FLAT: 8,
+    M.ROOF_METAL: 8,
+}
+_CLASS: dict[Material, int] = {
+    m: (
+        BUILDING
+        if _LAYER[m] == 8
+        else VEGETATION
+        if m in (M.CANOPY, M.CROWN)
+        else CROPLAND
+        if m == M.FIELD
+        else BACKGROUND
+    )
+    for m in Material
+}
+
+#: Row of each per-object parameter in :attr:`Layout.params`.
+CX, CY, COS, SIN, A, B, P0, P1 = range(8)
+
+# Shadow strengths (the value burnt into the shadow raster).
+SHADOW_TREE = 1
+SHADOW_BUILDING = 2
+
+_Colour = tuple[float, float, float]
+
+_TREE_COLOURS: tuple[_Colour, ...] = (
+    (62, 88, 46),
+    (74, 98, 52),
+    (55, 80, 46),
+    (84, 104, 58),
+    (68, 84, 50),
+)
+_CONIFER_COLOURS: tuple[_Colour, ...] = ((42, 62, 44), (48, 68, 48), (38, 58, 46))
+_PITCHED_ROOFS: tuple[tuple[_Colour, float], ...] = (
+    ((178, 94, 68), 0.25),
+    ((162, 82, 60), 0.2),
+    ((146, 62, 50), 0.12),
+    ((124, 80, 64), 0.1),
+    ((122, 124, 128), 0.15),
+    ((72, 72, 78), 0.18),
+)
+_FLAT_ROOFS: tuple[tuple[_Colour, float], ...] = (
+    ((150, 147, 140), 0.35),
+    ((120, 120, 122), 0.2),
+    ((74, 74, 78), 0.2),
+    ((212, 212, 206), 0.25),
+)
+_METAL_ROOFS: tuple[tuple[_Colour, float], ...] = (
+    ((104, 128, 152), 0.4),
+    ((126, 146, 166), 0.2),
+    ((166, 170, 174), 0.4),
+)
+_WATER_COLOURS: tuple[_Colour, ...] = ((40, 60, 64), (32, 54, 72), (46, 70, 64), (36, 52, 56))
+_SOIL_COLOURS: tuple[_Colour, ...] = (
+    (142, 118, 90),
+    (124, 102, 80),
+    (160, 138, 108),
+    (118, 104, 90),
+)
+
+
+@dataclass(frozen=True, eq=False)
+class Layout:
+    """All objects of a scene, ready for block rendering.
+
+    Object ``i`` (0-based) is ``geoms[i]``; its attributes sit at row ``i + 1``
+    of the per-object arrays, whose row 0 describes bare ground (no object),
+    so a raster of ``object index + 1`` indexes them directly.
+
+    Attributes
+    ----------
+    width, height : int
+        Scene size in pixels.
+    pixel_size : float
+        Metres per pixel.
+    seed : int
+        Scene seed (also salts the texture noise).
+    sun : tuple of float
+        Unit vector pointing towards the sun in pixel axes (x right, y down).
+    geoms : numpy.ndarray of shapely geometries, shape (n,)
+        Polygons in pixel coordinates, in draw order (later wins).
+    tree : shapely.STRtree
+        Index over `geoms`.
+    material, classes : numpy.ndarray of uint8, shape (n + 1,)
+        :class:`Material` and class id of each object.
+    colour, colour2 : numpy.ndarray of float32, shape (n + 1, 3)
+        Base RGB colours (0-255); `colour2` is a material-specific second
+        colour (soil between crop rows).
+    params : numpy.ndarray of float64, shape (8, n + 1)
+        Material-specific parameters, rows ``CX, CY, COS, SIN, A, B, P0, P1``
+        of this module (centre, orientation, half sizes or radius, extras).
+    shadow_geoms : numpy.ndarray of shapely geometries, shape (m,)
+        Shadow polygons, tree shadows before building shadows.
+    shadow_strength : numpy.ndarray of uint8, shape (m,)
+        ``SHADOW_TREE`` or ``SHADOW_BUILDING`` for each shadow polygon.
+    shadow_tree : shapely.STRtree
+        Index over `shadow_geoms`.
+    """
+
+    width: int
+    height: int
+    pixel_size: float
+    seed: int
+    sun: tuple[float, float]
+    geoms: NDArray[np.object_]
+    tree: shapely.STRtree
+    material: NDArray[np.uint8]
+    classes: NDArray[np.uint8]
+    colour: NDArray[np.float32]
+    colour2: NDArray[np.float32]
+    params: NDArray[np.float64]
+    shadow_geoms: NDArray[np.object_]
+    shadow_strength: NDArray[np.uint8]
+    shadow_tree: shapely.STRtree
+
+
+@dataclass(frozen=True)
+class _Road:
+    line: LineString
+    poly: BaseGeometry
+    width: float
+    main: bool
+
+
+def _polygons(geom: BaseGeometry) -> list[Polygon]:
+    """The polygonal parts of `geom` (empty list for empty or non-areal results)."""
+    if geom.is_empty:
+        return []
+    if isinstance(geom, Polygon):
+        return [geom]
+    parts: list[Polygon] = []
+    for g in getattr(geom, "geoms", ()):
+        parts.extend(_polygons(g))
+    return parts
+
+
+def _lines(geom: BaseGeometry) -> list[LineString]:
+    if geom.is_empty:
+        return []
+    if isinstance(geom, LineString):
+        return [geom]
+    parts: list[LineString] = []
+    for g in getattr(geom, "geoms", ()):
+        parts.extend(_lines(g))
+    return parts
+
+
+def _rect(cx: float, cy: float, angle: float, a: float, b: float) -> Polygon:
+    """Rectangle centred on (cx, cy), half length `a` along `angle`, half width `b` across."""
+    ca, sa = math.cos(angle), math.sin(angle)
+    ux, uy = a * ca, a * sa
+    vx, vy = -b * sa, b * ca
+    return Polygon(
+        [
+            (cx - ux - vx, cy - uy - vy),
+            (cx + ux - vx, cy + uy - vy),
+            (cx + ux + vx, cy + uy + vy),
+            (cx - ux + vx, cy - uy + vy),
+        ]
+    )
+
+
+def _sub_rng(seed: int, *keys: int) -> np.random.Generator:
+    """An independent generator for a (possibly negative) integer key path."""
+    entropy = [seed] + [2 * k if k >= 0 else -2 * k - 1 for k in keys]
+    return np.random.default_rng(np.random.SeedSequence(entropy))
+
+
+class _GridIndex:
+    """Insert-as-you-go spatial hash for overlap tests while placing objects."""
+
+    def __init__(self, cell: float) -> None:
+        self.cell = cell
+        self.cells: dict[tuple[int, int], list[BaseGeometry]] = {}
+
+    def _keys(self, geom: BaseGeometry) -> Iterator[tuple[int, int]]:
+        x0, y0, x1, y1 = geom.bounds
+        c = self.cell
+        for i in range(math.floor(x0 / c), math.floor(x1 / c) + 1):
+            for j in range(math.floor(y0 / c), math.floor(y1 / c) + 1):
+                yield i, j
+
+    def insert(self, geom: BaseGeometry) -> None:
+        for key in self._keys(geom):
+            self.cells.setdefault(key, []).append(geom)
+
+    def hits(self, geom: BaseGeometry) -> bool:
+        for key in self._keys(geom):
+            found = self.cells.get(key)
+            if found and bool(shapely.intersects(geom, found).any()):
+                return True
+        return False
+
+
+class _Objects:
+    """Accumulates objects and shadows before they are sorted into a Layout."""
+
+    def __init__(self) -> None:
+        self.geoms: list[BaseGeometry] = []
+        self.material: list[Material] = []
+        self.colour: list[_Colour] = []
+        self.colour2: list[_Colour] = []
+        self.params: list[tuple[float, ...]] = []
+        self.shadows: list[BaseGeometry] = []
+        self.strength: list[int] = []
+
+    def add(
+        self,
+        geom: BaseGeometry,
+        material: Material,
+        colour: _Colour,
+        colour2: _Colour | None = None,
+        *,
+        cx: float = 0.0,
+        cy: float = 0.0,
+        angle: float = 0.0,
+        a: float = 0.0,
+        b: float = 0.0,
+        p0: float = 0.0,
+        p1: float = 0.0,
+    ) -> None:
+        if geom.is_empty or geom.area <= 0.0:
+            return
+        self.geoms.append(geom)
+        self.material.append(material)
+        self.colour.append(colour)
+        self.colour2.append(colour if colour2 is None else colour2)
+        self.params.append((cx, cy, math.cos(angle), math.sin(angle), a, b, p0, p1))
+
+    def shadow(self, geom: BaseGeometry, strength: int) -> None:
+        if not geom.is_empty:
+            self.shadows.append(geom)
+            self.strength.append(strength)
+
+
+def _scaled(rng: np.random.Generator, colour: _Colour, spread: float = 0.08) -> _Colour:
+    f = rng.uniform(1.0 - spread, 1.0 + spread)
+    return (colour[0] * f, colour[1] * f, colour[2] * f)
+
+
+def _pick(rng: np.random.Generator, options: tuple[tuple[_Colour, float], ...]) -> _Colour:
+    weights = np.array([w for _, w in options])
+    return options[int(rng.choice(len(options), p=weights / weights.sum()))][0]
+
+
+def _mix(c1: _Colour, c2: _Colour, t: float) -> _Colour:
+    return (
+        c1[0] + (c2[0] - c1[0]) * t,
+        c1[1] + (c2[1] - c1[1]) * t,
+        c1[2] + (c2[2] - c1[2]) * t,
+    )
+
+
+class _Generator:
+    """Builds the objects of one scene; one instance per :func:`build_layout` call."""
+
+    def __init__(self, spec: SceneSpec) -> None:
+        self.spec = spec
+        self.k = 1.0 / spec.pixel_size
+        self.w = float(spec.width)
+        self.h = float(spec.height)
+        self.rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 0x5CE7E]))
+        self.scene = box(0.0, 0.0, self.w, self.h)
+        pad = self.m(80.0)
+        self.world = box(-pad, -pad, self.w + pad, self.h + pad)
+        azimuth = math.radians(self.rng.uniform(125.0, 235.0))
+        elevation = math.radians(self.rng.uniform(48.0, 64.0))
+        self.sun = (math.sin(azimuth), -math.cos(azimuth))
+        self.shadow_px_per_m = self.k / math.tan(elevation)
+        self.objs = _Objects()
+        self.roads: list[_Road] = []
+        self.water: list[BaseGeometry] = []
+        self.buildings = _GridIndex(self.m(60.0))
+        self.road_tree = shapely.STRtree([])
+        self.water_tree = shapely.STRtree([])
+        self.obstacles: list[BaseGeometry] = []
+        self.obstacle_tree = shapely.STRtree([])
+
+    def m(self, metres: float) -> float:
+        """Metres to pixels."""
+        return metres * self.k
+
+    def shadow_offset(self, height_m: float) -> tuple[float, float]:
+        length = height_m * self.shadow_px_per_m
+        return -self.sun[0] * length, -self.sun[1] * length
+
+    # ------------------------------------------------------------------ build
+
+    def run(self) -> None:
+        self.main_roads()
+        self.add_water()
+        cells, uses, nearest = self.zones()
+        # Neighbouring zones of one use (and, for towns and farms, one main road)
+        # merge into a region, so street grids and field grids run on across
+        # zone borders instead of stopping at a Voronoi edge.
+        groups: dict[tuple[str, int], list[int]] = {}
+        for i, use in enumerate(uses):
+            key = (use, nearest[i] if use in ("town", "farm") else -1)
+            groups.setdefault(key, []).append(i)
+        regions = [
+            (use, road, region)
+            for (use, road), members in groups.items()
+            for region in _polygons(shapely.union_all([cells[i] for i in members]))
+        ]
+        streets = {
+            i: self.streets(r, road) for i, (use, road, r) in enumerate(regions) if use == "town"
+        }
+        self.index_obstacles()
+        for i, (use, road, region) in enumerate(regions):
+            if use == "town":
+                self.town(region, road, streets[i])
+            elif use == "farm":
+                self.farmland(region, road)
+            elif use == "forest":
+                self.forest(region)
+            else:
+                self.open_land(region)
+        self.avenues()
+        self.markings()
+
+    def finish(self) -> Layout:
+        o = self.objs
+        # Rasterizing needs valid polygons; repair any (none are expected).
+        fixed = [
+            g if g.is_valid else shapely.union_all(_polygons(shapely.make_valid(g)))
+            for g in o.geoms
+        ]
+        order = sorted(
+            (i for i, g in enumerate(fixed) if not g.is_empty),
+            key=lambda i: (_LAYER[o.material[i]], i),
+        )
+        geoms = np.empty(len(order), dtype=object)
+        geoms[:] = [fixed[i] for i in order]
+        mats = [M.GROUND] + [o.material[i] for i in order]
+        ground: _Colour = (0.0, 0.0, 0.0)  # bare ground is textured from noise alone
+        colour = np.array([ground] + [o.colour[i] for i in order], np.float32)
+        colour2 = np.array([ground] + [o.colour2[i] for i in order], np.float32)
+        params = np.array([(0.0,) * 8] + [o.params[i] for i in order], np.float64)
+        sorder = sorted(range(len(o.shadows)), key=lambda i: (o.strength[i], i))
+        shadows = np.empty(len(sorder), dtype=object)
+        shadows[:] = [o.shadows[i] for i in sorder]
+        return Layout(
+            width=self.spec.width,
+            height=self.spec.height,
+            pixel_size=self.spec.pixel_size,
+            seed=self.spec.seed,
+            sun=self.sun,
+            geoms=geoms,
+            tree=shapely.STRtree(geoms),
+            material=np.array([int(m) for m in mats], np.uint8),
+            classes=np.array([_CLASS[m] for m in mats], np.uint8),
+            colour=colour.reshape(-1, 3),
+            colour2=colour2.reshape(-1, 3),
+            params=np.ascontiguousarray(params.reshape(-1, 8).T),
+            shadow_geoms=shadows,
+            shadow_strength=np.array([o.strength[i] for i in sorder], np.uint8),
+            shadow_tree=shapely.STRtree(shadows),
+        )
+
+    # ------------------------------------------------------------------ roads and water
+
+    def _wavy_line(
+        self, axis: int, pos: float, slope: float, amp: float, wavelength: float
+    ) -> LineString:
+        """A line across the scene, along x (axis 0) or y (axis 1), gently bent."""
+        rng = self.rng
+        length = self.w if axis == 0 else self.h
+        ext = self.m(120.0)
+        n = max(16, int((length + 2 * ext) / self.m(8.0)))
+        t = np.linspace(-ext, length + ext, n)
+        phase = rng.uniform(0, 2 * math.pi)
+        phase2 = rng.uniform(0, 2 * math.pi)
+        off = (
+            pos
+            + (t - length / 2) * slope
+            + amp * np.sin(2 * math.pi * t / wavelength + phase)
+            + 0.3 * amp * np.sin(4.7 * math.pi * t / wavelength + phase2)
+        )
+        coords = np.column_stack([t, off] if axis == 0 else [off, t])
+        return LineString(coords)
+
+    def main_roads(self) -> None:
+        rng = self.rng
+        spacing = self.m(self.spec.road_spacing)
+        for axis in (0, 1):
+            length = self.w if axis == 0 else self.h
+            across = self.h if axis == 0 else self.w
+            n = max(1, round(across / spacing + rng.uniform(-0.4, 0.4)))
+            for i in range(n):
+                pos = (i + rng.uniform(0.25, 0.75)) * across / n
+                slope = math.tan(rng.uniform(-0.3, 0.3))
+                amp = rng.uniform(0.0, 0.04) * length
+                line = self._wavy_line(axis, pos, slope, amp, length * rng.uniform(1.2, 3.0))
+                major = (axis == 0 and i == 0) or rng.random() < 0.3
+                width = self.m(rng.uniform(7.0, 10.0) if major else rng.uniform(5.0, 6.5))
+                self.add_road(line, width, main=True)
+
+    def add_road(self, line: LineString, width: float, *, main: bool, dirt: bool = False) -> None:
+        rng = self.rng
+        poly = line.buffer(width / 2, cap_style="flat", join_style="round", quad_segs=4)
+        if dirt:
+            self.objs.add(poly, M.TRACK, _scaled(rng, (150, 134, 106), 0.06))
+            return
+        grey = rng.uniform(88.0, 122.0)
+        tint = rng.uniform(-3.0, 3.0)
+        self.objs.add(poly, M.ROAD, (grey + tint, grey + 1.0, grey + 3.0 - tint))
+        self.roads.append(_Road(line, poly, width, main))
+
+    def markings(self) -> None:
+        """Dashed centre lines on the wider roads, skipped across junctions."""
+        half = max(0.55, self.m(0.075))
+        dash, period = self.m(3.0), self.m(9.0)
+        pieces, owner = self.chop([r.poly for r in self.roads])
+        tree = shapely.STRtree(pieces)
+        for ri, road in enumerate(self.roads):
+            if not road.main or road.width < self.m(6.5):
+                continue
+            for piece in _lines(road.line.intersection(self.scene.buffer(self.m(10.0)))):
+                starts = np.arange(0.0, piece.length - dash, period)
+                if starts.size == 0:
+                    continue
+                mids = shapely.line_interpolate_point(piece, starts + dash / 2)
+                hit, other = tree.query(mids, predicate="intersects")
+                crossing = np.zeros(starts.size, bool)
+                crossing[hit[owner[other] != ri]] = True
+                ends = np.stack(
+                    [
+                        shapely.get_coordinates(shapely.line_interpolate_point(piece, starts)),
+                        shapely.get_coordinates(
+                            shapely.line_interpolate_point(piece, starts + dash)
+                        ),
+                    ],
+                    axis=1,
+                )
+                for seg in shapely.linestrings(ends[~crossing]):
+                    self.objs.add(
+                        seg.buffer(half, cap_style="flat"), M.MARKING, (226.0, 226.0, 220.0)
+                    )
+
+    def chop(self, geoms: list[BaseGeometry]) -> tuple[list[BaseGeometry], NDArray[np.intp]]:
+        """Cut long polygons into pieces of at most 100 m square, and each piece's source.
+
+        Index queries with an intersects predicate test every vertex of a hit,
+        so kilometre-long roads and rivers are indexed piecewise.
+        """
+        size = self.m(100.0)
+        pieces: list[BaseGeometry] = []
+        owner: list[int] = []
+        for i, g in enumerate(geoms):
+            x0, y0, x1, y1 = g.bounds
+            if x1 - x0 <= size and y1 - y0 <= size:
+                pieces.append(g)
+                owner.append(i)
+                continue
+            xs = np.arange(x0, x1, size)[None, :]
+            ys = np.arange(y0, y1, size)[:, None]
+            cells = shapely.box(xs, ys, xs + size, ys + size).ravel()
+            shapely.prepare(g)
+            cut = shapely.intersection(cells[shapely.intersects(g, cells)], g)
+            cut = cut[shapely.area(cut) > 0]
+            pieces.extend(cut)
+            owner.extend([i] * len(cut))
+        return pieces, np.array(owner, np.intp)
+
+    def blob(
+        self, cx: float, cy: float, rx: float, ry: float, angle: float, rough: float = 0.15
+    ) -> Polygon:
+        """A star-shaped, smoothly perturbed ellipse (always a valid polygon)."""
+        rng = self.rng
+        n = 40
+        t = np.linspace(0, 2 * math.pi, n, endpoint=False)
+        r = np.ones(n)
+        for harmonic in range(2, 6):
+            r += rng.uniform(0, rough / harmonic * 2) * np.cos(
+                harmonic * t + rng.uniform(0, 2 * math.pi)
+            )
+        r = np.maximum(r, 0.3)
+        ex, ey = rx * r * np.cos(t), ry * r * np.sin(t)
+        ca, sa = math.cos(angle), math.sin(angle)
+        return Polygon(np.column_stack([cx + ex * ca - ey * sa, cy + ex * sa + ey * ca]))
+
+    def add_water(self) -> None:
+        rng = self.rng
+        fraction = self.spec.water_fraction
+        if fraction <= 0:
+            return
+        target = fraction * self.w * self.h
+        if rng.random() < 0.4 + fraction:
+            axis = int(rng.integers(2))
+            length = self.w if axis == 0 else self.h
+            across = self.h if axis == 0 else self.w
+            width = float(np.clip(0.7 * target / length, self.m(8.0), self.m(70.0)))
+            line = self._wavy_line(
+                axis,
+                rng.uniform(0.2, 0.8) * across,
+                math.tan(rng.uniform(-0.4, 0.4)),
+                rng.uniform(0.04, 0.12) * length,
+                length * rng.uniform(0.5, 1.1),
+            )
+            river = line.buffer(width / 2, quad_segs=6)
+            self.add_water_body(river)
+            target -= river.intersection(self.scene).area
+        road_polys = [r.poly for r in self.roads]
+        biggest = (0.22 * min(self.w, self.h)) ** 2 * math.pi
+        smallest = math.pi * self.m(12.0) ** 2
+        for _ in range(60):
+            if target < smallest:
+                break
+            area = min(target, rng.uniform(0.3, 1.0) * biggest)
+            aspect = rng.uniform(0.5, 1.0)
+            rx = math.sqrt(area / math.pi / aspect)
+            lake = self.blob(
+                rng.uniform(0, self.w),
+                rng.uniform(0, self.h),
+                rx,
+                rx * aspect,
+                rng.uniform(0, math.pi),
+            )
+            if any(lake.intersects(p) for p in road_polys) or any(
+                lake.intersects(p) for p in self.water
+            ):
+                continue
+            self.add_water_body(lake)
+            target -= lake.intersection(self.scene).area
+
+    def add_water_body(self, poly: BaseGeometry) -> None:
+        self.objs.add(poly, M.WATER, _scaled(self.rng, _WATER_COLOURS[int(self.rng.integers(4))]))
+        self.water.append(poly)
+
+    # ------------------------------------------------------------------ land use
+
+    def zones(self) -> tuple[list[BaseGeometry], list[str], list[int]]:
+        """Voronoi land-use zones, their use and the index of their nearest main road."""
+        rng, spec = self.rng, self.spec
+        size = self.m(min(250.0, max(60.0, min(self.w, self.h) / self.k / 2)))
+        nx, ny = math.ceil(self.w / size), math.ceil(self.h / size)
+        pts = [
+            (
+                (i + 0.5 + rng.uniform(-0.35, 0.35)) * size,
+                (j + 0.5 + rng.uniform(-0.35, 0.35)) * size,
+            )
+            for j in range(-1, ny + 1)
+            for i in range(-1, nx + 1)
+        ]
+        vor = shapely.voronoi_polygons(MultiPoint(pts), extend_to=self.world, ordered=True)
+        cells = [c.intersection(self.world) for c in vor.geoms]
+        cells = [
+            c for c in cells if c.intersects(self.scene) and c.intersection(self.scene).area > 0
+        ]
+        areas = np.array([c.intersection(self.scene).area for c in cells])
+        main_lines = [r.line for r in self.roads]
+        nearest: list[int] = []
+        dist: list[float] = []
+        for c in cells:
+            d = shapely.distance(main_lines, c.centroid)
+            nearest.append(int(np.argmin(d)))
+            dist.append(float(d.min()))
+
+        rest = 1.0 - spec.field_fraction
+        w_town = spec.building_density
+        w_forest = 0.6 * spec.tree_density
+        w_open = 0.3
+        total = w_town + w_forest + w_open
+        shares = {
+            "town": rest * w_town / total,
+            "farm": spec.field_fraction,
+            "forest": rest * w_forest / total,
+        }
+        uses = ["open"] * len(cells)
+        full = areas.sum()
+        by_road = list(np.argsort(np.array(dist) + rng.uniform(0, size * 0.5, len(cells))))
+        shuffled = list(rng.permutation(len(cells)))
+        for use, candidates in (("town", by_road), ("farm", shuffled), ("forest", shuffled)):
+            goal = shares[use] * full
+            if goal <= 0:
+                continue
+            got = 0.0
+            for c in candidates:
+                if uses[c] != "open":
+                    continue
+                if got > 0 and got >= goal - 0.5 * areas[c]:
+                    break
+                if got == 0 and shares[use] < 0.04 and areas[c] > 2 * goal:
+                    break
+                uses[c] = use
+                got += areas[c]
+        return cells, uses, nearest
+
+    def road_angle(self, road: _Road, near: Point) -> float:
+        """Direction (radians) of `road` at its point closest to `near`."""
+        line = road.line
+        s = line.project(near)
+        d = self.m(10.0)
+        p0 = line.interpolate(max(s - d, 0.0))
+        p1 = line.interpolate(min(s + d, line.length))
+        return math.atan2(p1.y - p0.y, p1.x - p0.x)
+
+    def streets(self, cell: BaseGeometry, road_index: int) -> list[_Road]:
+        """A grid of local streets inside a town zone, aligned with its main road."""
+        rng = self.rng
+        theta = self.road_angle(self.roads[road_index], cell.centroid)
+        spacing = self.m(rng.uniform(75.0, 110.0))
+        inner = cell.buffer(-self.m(4.0))
+        if inner.is_empty:
+            return []
+        c = cell.centroid
+        reach = math.hypot(*(np.subtract(cell.bounds[2:], cell.bounds[:2])))
+        made: list[_Road] = []
+        for angle in (theta, theta + math.pi / 2):
+            ux, uy = math.cos(angle), math.sin(angle)
+            nx_, ny_ = -uy, ux
+            off = -reach / 2 + rng.uniform(0, spacing)
+            while off < reach / 2:
+                if rng.random() < 0.7:
+                    px, py = c.x + nx_ * off, c.y + ny_ * off
+                    line = LineString(
+                        [(px - ux * reach, py - uy * reach), (px + ux * reach, py + uy * reach)]
+                    )
+                    piece = line.intersection(inner)
+                    for w in self.water:
+                        piece = piece.difference(w.buffer(self.m(5.0)))
+                    for seg in _lines(piece):
+                        if seg.length > self.m(40.0):
+                            before = len(self.roads)
+                            self.add_road(seg, self.m(rng.uniform(4.5, 6.0)), main=False)
+                            made.extend(self.roads[before:])
+                off += spacing
+        return made
+
+    def index_obstacles(self) -> None:
+        """Index roads and water for placement tests; verge-buffered copies for fields."""
+        self.road_tree = shapely.STRtree(self.chop([r.poly for r in self.roads])[0])
+        self.water_tree = shapely.STRtree(self.chop(self.water)[0])
+        verge = self.m(2.5)
+        self.obstacles = self.chop(
+            [r.poly.buffer(verge, quad_segs=2) for r in self.roads]
+            + [w.buffer(self.m(4.0), quad_segs=2) for w in self.water]
+        )[0]
+        self.obstacle_tree = shapely.STRtree(self.obstacles)
+
+    def clear(self, geom: BaseGeometry) -> BaseGeometry:
+        """`geom` minus the verge-buffered roads and water."""
+        hits = self.obstacle_tree.query(geom, predicate="intersects")
+        if len(hits) == 0:
+            return geom
+        rest = geom.difference(shapely.union_all([self.obstacles[i] for i in hits]))
+        keep = [p for p in _polygons(rest) if p.area >= self.m(4.0) ** 2]
+        return shapely.union_all(keep) if keep else Polygon()
+
+    def free(self, geom: BaseGeometry, *, buildings: bool = True) -> bool:
+        """Whether `geom` touches no road, water body nor (optionally) building."""
+        if len(self.road_tree.query(geom, predicate="intersects")):
+            return False
+        if len(self.water_tree.query(geom, predicate="intersects")):
+            return False
+        return not (buildings and self.buildings.hits(geom))
+
+    # ------------------------------------------------------------------ trees
+
+    def crown(
+        self,
+        cx: float,
+        cy: float,
+        r: float,
+        colour: _Colour,
+        height_m: float,
+    ) -> bool:
+        """Add one round-ish tree crown of radius `r` pixels if the spot is free."""
+        rng = self.rng
+        n = 14
+        t = np.linspace(0, 2 * math.pi, n, endpoint=False) + rng.uniform(0, 2 * math.pi)
+        rr = r * (1.0 + rng.uniform(-0.08, 0.08, n))
+        xy = np.column_stack([cx + rr * np.cos(t), cy + rr * np.sin(t)])
+        poly = Polygon(xy)
+        if not self.free(poly):
+            return False
+        self.objs.add(poly, M.CROWN, colour, cx=cx, cy=cy, a=r)
+        # The crown floats above the ground: its shadow is the crown moved by the
+        # shadow of its centre height (trunks are too thin to matter).
+        dx, dy = self.shadow_offset(0.7 * height_m)
+        self.objs.shadow(shapely.affinity.translate(poly, dx, dy), SHADOW_TREE)
+        return True
+
+    def tree_colour(self, conifer: bool = False) -> _Colour:
+        palette = _CONIFER_COLOURS if conifer else _TREE_COLOURS
+        return _scaled(self.rng, palette[int(self.rng.integers(len(palette)))], 0.1)
+
+    def random_tree(self, cx: float, cy: float, scale: float = 1.0) -> bool:
+        """Add a deciduous (mostly) or conifer tree of random size if the spot is free."""
+        rng = self.rng
+        r_m = rng.uniform(1.8, 4.8) * scale
+        return self.crown(
+            cx,
+            cy,
+            self.m(r_m),
+            self.tree_colour(rng.random() < 0.2),
+            r_m * rng.uniform(1.8, 2.8) + 2.0,
+        )
+
+    def canopy(
+        self,
+        poly: BaseGeometry,
+        colour: _Colour,
+        cell_m: float,
+        height_m: float,
+        *,
+        conifer: bool = False,
+    ) -> None:
+        """A canopy patch (forest, hedgerow, shrubs) textured as packed crowns."""
+        cell = self.m(round(cell_m * 2.0) / 2.0)
+        self.objs.add(poly, M.CANOPY, colour, p0=cell, p1=1.0 if conifer else 0.0)
+        dx, dy = self.shadow_offset(height_m)
+        steps = max(1, min(6, math.ceil(math.hypot(dx, dy) / self.m(3.0))))
+        moved = [
+            shapely.affinity.translate(poly, dx * s / steps, dy * s / steps)
+            for s in range(1, steps + 1)
+        ]
+        self.objs.shadow(shapely.union_all(moved), SHADOW_TREE)
+
+    # ------------------------------------------------------------------ buildings
+
+    def plan(self, large: bool) -> tuple[list[tuple[float, float, float, float]], float, float]:
+        """Parts of a building in a local frame: (cu, cv, half_u, half_v) in metres.
+
+        u runs along the street, v away from it; the front wall is at v = 0.
+        Returns the parts, the frontage (extent along u) and the depth.
+        """
+        rng = self.rng
+        if large:
+            length, depth = rng.uniform(18.0, 40.0), rng.uniform(12.0, 28.0)
+        elif rng.random() < 0.12:
+            length, depth = rng.uniform(6.0, 8.0), rng.uniform(4.5, 6.5)
+        elif rng.random() < 0.3:
+            length, depth = rng.uniform(7.5, 11.0), rng.uniform(10.0, 16.0)
+        else:
+            length, depth = rng.uniform(9.0, 16.0), rng.uniform(7.5, 11.5)
+        parts = [(0.0, depth / 2, length / 2, depth / 2)]
+        shape = rng.random()
+        if length >= 9.0 and shape < 0.4:
+            wing_w = rng.uniform(4.5, max(5.0, min(0.5 * length, 16.0 if large else 8.0)))
+            wing_l = rng.uniform(4.0, min(14.0 if large else 8.0, 40.0 - depth))
+            if shape < 0.25:
+                cu = rng.choice([-1.0, 1.0]) * (length - wing_w) / 2
+            else:
+                cu = rng.uniform(-0.15, 0.15) * length
+            parts.append((cu, depth - 0.5 + (wing_l + 0.5) / 2, wing_w / 2, (wing_l + 0.5) / 2))
+            depth += wing_l
+        return parts, length, depth
+
+    def building(
+        self,
+        plan: tuple[list[tuple[float, float, float, float]], float, float],
+        anchor: tuple[float, float],
+        angle: float,
+        inside: BaseGeometry,
+        large: bool,
+    ) -> BaseGeometry | None:
+        """Place `plan` with its front-centre at `anchor` if it fits; return the footprint."""
+        rng = self.rng
+        parts, _, _ = plan
+        ux, uy = math.cos(angle), math.sin(angle)
+        vx, vy = -uy, ux
+        rects = []
+        for cu, cv, hu, hv in parts:
+            cx = anchor[0] + self.m(cu) * ux + self.m(cv) * vx
+            cy = anchor[1] + self.m(cu) * uy + self.m(cv) * vy
+            a, b, ang = self.m(hu), self.m(hv), angle
+            if b > a:
+                a, b, ang = b, a, angle + math.pi / 2
+            rects.append((cx, cy, ang, a, b, _rect(cx, cy, ang, a, b)))
+        footprint = shapely.union_all([r[5] for r in rects])
+        if not inside.contains(footprint):
+            return None
+        if not self.free(footprint.buffer(self.m(1.5), quad_segs=2)):
+            return None
+        if large:
+            roll = rng.random()
+            material = M.ROOF_METAL if roll < 0.45 else M.ROOF_FLAT
+            colour = _pick(rng, _METAL_ROOFS if roll < 0.45 else _FLAT_ROOFS)
+            height = rng.uniform(5.0, 10.0)
+        else:
+            roll = rng.random()
+            material = M.ROOF_GABLE if roll < 0.5 else M.ROOF_HIP if roll < 0.75 else M.ROOF_FLAT
+            colour = _pick(rng, _FLAT_ROOFS if material == M.ROOF_FLAT else _PITCHED_ROOFS)
+            height = rng.uniform(3.5, 7.5)
+        colour = _scaled(rng, colour, 0.07)
+        corrugation = self.m(rng.uniform(0.9, 1.6))
+        dx, dy = self.shadow_offset(height)
+        for cx, cy, ang, a, b, poly in rects:
+            self.objs.add(poly, material, colour, cx=cx, cy=cy, angle=ang, a=a, b=b, p0=corrugation)
+            xy = np.asarray(poly.exterior.coords)
+            self.objs.shadow(
+                shapely.convex_hull(MultiPoint(np.vstack([xy, xy + np.array([dx, dy])]))),
+                SHADOW_BUILDING,
+            )
+        self.buildings.insert(footprint.buffer(self.m(2.0), quad_segs=2))
+        return footprint
+
+    def town(self, cell: BaseGeometry, road_index: int, streets: list[_Road]) -> None:
+        rng, spec = self.rng, self.spec
+        industrial = rng.random() < 0.2
+        inside = cell.buffer(-self.m(1.0))
+        occupancy = 0.4 + 0.6 * spec.building_density
+        houses: list[BaseGeometry] = []
+        frontage = [r for r in self.roads if r.main and r.line.intersects(cell)] + streets
+        for road in frontage:
+            for seg in _lines(road.line.intersection(cell)):
+                if seg.length < self.m(15.0):
+                    continue
+                for side in (1.0, -1.0):
+                    s = self.m(rng.uniform(0.0, 10.0))
+                    while s < seg.length:
+                        large = industrial or rng.random() < 0.06
+                        plan = self.plan(large)
+                        front = self.m(plan[1])
+                        gap = self.m(rng.uniform(8.0, 20.0) if large else rng.uniform(2.0, 7.0)) * (
+                            1.5 - spec.building_density
+                        )
+                        mid = s + front / 2
+                        if mid < seg.length and rng.random() < occupancy:
+                            p = seg.interpolate(mid)
+                            q = seg.interpolate(min(mid + 1.0, seg.length))
+                            r0 = seg.interpolate(max(mid - 1.0, 0.0))
+                            angle = math.atan2(q.y - r0.y, q.x - r0.x)
+                            if side < 0:
+                                angle += math.pi
+                            setback = self.m(
+                                rng.uniform(6.0, 14.0) if large else rng.uniform(3.0, 9.0)
+                            )
+                            dist = road.width / 2 + setback
+                            vx, vy = -math.sin(angle), math.cos(angle)
+                            anchor = (p.x + vx * dist, p.y + vy * dist)
+                            angle += rng.uniform(-0.03, 0.03)
+                            fp = self.building(plan, anchor, angle, inside, large)
+                            if fp is not None:
+                                self.yard(fp, anchor, angle, road.width / 2, setback, large, inside)
+                                if not large:
+                                    houses.append(fp)
+                        s += front + gap
+        theta = self.road_angle(self.roads[road_index], cell.centroid)
+        x0, y0, x1, y1 = cell.bounds
+        tries = int(cell.area / self.m(1.0) ** 2 / 400.0 * spec.building_density)
+        for _ in range(tries):
+            px, py = rng.uniform(x0, x1), rng.uniform(y0, y1)
+            if not inside.contains(Point(px, py)):
+                continue
+            large = industrial or rng.random() < 0.05
+            plan = self.plan(large)
+            angle = theta + (math.pi / 2 if rng.random() < 0.3 else 0.0) + rng.uniform(-0.04, 0.04)
+            fp = self.building(plan, (px, py), angle, inside, large)
+            if fp is not None and not large:
+                houses.append(fp)
+        self.gardens(houses, inside)
+        self.scatter(cell, inside, trees=0.4, shrubs=0.5, soil=0.3, ponds=0.0)
+
+    def yard(
+        self,
+        footprint: BaseGeometry,
+        anchor: tuple[float, float],
+        angle: float,
+        half_road: float,
+        setback: float,
+        large: bool,
+        inside: BaseGeometry,
+    ) -> None:
+        """Paved yard around a large building, or a driveway in front of a house."""
+        rng = self.rng
+        concrete = _scaled(rng, (156.0, 154.0, 148.0), 0.06)
+        if large:
+            yard = footprint.buffer(self.m(rng.uniform(5.0, 12.0)), join_style="mitre")
+            self.objs.add(self.clear(yard.intersection(inside)), M.PAVED, concrete)
+            return
+        if rng.random() < 0.5:
+            return
+        ux, uy = math.cos(angle), math.sin(angle)
+        vx, vy = -uy, ux
+        along = self.m(rng.uniform(-2.0, 2.0))
+        depth = setback + half_road * 0.5
+        cx = anchor[0] + ux * along - vx * depth / 2
+        cy = anchor[1] + uy * along - vy * depth / 2
+        drive = _rect(cx, cy, angle + math.pi / 2, depth / 2, self.m(1.5))
+        self.objs.add(drive.intersection(inside), M.PAVED, concrete)
+
+    def gardens(self, houses: list[BaseGeometry], inside: BaseGeometry) -> None:
+        rng = self.rng
+        lam = 2.6 * self.spec.tree_density
+        for fp in houses:
+            c = fp.centroid
+            radius = math.sqrt(fp.area) * 0.7
+            for _ in range(int(rng.poisson(lam))):
+                ang = rng.uniform(0, 2 * math.pi)
+                dist = radius + self.m(rng.uniform(3.0, 10.0))
+                cx, cy = c.x + dist * math.cos(ang), c.y + dist * math.sin(ang)
+                if inside.contains(Point(cx, cy)):
+                    self.random_tree(cx, cy, 0.85)
+
+    def scatter(
+        self,
+        cell: BaseGeometry,
+        inside: BaseGeometry,
+        *,
+        trees: float,
+        shrubs: float,
+        soil: float,
+        ponds: float,
+    ) -> None:
+        """Trees, tree clusters, shrub and bare-soil patches and ponds in a zone."""
+        rng, spec = self.rng, self.spec
+        area_ha = cell.intersection(self.scene).area / self.m(100.0) ** 2
+        x0, y0, x1, y1 = inside.bounds if not inside.is_empty else (0, 0, 0, 0)
+
+        def spot() -> tuple[float, float] | None:
+            px, py = rng.uniform(x0, x1), rng.uniform(y0, y1)
+            return (px, py) if inside.contains(Point(px, py)) else None
+
+        if inside.is_empty:
+            return
+        for _ in range(int(rng.poisson(area_ha * soil * 0.8))):
+            p = spot()
+            if p:
+                r = self.m(rng.uniform(8.0, 28.0))
+                patch = self.blob(*p, r, r * rng.uniform(0.5, 1.0), rng.uniform(0, math.pi), 0.25)
+                if self.free(patch):
+                    self.objs.add(patch, M.SOIL, _scaled(rng, _SOIL_COLOURS[int(rng.integers(4))]))
+        for _ in range(int(rng.poisson(area_ha * ponds))):
+            p = spot()
+            if p:
+                r = self.m(rng.uniform(8.0, 25.0))
+                pond = self.blob(*p, r, r * rng.uniform(0.6, 1.0), rng.uniform(0, math.pi))
+                if self.free(pond.buffer(self.m(3.0))):
+                    self.add_water_body(pond)
+        for _ in range(int(rng.poisson(area_ha * shrubs * 1.5 * spec.tree_density))):
+            p = spot()
+            if p:
+                r = self.m(rng.uniform(3.0, 12.0))
+                patch = self.blob(*p, r, r * rng.uniform(0.4, 1.0), rng.uniform(0, math.pi), 0.3)
+                if self.free(patch):
+                    self.canopy(patch, _scaled(rng, (92, 108, 60), 0.1), rng.uniform(1.5, 2.5), 1.5)
+        density = trees * spec.tree_density
+        for _ in range(int(rng.poisson(area_ha * 6.0 * density))):
+            p = spot()
+            if p:
+                self.random_tree(*p)
+        for _ in range(int(rng.poisson(area_ha * 1.2 * density))):
+            p = spot()
+            if p:
+                spread = self.m(rng.uniform(5.0, 16.0))
+                for _ in range(int(rng.integers(3, 11))):
+                    self.random_tree(
+                        p[0] + rng.normal(0, spread), p[1] + rng.normal(0, spread), 1.1
+                    )
+
+    # ------------------------------------------------------------------ farmland
+
+    def farmland(self, cell: BaseGeometry, road_index: int) -> None:
+        """Fields on a grid shared by every farm zone of the same main road."""
+        spec = self.spec
+        road = self.roads[road_index]
+        start = road.line.coords[0]
+        grid = _sub_rng(spec.seed, 1, road_index)
+        theta = math.atan2(
+            road.line.coords[-1][1] - start[1], road.line.coords[-1][0] - start[0]
+        ) + (math.pi / 2 if grid.random() < 0.25 else 0.0)
+        strip_w = self.m(grid.uniform(70.0, 150.0))
+        ux, uy = math.cos(theta), math.sin(theta)
+        vx, vy = -uy, ux
+        xy = shapely.get_coordinates(cell) - start
+        us, vs = xy @ (ux, uy), xy @ (vx, vy)
+        inside = cell.buffer(-self.m(1.0))
+
+        def to_world(u: float, v: float) -> tuple[float, float]:
+            return start[0] + u * ux + v * vx, start[1] + u * uy + v * vy
+
+        def strip_edge(k: int) -> float:
+            return (k + _sub_rng(spec.seed, 2, road_index, k).uniform(-0.25, 0.25)) * strip_w
+
+        for k in range(math.floor(vs.min() / strip_w) - 1, math.ceil(vs.max() / strip_w) + 1):
+            v0, v1 = strip_edge(k), strip_edge(k + 1)
+            srng = _sub_rng(spec.seed, 3, road_index, k)
+            length = self.m(srng.uniform(90.0, 280.0))
+            hedge = srng.random() < 0.45 * spec.tree_density
+            track = srng.random() < 0.2
+
+            def field_edge(j: int, k: int = k, length: float = length) -> float:
+                return (j + _sub_rng(spec.seed, 4, road_index, k, j).uniform(-0.3, 0.3)) * length
+
+            for j in range(math.floor(us.min() / length) - 1, math.ceil(us.max() / length) + 1):
+                u0, u1 = field_edge(j), field_edge(j + 1)
+                frng = _sub_rng(spec.seed, 5, road_index, k, j)
+                mu0 = self.m(frng.uniform(0.8, 2.5))
+                mu1 = self.m(frng.uniform(0.8, 2.5))
+                mv0 = self.m(frng.uniform(0.8, 2.5) + (2.5 if hedge or track else 0.0))
+                mv1 = self.m(frng.uniform(0.8, 2.5))
+                rect = Polygon(
+                    [
+                        to_world(u0 + mu0, v0 + mv0),
+                        to_world(u1 - mu1, v0 + mv0),
+                        to_world(u1 - mu1, v1 - mv1),
+                        to_world(u0 + mu0, v1 - mv1),
+                    ]
+                )
+                if not rect.intersects(inside):
+                    continue
+                field = self.clear(rect.intersection(inside))
+                if field.area < self.m(20.0) ** 2:
+                    continue
+                self.field(field, theta, frng)
+            if hedge or track:
+                a = to_world(us.min() - 10.0, v0)
+                b = to_world(us.max() + 10.0, v0)
+                edge = LineString([a, b]).intersection(inside)
+                for seg in _lines(edge):
+                    if seg.length < self.m(20.0):
+                        continue
+                    if hedge:
+                        self.hedgerow(seg)
+                    else:
+                        self.add_road(seg, self.m(3.0), main=False, dirt=True)
+        self.scatter(cell, inside, trees=0.12, shrubs=0.1, soil=0.0, ponds=0.0)
+
+    def field(self, poly: BaseGeometry, theta: float, frng: np.random.Generator) -> None:
+        """One crop field (cropland) or meadow (background) with row texture parameters."""
+        rng = self.rng
+        rows = theta + (math.pi / 2 if frng.random() < 0.3 else 0.0)
+        if frng.random() < 0.15:
+            grass = _mix((92, 124, 62), (150, 148, 96), frng.uniform(0.0, 0.6))
+            stripes = self.m(frng.uniform(3.0, 6.0)) if frng.random() < 0.5 else 0.0
+            self.objs.add(
+                poly, M.MEADOW, _scaled(frng, grass, 0.05), angle=rows, a=stripes, p0=0.05
+            )
+            return
+        crop = frng.choice(
+            ["cereal", "maize", "rapeseed", "beet", "vegetable"], p=[0.45, 0.2, 0.1, 0.1, 0.15]
+        )
+        stage = frng.uniform(0.0, 1.0)
+        soil = _scaled(frng, _mix((132, 106, 80), (112, 100, 88), frng.uniform(0, 1)), 0.1)
+        green = _scaled(frng, _mix((68, 100, 48), (110, 132, 70), frng.uniform(0, 1)), 0.06)
+        spacing_m = {
+            "cereal": (1.0, 1.6),
+            "maize": (1.5, 2.4),
+            "rapeseed": (1.0, 1.5),
+            "beet": (1.4, 2.0),
+            "vegetable": (1.5, 3.0),
+        }[crop]
+        spacing = frng.uniform(*spacing_m)
+        tram = 0.0
+        if stage < 0.15:
+            row, between, cover = (
+                _mix(soil, (0, 0, 0), 0.16),
+                _mix(soil, (255, 255, 255), 0.04),
+                0.45,
+            )
+            spacing = frng.uniform(1.2, 2.6)
+        elif stage < 0.45:
+            t = (stage - 0.15) / 0.3
+            row, between, cover = _mix(soil, green, 0.5 + 0.4 * t), soil, 0.3 + 0.4 * t
+        elif stage < 0.72:
+            t = (stage - 0.45) / 0.27
+            row, between, cover = green, _mix(soil, green, 0.4 + 0.5 * t), 0.75 + 0.2 * t
+        elif stage < 0.92:
+            t = (stage - 0.72) / 0.2
+            ripe = {
+                "cereal": (204, 182, 118),
+                "rapeseed": (214, 200, 74) if frng.random() < 0.5 else (150, 150, 80),
+                "maize": (92, 120, 54),
+                "beet": (74, 118, 56),
+                "vegetable": (110, 136, 70),
+            }[crop]
+            row = _mix(green, ripe, t)
+            between, cover = _mix(row, (0, 0, 0), 0.12), 0.85
+        else:
+            if crop in ("cereal", "rapeseed"):
+                row, between = (196, 182, 140), (172, 152, 112)
+                spacing, cover = frng.uniform(4.0, 8.0), 0.55
+            else:
+                row, between, cover = _mix(soil, (200, 190, 150), 0.3), soil, 0.5
+        if crop in ("cereal", "rapeseed") and 0.25 < stage < 0.92:
+            tram = self.m(frng.uniform(18.0, 24.0))
+        self.objs.add(
+            poly,
+            M.FIELD,
+            _scaled(rng, row, 0.03),
+            between,
+            angle=rows,
+            a=self.m(spacing),
+            b=frng.uniform(0.0, 1.0),
+            p0=cover,
+            p1=tram,
+        )
+
+    def hedgerow(self, seg: LineString) -> None:
+        """A hedgerow along `seg` (straight), as a canopy strip with wavy edges."""
+        rng = self.rng
+        (ax, ay), (bx, by) = seg.coords[0], seg.coords[-1]
+        length = seg.length
+        ux, uy = (bx - ax) / length, (by - ay) / length
+        vx, vy = -uy, ux
+        n = max(3, int(length / self.m(2.0)))
+        t = np.linspace(0.0, length, n)
+        half = self.m(rng.uniform(1.5, 3.0))
+        left = half * (0.7 + 0.6 * rng.random(n))
+        right = half * (0.7 + 0.6 * rng.random(n))
+        px, py = ax + t * ux, ay + t * uy
+        ring = np.vstack(
+            [
+                np.column_stack([px + vx * left, py + vy * left]),
+                np.column_stack([px - vx * right, py - vy * right])[::-1],
+            ]
+        )
+        poly = self.clear(Polygon(ring))
+        if poly.is_empty:
+            return
+        self.canopy(poly, self.tree_colour(), rng.uniform(2.5, 3.5), rng.uniform(4.0, 8.0))
+        for _ in range(int(rng.poisson(length / self.m(40.0)))):
+            s = rng.uniform(0, length)
+            self.random_tree(ax + s * ux, ay + s * uy, 1.2)
+
+    # ------------------------------------------------------------------ forest and open land
+
+    def forest(self, cell: BaseGeometry) -> None:
+        rng = self.rng
+        inner = cell.buffer(-self.m(rng.uniform(6.0, 20.0)), quad_segs=4)
+        if inner.is_empty:
+            return
+        if rng.random() < 0.4:
+            c = inner.representative_point()
+            r = self.m(rng.uniform(20.0, 50.0))
+            inner = inner.difference(self.blob(c.x, c.y, r, r * 0.7, rng.uniform(0, math.pi), 0.3))
+        forest = self.clear(inner)
+        if forest.is_empty:
+            return
+        conifer = rng.random() < 0.35
+        cell_m = rng.uniform(4.0, 5.0) if conifer else rng.uniform(5.5, 8.0)
+        self.canopy(
+            forest, self.tree_colour(conifer), cell_m, rng.uniform(14.0, 22.0), conifer=conifer
+        )
+        for part in _polygons(forest):
+            for ring in [part.exterior, *part.interiors]:
+                s = 0.0
+                while s < ring.length:
+                    r_m = cell_m * rng.uniform(0.45, 0.65)
+                    p = ring.interpolate(s)
+                    self.crown(
+                        p.x, p.y, self.m(r_m), self.tree_colour(conifer), rng.uniform(10.0, 18.0)
+                    )
+                    s += self.m(2.0 * r_m * rng.uniform(0.8, 1.4))
+        self.scatter(cell, cell.buffer(-self.m(1.0)), trees=0.3, shrubs=0.3, soil=0.0, ponds=0.0)
+
+    def open_land(self, cell: BaseGeometry) -> None:
+        rng = self.rng
+        inside = cell.buffer(-self.m(1.0))
+        if rng.random() < 0.6:
+            grass = _mix((96, 126, 64), (146, 144, 96), rng.uniform(0.0, 0.7))
+            self.objs.add(self.clear(inside), M.MEADOW, _scaled(rng, grass, 0.05))
+        self.scatter(
+            cell, inside, trees=1.0, shrubs=1.0, soil=0.5, ponds=3.0 * self.spec.water_fraction
+        )
+
+    def avenues(self) -> None:
+        """Rows of trees along some stretches of the main roads."""
+        rng = self.rng
+        for road in [r for r in self.roads if r.main]:
+            line = road.line.intersection(self.scene)
+            for seg in _lines(line):
+                if rng.random() > 0.6 * self.spec.tree_density or seg.length < self.m(60.0):
+                    continue
+                start = rng.uniform(0, seg.length * 0.7)
+                stop = min(seg.length, start + self.m(rng.uniform(100.0, 400.0)))
+                step = self.m(rng.uniform(8.0, 13.0))
+                colour = self.tree_colour()
+                r_m = rng.uniform(2.5, 4.0)
+                s = start
+                while s < stop:
+                    p = seg.interpolate(s)
+                    q = seg.interpolate(min(s + 1.0, seg.length))
+                    ang = math.atan2(q.y - p.y, q.x - p.x)
+                    off = road.width / 2 + self.m(r_m + rng.uniform(1.5, 3.0))
+                    for side in (1.0, -1.0):
+                        self.crown(
+                            p.x - side * math.sin(ang) * off,
+                            p.y + side * math.cos(ang) * off,
+                            self.m(r_m * rng.uniform(0.85, 1.15)),
+                            _scaled(rng, colour, 0.05),
+                            r_m * 2.5 + 2.0,
+                        )
+                    s += step
+
+
+def build_layout(spec: SceneSpec) -> Layout:
+    """Generate every object of the scene described by `spec`.
+
+    Parameters
+    ----------
+    spec : SceneSpec
+        Scene size, pixel size, seed and density knobs.
+
+    Returns
+    -------
+    Layout
+        Objects in pixel coordinates, sorted into draw order, with indexes.
+    """
+    gen = _Generator(spec)
+    gen.run()
+    return gen.finish()
+
+
+_DRAWN_ABOVE: dict[int, tuple[Material, ...]] = {
+    BUILDING: (),
+    VEGETATION: (M.WATER, M.ROAD, M.TRACK, M.MARKING, *(m for m in Material if _LAYER[m] == 8)),
+    CROPLAND: (
+        M.CANOPY,
+        M.CROWN,
+        M.WATER,
+        M.ROAD,
+        M.TRACK,
+        M.MARKING,
+        *(m for m in Material if _LAYER[m] == 8),
+    ),
+}
+
+
+def class_regions(layout: Layout) -> dict[int, BaseGeometry]:
+    """The area of each foreground class after the layer overlay, clipped to the scene.
+
+    A point belongs to class ``c`` when the topmost object covering it has
+    class ``c``, so rasterizing these regions (pixel-centre rule) reproduces
+    the rendered class raster; pixels in none of them are background.
+
+    Parameters
+    ----------
+    layout : Layout
+        The scene layout.
+
+    Returns
+    -------
+    dict
+        ``{BUILDING: geometry, VEGETATION: geometry, CROPLAND: geometry}`` in
+        pixel coordinates; a class with no pixel has an empty geometry.
+    """
+    scene = box(0.0, 0.0, float(layout.width), float(layout.height))
+    geoms = layout.geoms
+    material = layout.material[1:]
+    classes = layout.classes[1:]
+    inside = shapely.intersects(geoms, scene)
+    out: dict[int, BaseGeometry] = {}
+    for cls in (BUILDING, VEGETATION, CROPLAND):
+        own = geoms[(classes == cls) & inside]
+        region = shapely.intersection(shapely.union_all(own), scene)
+        above = geoms[np.isin(material, [int(m) for m in _DRAWN_ABOVE[cls]]) & inside]
+        if len(above) and not region.is_empty:
+            region = shapely.difference(region, shapely.union_all(above))
+        out[cls] = region
+    return out

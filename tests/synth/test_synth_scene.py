@@ -1,0 +1,172 @@
+"""Synthetic scenes in memory: spec validation, determinism, blocking, classes, layout."""
+
+from __future__ import annotations
+
+import functools
+import math
+import tracemalloc
+import types
+
+import numpy as np
+import pytest
+import shapely
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rasterio.windows import Window
+
+from geoseg.errors import ConfigError
+from geoseg.synth import SceneSpec, generate_arrays, iter_blocks, render_window
+from geoseg.synth.objects import Material, build_layout
+from geoseg.synth.scene import scene_layout
+
+# 1 m pixels put a few land-use zones into a small, fast scene.
+SMALL = SceneSpec(384, 320, pixel_size=1.0, seed=5)
+
+
+@functools.cache
+def small_arrays() -> tuple[np.ndarray, np.ndarray]:
+    return generate_arrays(SMALL, block_size=1024)
+
+
+def test_spec_transform_and_shape() -> None:
+    spec = SceneSpec(300, 200, pixel_size=0.25, origin=(400_000, 6_000_000), crs="EPSG:32632")
+    assert spec.shape == (200, 300)
+    assert tuple(spec.transform)[:6] == (0.25, 0.0, 400_000.0, 0.0, -0.25, 6_000_000.0)
+    assert spec.origin == (400_000.0, 6_000_000.0)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("width", 0),
+        ("width", 2.5),
+        ("height", -3),
+        ("height", True),
+        ("pixel_size", 0.0),
+        ("pixel_size", math.nan),
+        ("crs", "EPSG:4326"),
+        ("crs", "not a crs"),
+        ("origin", (1.0,)),
+        ("origin", (math.inf, 0.0)),
+        ("seed", -1),
+        ("seed", 1.5),
+        ("building_density", 1.5),
+        ("tree_density", -0.1),
+        ("field_fraction", math.nan),
+        ("water_fraction", 2),
+        ("road_spacing", 10.0),
+    ],
+)
+def test_spec_rejects_bad_values_naming_the_field(field: str, value: object) -> None:
+    kwargs: dict[str, object] = {"width": 64, "height": 64, field: value}
+    with pytest.raises(ConfigError, match=field) as info:
+        SceneSpec(**kwargs)  # type: ignore[arg-type]
+    assert isinstance(info.value, ValueError)
+
+
+def test_same_seed_same_pixels_even_without_cache() -> None:
+    image, classes = small_arrays()
+    scene_layout.cache_clear()
+    again_image, again_classes = generate_arrays(SMALL)
+    assert np.array_equal(image, again_image)
+    assert np.array_equal(classes, again_classes)
+
+
+def test_different_seed_differs() -> None:
+    image, classes = small_arrays()
+    other_image, other_classes = generate_arrays(SceneSpec(384, 320, pixel_size=1.0, seed=6))
+    assert not np.array_equal(image, other_image)
+    assert not np.array_equal(classes, other_classes)
+
+
+@pytest.mark.parametrize("block_size", [128, 256, 100])
+def test_pixels_do_not_depend_on_block_size(block_size: int) -> None:
+    image, classes = small_arrays()
+    got_image, got_classes = generate_arrays(SMALL, block_size=block_size)
+    assert np.array_equal(image, got_image)
+    assert np.array_equal(classes, got_classes)
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_any_window_equals_the_crop_of_the_whole_scene(data: st.DataObject) -> None:
+    image, classes = small_arrays()
+    col = data.draw(st.integers(0, SMALL.width - 1))
+    row = data.draw(st.integers(0, SMALL.height - 1))
+    w = data.draw(st.integers(1, min(90, SMALL.width - col)))
+    h = data.draw(st.integers(1, min(90, SMALL.height - row)))
+    got_image, got_classes = render_window(SMALL, Window(col, row, w, h))
+    assert np.array_equal(got_image, image[:, row : row + h, col : col + w])
+    assert np.array_equal(got_classes, classes[row : row + h, col : col + w])
+
+
+def test_blocks_tile_the_scene_lazily() -> None:
+    spec = SceneSpec(100, 70, seed=1)
+    blocks = iter_blocks(spec, block_size=32)
+    assert isinstance(blocks, types.GeneratorType)
+    seen = np.zeros(spec.shape, np.int32)
+    for window, image, classes in blocks:
+        rows, cols = window.toslices()
+        seen[rows, cols] += 1
+        assert image.shape == (3, window.height, window.width) and image.dtype == np.uint8
+        assert classes.shape == (window.height, window.width) and classes.dtype == np.uint8
+    assert (seen == 1).all()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_default_scene_has_every_class_in_plausible_amounts(seed: int) -> None:
+    _, classes = generate_arrays(SceneSpec(1024, 1024, seed=seed))
+    fractions = np.bincount(classes.ravel(), minlength=4) / classes.size
+    assert fractions.size == 4
+    assert (fractions > 0.01).all(), fractions
+    assert fractions[0] > 0.2, fractions
+
+
+def test_density_knobs_switch_classes_off() -> None:
+    bare = SceneSpec(
+        512, 512, seed=3, building_density=0, tree_density=0, field_fraction=0, water_fraction=0
+    )
+    _, classes = generate_arrays(bare)
+    assert not classes.any()
+    _, classes = generate_arrays(SceneSpec(512, 512, seed=3, tree_density=0))
+    assert not (classes == 2).any()
+
+
+def test_buildings_avoid_roads_and_water() -> None:
+    layout = build_layout(SceneSpec(1024, 1024, seed=2))
+    material = layout.material[1:]
+    roofs = layout.geoms[layout.classes[1:] == 1]
+    blocked = layout.geoms[np.isin(material, [Material.ROAD, Material.WATER])]
+    assert len(roofs) and len(blocked)
+    hits = shapely.STRtree(blocked).query(roofs, predicate="intersects")
+    assert hits.size == 0
+
+
+def test_render_window_and_generate_arrays_reject_bad_requests() -> None:
+    with pytest.raises(ConfigError, match="inside"):
+        render_window(SMALL, Window(300, 0, 100, 10))
+    with pytest.raises(ConfigError, match="integer"):
+        render_window(SMALL, Window(0.5, 0, 10, 10))
+    with pytest.raises(ConfigError, match="iter_blocks"):
+        generate_arrays(SceneSpec(20_000, 20_000))
+    with pytest.raises(ConfigError, match="block_size"):
+        next(iter_blocks(SMALL, block_size=4))
+
+
+def _peak_block_memory(width: int) -> int:
+    spec = SceneSpec(width, 256, seed=9)
+    scene_layout(spec)
+    tracemalloc.start()
+    try:
+        for _ in iter_blocks(spec, block_size=256):
+            pass
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_block_memory_does_not_grow_with_the_scene() -> None:
+    small = _peak_block_memory(512)
+    large = _peak_block_memory(8192)
+    whole_scene_rgb = 3 * 8192 * 256
+    assert large < small + whole_scene_rgb // 4, (small, large)
