@@ -19,6 +19,7 @@ from geoseg.vectorize.clean import (
     smooth_polygon,
 )
 from geoseg.vectorize.metric import (
+    MAX_SCALE_ERROR,
     MetricFrame,
     area_perimeter_m,
     from_metric,
@@ -40,6 +41,7 @@ from geoseg.vectorize.regularize import (
 
 __all__ = [
     "DEFAULT_BLOCK_ROWS",
+    "MAX_SCALE_ERROR",
     "STYLES",
     "CleanupParams",
     "MetricFrame",

@@ -2,8 +2,9 @@
 
 Clean-up thresholds (minimum areas, simplification tolerances) are given in
 metres and square metres.  :func:`metric_crs` picks a CRS in which those units
-hold: the raster's own CRS when it is projected in metres, otherwise the UTM
-zone (or UPS polar zone) around the centre of the raster's bounds.  A UTM zone
+hold: the raster's own CRS when it is projected in metres with a true scale
+(within 0.5 %) at the centre of the raster's bounds, otherwise the UTM zone (or
+UPS polar zone) around that centre.  A UTM zone
 distorts lengths by at most about 0.1 % within the zone, so areas are good to
 about 0.2 % for rasters that stay within a zone or two of its centre; a raster
 spanning many zones should be cut into regions first.
@@ -22,12 +23,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import shapely
-from pyproj import CRS, Transformer
-from pyproj.exceptions import CRSError
+from pyproj import CRS, Proj, Transformer
+from pyproj.exceptions import CRSError, ProjError
 
 from geoseg.errors import GeoreferenceError
 
 __all__ = [
+    "MAX_SCALE_ERROR",
     "MetricFrame",
     "area_perimeter_m",
     "from_metric",
@@ -40,6 +42,9 @@ Bounds = tuple[float, float, float, float]
 """``(left, bottom, right, top)`` in the coordinates of a CRS, x before y."""
 
 _WGS84 = CRS.from_epsg(4326)
+
+MAX_SCALE_ERROR = 0.005
+"""Largest linear scale error (0.5 %) at which a metre-based CRS is used as it is."""
 
 
 @dataclass(frozen=True)
@@ -106,12 +111,27 @@ def _check_bounds(bounds: Sequence[float]) -> Bounds:
     return left, bottom, right, top
 
 
+def _horizontal(crs: CRS) -> CRS:
+    return crs.sub_crs_list[0] if crs.is_compound else crs
+
+
 def _is_metric(crs: CRS) -> bool:
-    horizontal = crs.sub_crs_list[0] if crs.is_compound else crs
+    horizontal = _horizontal(crs)
     if not horizontal.is_projected:
         return False
     axes = horizontal.axis_info[:2]
     return len(axes) == 2 and all(ax.unit_conversion_factor == 1.0 for ax in axes)
+
+
+def _scale_error(crs: CRS, lon: float, lat: float) -> float:
+    """Largest relative error of the projection's linear scale at (lon, lat)."""
+    try:
+        factors = Proj(_horizontal(crs)).get_factors(lon, lat)
+    except (CRSError, ProjError):
+        return 0.0  # no factors for this kind of CRS: trust its metres
+    errors = (factors.meridional_scale - 1.0, factors.parallel_scale - 1.0)
+    worst = max(abs(e) for e in errors)
+    return worst if math.isfinite(worst) else math.inf
 
 
 def _utm_epsg(lon: float, lat: float) -> int:
@@ -137,9 +157,11 @@ def metric_crs(crs: Any, bounds: Sequence[float]) -> CRS:
     Returns
     -------
     pyproj.CRS
-        ``crs`` itself when it is projected with metre axes; otherwise the
-        WGS 84 UTM zone of the bounds' centre (UPS north of 84°N or south of
-        80°S).
+        ``crs`` itself when it is projected with metre axes and its linear
+        scale at the bounds' centre is true within :data:`MAX_SCALE_ERROR`;
+        otherwise the WGS 84 UTM zone of the bounds' centre (UPS north of
+        84°N or south of 80°S).  Web Mercator (EPSG:3857) is in metres but
+        off by 1/cos(latitude), so it is replaced by UTM away from the equator.
 
     Raises
     ------
@@ -156,15 +178,21 @@ def metric_crs(crs: Any, bounds: Sequence[float]) -> CRS:
     """
     source = _as_crs(crs)
     left, bottom, right, top = _check_bounds(bounds)
-    if _is_metric(source):
-        return source
-    to_lonlat = Transformer.from_crs(source, _WGS84, always_xy=True)
-    lon, lat = to_lonlat.transform((left + right) / 2.0, (bottom + top) / 2.0)
+    metric = _is_metric(source)
+    try:
+        to_lonlat = Transformer.from_crs(source, _WGS84, always_xy=True)
+        lon, lat = to_lonlat.transform((left + right) / 2.0, (bottom + top) / 2.0)
+    except (CRSError, ProjError):
+        lon = lat = math.nan
     if not (math.isfinite(lon) and math.isfinite(lat)):
+        if metric:
+            return source  # cannot place it on Earth, but its units are metres
         raise GeoreferenceError(
             f"the centre of bounds {tuple(bounds)!r} cannot be placed on Earth in {source.name}; "
             "check that the bounds are in the CRS's own units and x/y order"
         )
+    if metric and _scale_error(source, lon, lat) <= MAX_SCALE_ERROR:
+        return source
     return CRS.from_epsg(_utm_epsg(lon, lat))
 
 

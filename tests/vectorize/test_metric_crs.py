@@ -59,7 +59,12 @@ def test_square_in_geographic_raster_matches_geodesic_area(lon, lat):
         ("EPSG:4326", (10.0, 85.0, 10.1, 85.1), 32661),
         ("EPSG:4326", (10.0, -85.1, 10.1, -85.0), 32761),
         ("EPSG:32633", (500000, 4500000, 500100, 4500100), 32633),
-        ("EPSG:3857", (1335833.9, 5012341.7, 1346965.8, 5026889.5), 3857),
+        # Web Mercator is in metres, but 1.33x too long at 41°N.
+        ("EPSG:3857", (1335833.9, 5012341.7, 1346965.8, 5026889.5), 32633),
+        ("EPSG:3857", (1335833.9, -5000.0, 1346965.8, 5000.0), 3857),
+        # A UTM CRS used 10° east of its zone: the local zone instead.
+        ("EPSG:32633", (1300000, 4500000, 1300100, 4500100), 32635),
+        ("EPSG:2154", (600000, 6500000, 700000, 6600000), 2154),
         # New York Long Island, US survey feet: measured in UTM 18N instead.
         ("EPSG:2263", (980000, 190000, 990000, 200000), 32618),
     ],
