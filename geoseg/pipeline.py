@@ -171,6 +171,12 @@ def check_georeference(spec: RasterSpec, assume_crs: str | None) -> None:
             f"north-up grid to write results on; warp it first, e.g. gdalwarp {flag}-r bilinear "
             "IN OUT.tif"
         )
+    if spec.georef == "none":
+        raise GeoreferenceError(
+            f"{spec.path} has neither a CRS nor a geotransform (no world file found either), so "
+            "its pixels cannot be placed on a map; georeference it first (e.g. gdal_translate -a_srs "
+            "-a_ullr) or add a world file"
+        )
     if spec.crs is None and assume_crs is None:
         raise GeoreferenceError(
             f"{spec.path} has no CRS, so outputs could not be placed on a map; "
@@ -596,6 +602,118 @@ def cleanup_for(
     return default_cleanup(_style_for(cls.name))
 
 
+#: Longitude span (degrees) beyond which one metric CRS cannot serve a whole raster.
+ZONE_SPAN_DEG = 6.0
+
+
+def _lonlat(geoms: np.ndarray, crs: Any) -> np.ndarray:
+    """Representative points of ``geoms`` as an (n, 2) lon/lat array."""
+    import pyproj
+    import shapely
+
+    pts = shapely.get_coordinates(shapely.point_on_surface(geoms))
+    src = pyproj.CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+    if src.is_geographic:
+        return pts
+    tr = pyproj.Transformer.from_crs(src, "EPSG:4326", always_xy=True)
+    return np.column_stack(tr.transform(pts[:, 0], pts[:, 1]))
+
+
+def _geodesic(geoms: list[Any], crs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Areas (m²) and perimeters (m) on the WGS 84 ellipsoid, for any extent."""
+    import pyproj
+    import shapely
+
+    src = pyproj.CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+    tr = (
+        None if src.is_geographic else pyproj.Transformer.from_crs(src, "EPSG:4326", always_xy=True)
+    )
+    geod = pyproj.Geod(ellps="WGS84")
+    areas, perims = np.zeros(len(geoms)), np.zeros(len(geoms))
+    for i, g in enumerate(geoms):
+        if g is None:
+            continue
+        if tr is not None:
+            g = shapely.transform(g, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+        a, p = geod.geometry_area_perimeter(g)
+        areas[i], perims[i] = abs(a), p
+    return areas, perims
+
+
+def clean_and_measure(
+    geoms: list[Any], params: CleanupParams, crs: Any, bounds: tuple[float, float, float, float]
+) -> tuple[list[Any], np.ndarray, np.ndarray]:
+    """Clean polygons and measure them in metres, whatever the raster's extent.
+
+    A raster spanning more than a UTM zone (world or continental mosaics in
+    EPSG:4326 or 3857) is handled zone by zone: each polygon is cleaned in the
+    UTM zone of its representative point.  Polygons too large for any
+    transverse Mercator zone are kept as they are (made valid) and measured on
+    the ellipsoid.  Cleaned polygons are clipped to the raster's ``bounds``.
+
+    Returns
+    -------
+    cleaned, areas_m2, perimeters_m
+        One entry per input (``None`` where dropped; NaN measures there).
+    """
+    import shapely
+
+    from geoseg.vectorize import area_perimeter_m, metric_frame, polygonal
+
+    footprint = shapely.box(*bounds)
+    n = len(geoms)
+    cleaned: list[Any] = [None] * n
+    areas, perims = np.full(n, np.nan), np.full(n, np.nan)
+    arr = np.array(geoms, dtype=object)
+    lonlat = _lonlat(arr, crs)
+    frame = metric_frame(crs, bounds)
+    wide = not frame.target.equals(frame.source) and (
+        np.ptp(lonlat[:, 0]) > ZONE_SPAN_DEG if n else False
+    )
+    zones = (
+        np.floor((lonlat[:, 0] + 180.0) / ZONE_SPAN_DEG).astype(int) if wide else np.zeros(n, int)
+    )
+    for zone in np.unique(zones):
+        idx = np.flatnonzero(zones == zone)
+        part = arr[idx]
+        b = tuple(float(v) for v in shapely_total_bounds(part)) if wide else bounds
+        try:
+            with np.errstate(all="ignore"):
+                out = clean_geometries(list(part), params, crs=crs, bounds=b)
+                # Smoothing, squaring and the round trip through a metric CRS may
+                # nudge border vertices past the raster; polygons stay inside it.
+                out = [
+                    g
+                    if g is None or footprint.contains(g)
+                    else polygonal(g.intersection(footprint))
+                    for g in out
+                ]
+                kept = np.array([g for g in out if g is not None], dtype=object)
+                a, p = area_perimeter_m(kept, crs, b) if len(kept) else (np.zeros(0), np.zeros(0))
+            if not (np.all(np.isfinite(a)) and np.all(np.isfinite(p))):
+                raise ValueError("non-finite measures")
+        except Exception as exc:  # GEOS rejects coordinates a far-off zone turned to inf
+            log.debug("zone %s: falling back to geodesic measures (%s)", zone, exc)
+            out = [polygonal(g) for g in part]
+            kept = np.array([g for g in out if g is not None], dtype=object)
+            a, p = _geodesic(list(kept), crs)
+        j = 0
+        for k, g in zip(idx, out, strict=True):
+            cleaned[k] = g
+            if g is not None:
+                areas[k], perims[k] = a[j], p[j]
+                j += 1
+    return cleaned, areas, perims
+
+
+def shapely_total_bounds(geoms: np.ndarray) -> tuple[float, float, float, float]:
+    """Bounds of an array of geometries."""
+    import shapely
+
+    b = shapely.total_bounds(geoms)
+    return float(b[0]), float(b[1]), float(b[2]), float(b[3])
+
+
 def _classes_from_raster(
     tags: Mapping[str, str], cmap: Mapping[int, tuple[int, int, int]]
 ) -> tuple[ClassInfo, ...]:
@@ -658,7 +776,7 @@ def _run_vectorize(
 
     from geoseg.io.read import iter_confidence_strips, iter_strips, read_tags
     from geoseg.io.write_vector import LayerSpec, VectorWriter
-    from geoseg.vectorize import area_perimeter_m, polygonize_strips
+    from geoseg.vectorize import polygonize_strips
 
     t0 = time.perf_counter()
     stats = VectorStats()
@@ -723,16 +841,17 @@ def _run_vectorize(
         if not items:
             return
         cls = by_id[class_id]
-        cleaned = clean_geometries(
-            [g for g, _ in items], params[class_id], crs=spec.crs, bounds=bounds
+        cleaned, areas_all, perims_all = clean_and_measure(
+            [g for g, _ in items], params[class_id], spec.crs, bounds
         )
-        keep = [(g, c) for g, (_, c) in zip(cleaned, items, strict=True) if g is not None]
+        idx = [i for i, g in enumerate(cleaned) if g is not None]
+        keep = [(cleaned[i], items[i][1]) for i in idx]
         stats.dropped += len(items) - len(keep)
         items.clear()
         if not keep:
             return
         geoms = np.array([g for g, _ in keep], dtype=object)
-        areas, perims = area_perimeter_m(geoms, spec.crs, bounds)
+        areas, perims = areas_all[idx], perims_all[idx]
         if to_out is not None:
             geoms = shapely.transform(geoms, lambda xy: np.column_stack(to_out(xy[:, 0], xy[:, 1])))
         writer.write(

@@ -31,7 +31,6 @@ def gdal_env() -> Iterator[None]:
     """Run the enclosed reads and writes under geoseg's GDAL settings."""
     with rasterio.Env(
         GDAL_CACHEMAX=cache_mb() * 1024 * 1024,
-        GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR",
         CPL_VSIL_CURL_ALLOWED_EXTENSIONS=".tif,.tiff,.vrt,.jp2,.img",
     ):
         yield
