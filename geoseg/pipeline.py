@@ -676,7 +676,7 @@ def clean_and_measure(
     for zone in np.unique(zones):
         idx = np.flatnonzero(zones == zone)
         part = arr[idx]
-        b = tuple(float(v) for v in shapely_total_bounds(part)) if wide else bounds
+        b = shapely_total_bounds(part) if wide else bounds
         try:
             with np.errstate(all="ignore"):
                 out = clean_geometries(list(part), params, crs=crs, bounds=b)

@@ -33,12 +33,17 @@ def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
 
 
 def _register() -> None:
-    from geoseg.cli import info, models, predict, vectorize
+    from geoseg.cli import batch, info, models, predict, vectorize
 
     cli.add_command(predict.predict)
+    cli.add_command(batch.batch)
     cli.add_command(vectorize.vectorize)
     cli.add_command(models.models)
     cli.add_command(info.info)
+    from geoseg.cli import evaluate, train
+
+    cli.add_command(train.train)
+    cli.add_command(evaluate.evaluate)
 
 
 _register()
