@@ -105,6 +105,10 @@ class PredictConfig:
             object.__setattr__(self, "resample", "never")
         if self.tile is not None and self.tile < 1:
             raise ConfigError(f"--tile must be positive, got {self.tile}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.overlap is not None and self.overlap < 0:
             raise ConfigError(f"--overlap must be >= 0, got {self.overlap}")
         if self.resample not in ("auto", "never"):
