@@ -33,13 +33,14 @@ def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
 
 
 def _register() -> None:
-    from geoseg.cli import batch, info, models, predict, vectorize
+    from geoseg.cli import batch, demo, info, models, predict, vectorize
 
     cli.add_command(predict.predict)
     cli.add_command(batch.batch)
     cli.add_command(vectorize.vectorize)
     cli.add_command(models.models)
     cli.add_command(info.info)
+    cli.add_command(demo.demo)
     from geoseg.cli import evaluate, train
 
     cli.add_command(train.train)

@@ -60,10 +60,9 @@ def write_quicklook(
     with rasterio.open(classes) as src:
         cls = src.read(1, out_shape=shape, resampling=Resampling.nearest)
     overlay = np.zeros((*shape, 4), dtype=float)
-    for c in card.classes:
-        if not c.vectorize:
-            continue
-        overlay[cls == c.id] = (*(v / 255 for v in c.rgb), 0.38)
+    for k in card.classes:
+        if k.vectorize:
+            overlay[cls == k.id] = (*(v / 255 for v in k.rgb), 0.38)
     fig, ax = plt.subplots(figsize=(shape[1] / 100, shape[0] / 100 + 0.5), dpi=100)
     extent = (bounds.left, bounds.right, bounds.bottom, bounds.top)
     ax.imshow(np.moveaxis(rgb, 0, -1), extent=extent, interpolation="nearest")
@@ -73,8 +72,8 @@ def write_quicklook(
         if layer == "layer_styles":
             continue
         df = pyogrio.read_dataframe(polygons, layer=layer)
-        c = next((c for c in card.classes if c.layer == layer), None)
-        color = c.color if c else "#ffffff"
+        info = next((c for c in card.classes if c.layer == layer), None)
+        color = info.color if info else "#ffffff"
         if len(df):
             df.boundary.plot(ax=ax, color=color, linewidth=0.6)
         handles.append(Patch(facecolor=color, edgecolor=color, label=f"{layer} ({len(df):,})"))
