@@ -1,0 +1,828 @@
+"""Evaluate a model on labelled imagery: pixel and object metrics, reports and plots.
+
+:func:`evaluate` runs every image through :func:`geoseg.pipeline.run_scene`,
+the very path ``geoseg predict`` takes, into a class raster; then reads that
+raster strip by strip, rasterizes the labels onto each strip's grid and adds
+the pair to a :class:`~geoseg.training.metrics.ConfusionMatrix`, so memory
+follows the raster width, not its size.  The same strips feed the seam-exact
+:func:`~geoseg.vectorize.polygonize.polygonize_strips`, whose polygons are
+matched one-to-one to the true polygons of the object classes (buildings,
+fields): a match needs IoU >= 0.5 and pairs are taken greedily by IoU, as in
+the SpaceNet metric.
+
+:func:`write_report` writes ``metrics.json``, ``report.md``,
+``confusion.png`` and ``overlay.png`` (image, truth and prediction of the most
+labelled window).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import rasterio.features
+import shapely
+from affine import Affine
+from rasterio.warp import transform_bounds
+
+from geoseg.errors import ConfigError, GeosegWarning
+from geoseg.io.read import RasterSource, select_bands
+from geoseg.models.card import ClassInfo, ModelCard
+from geoseg.pipeline import PredictConfig
+from geoseg.training.config import IGNORE_INDEX, SourceConfig
+from geoseg.training.metrics import ConfusionMatrix, PixelMetrics
+from geoseg.types import PixelWindow
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "EvalConfig",
+    "EvalReport",
+    "ImageResult",
+    "ObjectMetrics",
+    "OverlaySample",
+    "evaluate",
+    "match_objects",
+    "object_metrics",
+    "write_report",
+]
+
+#: Classes scored as objects by default, when the model has them.
+OBJECT_CLASSES = ("building", "buildings", "cropland", "field", "fields")
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Options of an evaluation.
+
+    Parameters
+    ----------
+    label_field : str
+        Attribute of vector labels holding the class (name or number).
+    label_layer : str, optional
+        Layer of multi-layer vector files.
+    label_type : {"auto", "vector", "raster"}
+        How to read the labels (``auto``: by extension).
+    class_map : tuple of (value, class name) pairs
+        Label value -> class name or ``"ignore"`` (default: values equal to class
+        names for vectors, to class ids for rasters).
+    labelled_classes : tuple of str, optional
+        Classes the labels cover (default: every class but the background).
+        Predictions of other classes count as background and they get no score.
+    object_classes : tuple of str, optional
+        Classes scored as objects (default: building/cropland/field classes).
+    iou_threshold : float
+        Minimum IoU of a predicted and a true polygon to match.
+    min_object_pixels : int
+        Predicted polygons with fewer pixels, and true ones with a smaller area,
+        are left out of the object metrics.
+    strip_rows : int
+        Rows per strip when comparing (bounds memory).
+    sample_size : int
+        Edge in pixels of the overlay window.
+    keep_predictions : Path, optional
+        Directory to keep the class rasters in (default: a temporary one).
+    predict : PredictConfig
+        Options of the prediction (device, tile, batch size, bands, ...).
+    """
+
+    label_field: str = "class"
+    label_layer: str | None = None
+    label_type: str = "auto"
+    class_map: tuple[tuple[str | int, str], ...] = ()
+    labelled_classes: tuple[str, ...] | None = None
+    object_classes: tuple[str, ...] | None = None
+    iou_threshold: float = 0.5
+    min_object_pixels: int = 0
+    strip_rows: int = 256
+    sample_size: int = 384
+    keep_predictions: Path | None = None
+    predict: PredictConfig = field(default_factory=PredictConfig)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.iou_threshold <= 1:
+            raise ConfigError(f"--iou-threshold must be in (0, 1], got {self.iou_threshold}")
+        if self.min_object_pixels < 0:
+            raise ConfigError(f"--min-object-pixels must be >= 0, got {self.min_object_pixels}")
+        if self.strip_rows < 1:
+            raise ConfigError(f"strip_rows must be >= 1, got {self.strip_rows}")
+        if self.sample_size < 16:
+            raise ConfigError(f"sample_size must be >= 16, got {self.sample_size}")
+
+
+@dataclass(frozen=True)
+class ObjectMetrics:
+    """Object-level scores of one class: matches at IoU >= ``iou_threshold``."""
+
+    name: str
+    tp: int
+    fp: int
+    fn: int
+    iou_threshold: float
+    mean_matched_iou: float | None = None
+
+    @property
+    def precision(self) -> float | None:
+        """tp / (tp + fp)."""
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else None
+
+    @property
+    def recall(self) -> float | None:
+        """tp / (tp + fn)."""
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else None
+
+    @property
+    def f1(self) -> float | None:
+        """2 tp / (2 tp + fp + fn)."""
+        d = 2 * self.tp + self.fp + self.fn
+        return 2 * self.tp / d if d else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly."""
+        return {
+            "tp": self.tp,
+            "fp": self.fp,
+            "fn": self.fn,
+            "precision": self.precision,
+            "recall": self.recall,
+            "f1": self.f1,
+            "iou_threshold": self.iou_threshold,
+            "mean_matched_iou": self.mean_matched_iou,
+        }
+
+
+def match_objects(
+    predicted: Sequence[Any], truth: Sequence[Any], *, iou_threshold: float = 0.5
+) -> list[tuple[int, int, float]]:
+    """Match predicted to true polygons one-to-one, greedily by IoU (SpaceNet style).
+
+    Every (predicted, true) pair with IoU >= ``iou_threshold`` is a candidate;
+    candidates are taken in order of decreasing IoU (ties: lower indices
+    first), skipping pairs whose polygons are already matched.
+
+    Parameters
+    ----------
+    predicted, truth : sequence of shapely geometries
+    iou_threshold : float
+
+    Returns
+    -------
+    list of (int, int, float)
+        ``(predicted index, true index, IoU)`` of each match.
+
+    Examples
+    --------
+    >>> from shapely import box
+    >>> match_objects([box(0, 0, 2, 2), box(5, 5, 6, 6)], [box(0, 0, 2, 3), box(10, 10, 11, 11)])
+    [(0, 0, 0.6666666666666666)]
+    """
+    if not len(predicted) or not len(truth):
+        return []
+    pred = np.asarray(predicted, dtype=object)
+    true = np.asarray(truth, dtype=object)
+    tree = shapely.STRtree(true)
+    pi, ti = tree.query(pred, predicate="intersects")
+    if len(pi) == 0:
+        return []
+    inter = shapely.area(shapely.intersection(pred[pi], true[ti]))
+    union = shapely.area(pred[pi]) + shapely.area(true[ti]) - inter
+    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    keep = iou >= iou_threshold
+    candidates = sorted(zip(-iou[keep], pi[keep], ti[keep], strict=True))
+    used_p: set[int] = set()
+    used_t: set[int] = set()
+    out: list[tuple[int, int, float]] = []
+    for neg_iou, p, t in candidates:
+        if p in used_p or t in used_t:
+            continue
+        used_p.add(int(p))
+        used_t.add(int(t))
+        out.append((int(p), int(t), float(-neg_iou)))
+    return out
+
+
+def object_metrics(
+    name: str, predicted: Sequence[Any], truth: Sequence[Any], *, iou_threshold: float = 0.5
+) -> ObjectMetrics:
+    """Object precision/recall/F1 of one class from its predicted and true polygons.
+
+    >>> from shapely import box
+    >>> m = object_metrics("building", [box(0, 0, 2, 2), box(5, 5, 6, 6)], [box(0, 0, 2, 3)])
+    >>> m.tp, m.fp, m.fn, m.precision, m.recall
+    (1, 1, 0, 0.5, 1.0)
+    """
+    matches = match_objects(predicted, truth, iou_threshold=iou_threshold)
+    tp = len(matches)
+    return ObjectMetrics(
+        name=name,
+        tp=tp,
+        fp=len(predicted) - tp,
+        fn=len(truth) - tp,
+        iou_threshold=iou_threshold,
+        mean_matched_iou=float(np.mean([m[2] for m in matches])) if matches else None,
+    )
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """What was evaluated in one image."""
+
+    path: str
+    width: int
+    height: int
+    labelled_pixels: int
+    mean_iou: float | None
+    prediction: str | None = None
+
+
+@dataclass(frozen=True)
+class OverlaySample:
+    """A window of one image with its truth and prediction, for the overlay plot.
+
+    ``rgb`` is uint8 ``(H, W, 3)``; ``truth``/``pred`` are class ids (255: none).
+    """
+
+    image: str
+    window: PixelWindow
+    rgb: np.ndarray
+    truth: np.ndarray
+    pred: np.ndarray
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """Results of :func:`evaluate`."""
+
+    model: str
+    classes: tuple[ClassInfo, ...]
+    labelled_classes: tuple[str, ...]
+    pixel: PixelMetrics
+    objects: tuple[ObjectMetrics, ...]
+    images: tuple[ImageResult, ...]
+    elapsed_s: float
+    sample: OverlaySample | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary (what ``metrics.json`` holds)."""
+        return {
+            "model": self.model,
+            "classes": [c.name for c in self.classes],
+            "labelled_classes": list(self.labelled_classes),
+            "pixel": self.pixel.to_dict(),
+            "objects": {o.name: o.to_dict() for o in self.objects},
+            "images": [i.__dict__ for i in self.images],
+            "elapsed_s": round(self.elapsed_s, 3),
+        }
+
+    def to_markdown(self) -> str:
+        """A human-readable report (what ``report.md`` holds)."""
+
+        def f(v: float | None) -> str:
+            return "–" if v is None else f"{v:.3f}"
+
+        lines = [
+            f"# Evaluation of `{self.model}`",
+            "",
+            f"{len(self.images)} image(s), {self.pixel.confusion.sum():,} labelled pixels; "
+            f"labels cover {', '.join(self.labelled_classes)}.",
+            "",
+            f"**Mean IoU: {f(self.pixel.mean_iou)}**, pixel accuracy {f(self.pixel.accuracy)}.",
+            "",
+            "## Pixels",
+            "",
+            "| class | IoU | Dice/F1 | precision | recall | labelled px | predicted px |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for c in self.pixel.classes:
+            lines.append(
+                f"| {c.name} | {f(c.iou)} | {f(c.dice)} | {f(c.precision)} | {f(c.recall)} "
+                f"| {c.support:,} | {c.predicted:,} |"
+            )
+        if self.objects:
+            thr = self.objects[0].iou_threshold
+            lines += [
+                "",
+                f"## Objects (one-to-one matches at IoU ≥ {thr:g})",
+                "",
+                "| class | true | predicted | matched | precision | recall | F1 |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for o in self.objects:
+                lines.append(
+                    f"| {o.name} | {o.tp + o.fn} | {o.tp + o.fp} | {o.tp} | {f(o.precision)} "
+                    f"| {f(o.recall)} | {f(o.f1)} |"
+                )
+        names = [c.name for c in self.classes]
+        lines += [
+            "",
+            "## Confusion matrix (rows: truth, columns: prediction)",
+            "",
+            "| | " + " | ".join(names) + " |",
+            "|---" * (len(names) + 1) + "|",
+        ]
+        for name, row in zip(names, self.pixel.confusion, strict=True):
+            lines.append(f"| **{name}** | " + " | ".join(f"{v:,}" for v in row) + " |")
+        lines += [
+            "",
+            "## Images",
+            "",
+            "| image | size | labelled px | mean IoU |",
+            "|---|---|---|---|",
+        ]
+        for im in self.images:
+            lines.append(
+                f"| {Path(im.path).name} | {im.width}x{im.height} | {im.labelled_pixels:,} "
+                f"| {f(im.mean_iou)} |"
+            )
+        lines += ["", "![confusion matrix](confusion.png)", ""]
+        if self.sample is not None:
+            lines += ["![overlay](overlay.png)", ""]
+        return "\n".join(lines)
+
+
+class _Truth:
+    """True class ids on windows of a class raster's grid (vector or raster labels)."""
+
+    def __init__(
+        self,
+        kind: str,
+        labels: Sequence[str],
+        image_index: int,
+        spec: Any,
+        lookup: dict[str | int, int],
+        frames: list[Any],
+    ) -> None:
+        self.spec = spec
+        self.kind = kind
+        self._vrt: Any = None
+        self._stack: list[Any] = []
+        if kind == "vector":
+            box = shapely.box(*spec.bounds)
+            geoms, ids = [], []
+            for frame in frames:
+                # Reproject only the polygons near the image, not the whole label file.
+                near = shapely.box(*transform_bounds(spec.crs, frame.crs, *spec.bounds))
+                sub = frame.iloc[np.sort(frame.sindex.query(near, predicate="intersects"))]
+                sub = sub.to_crs(spec.crs)
+                hits = np.sort(sub.sindex.query(box, predicate="intersects"))
+                geoms += list(sub.geometry.values[hits])
+                ids += sub["class_id"].to_numpy()[hits].tolist()
+            self.geoms = np.asarray(geoms, dtype=object)
+            self.ids = np.asarray(ids, dtype=np.int64)
+            self.tree = shapely.STRtree(self.geoms)
+        else:
+            from rasterio.enums import Resampling
+            from rasterio.vrt import WarpedVRT
+
+            from geoseg.training.data import LabelLookup
+
+            path = labels[image_index] if len(labels) > 1 else labels[0]
+            src = rasterio.open(path)
+            self._stack.append(src)
+            self._vrt = WarpedVRT(
+                src,
+                crs=spec.crs,
+                transform=spec.transform,
+                width=spec.width,
+                height=spec.height,
+                resampling=Resampling.nearest,
+            )
+            self._stack.append(self._vrt)
+            self.lookup = LabelLookup(lookup)
+
+    def read(self, window: PixelWindow) -> np.ndarray:
+        """Class ids, int64 ``(height, width)``; 255 where unlabelled or ignored."""
+        transform = self.spec.transform * Affine.translation(window.col_off, window.row_off)
+        shape = (window.height, window.width)
+        if self.kind == "vector":
+            left, top = transform * (0, 0)
+            right, bottom = transform * (window.width, window.height)
+            query = shapely.box(
+                min(left, right), min(top, bottom), max(left, right), max(top, bottom)
+            )
+            hits = np.sort(self.tree.query(query, predicate="intersects"))
+            if len(hits) == 0:
+                return np.zeros(shape, dtype=np.int64)
+            shapes = list(zip(self.geoms[hits], self.ids[hits].tolist(), strict=True))
+            out = rasterio.features.rasterize(
+                shapes, out_shape=shape, transform=transform, fill=0, dtype="uint8"
+            )
+            return out.astype(np.int64)
+        from rasterio.windows import Window
+
+        w = Window(window.col_off, window.row_off, window.width, window.height)
+        values = self._vrt.read(self.lookup.bands, window=w, masked=True)
+        valid = np.logical_not(np.ma.getmaskarray(values).all(axis=0))
+        return self.lookup(np.ma.getdata(values), valid)
+
+    def objects(self, class_id: int, min_area: float) -> list[Any]:
+        """True polygons of ``class_id`` inside the raster (vector labels only)."""
+        box = shapely.box(*self.spec.bounds)
+        out = []
+        for g in self.geoms[self.ids == class_id]:
+            clipped = shapely.intersection(g, box)
+            for part in getattr(clipped, "geoms", [clipped]):
+                if isinstance(part, shapely.Polygon) and part.area > max(min_area, 0.0):
+                    out.append(part)
+        return out
+
+    def close(self) -> None:
+        for handle in reversed(self._stack):
+            handle.close()
+
+
+def _display_rgb(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3) from 1+ bands, stretched between the 2nd and 98th percentiles."""
+    bands = data[:3] if data.shape[0] >= 3 else np.repeat(data[:1], 3, axis=0)
+    out = np.zeros((*bands.shape[1:], 3), dtype=np.uint8)
+    for i, b in enumerate(bands.astype(np.float64)):
+        vals = b[valid] if valid.any() else b.ravel()
+        lo, hi = np.percentile(vals, [2, 98]) if vals.size else (0.0, 1.0)
+        out[..., i] = np.clip((b - lo) / max(hi - lo, 1e-9) * 255, 0, 255).astype(np.uint8)
+    return out
+
+
+def evaluate(
+    model: Any,
+    images: Sequence[str | Path],
+    labels: Sequence[str | Path],
+    config: EvalConfig | None = None,
+    progress: ProgressFn | None = None,
+) -> EvalReport:
+    """Predict ``images`` with ``model`` as ``geoseg predict`` does and score them against ``labels``.
+
+    Parameters
+    ----------
+    model : LoadedModel, str or Path
+        A loaded model, checkpoint directory or bundled model name.
+    images : sequence of path
+        Rasters to predict.
+    labels : sequence of path
+        Vector files (any CRS; all apply to every image) or label rasters (one
+        per image in the same order, or one for all).
+    config : EvalConfig, optional
+    progress : callable, optional
+        ``progress(done, total)`` over all images (per-mille of the work).
+
+    Returns
+    -------
+    EvalReport
+
+    Raises
+    ------
+    ConfigError
+        No images, labels that do not fit the model's classes, bad options.
+    GeosegError
+        From prediction (unreadable rasters, band mismatches, ...).
+    """
+    from geoseg.models.checkpoint import LoadedModel, load_checkpoint
+    from geoseg.pipeline import run_scene
+    from geoseg.training.data import read_vector_labels
+
+    cfg = config or EvalConfig()
+    t0 = time.perf_counter()
+    if not images:
+        raise ConfigError("no images to evaluate; pass --images")
+    if not labels:
+        raise ConfigError("no labels to evaluate against; pass --labels")
+    loaded = model if isinstance(model, LoadedModel) else load_checkpoint(model)
+    card: ModelCard = loaded.card
+    names = [c.name for c in card.classes]
+    labelled = cfg.labelled_classes or tuple(names[1:])
+    source = SourceConfig(
+        name="evaluation",
+        images=tuple(str(p) for p in images),
+        labels=tuple(str(p) for p in labels),
+        labelled_classes=tuple(labelled),
+        label_field=cfg.label_field,
+        label_layer=cfg.label_layer,
+        label_type=cfg.label_type,
+        class_map=cfg.class_map,
+    ).checked(card.classes)
+    lookup = source.class_lookup(card.classes)
+    kind = source.kind
+    if kind == "raster" and len(labels) not in (1, len(images)):
+        raise ConfigError(
+            f"{len(labels)} label rasters for {len(images)} images; pass one per image (same "
+            "order) or one covering all"
+        )
+    cover = np.array([n == names[0] or n in source.labelled_classes for n in names])
+    obj_names = cfg.object_classes
+    if obj_names is None:
+        obj_names = tuple(n for n in names[1:] if n in OBJECT_CLASSES and cover[names.index(n)])
+    bad = [n for n in obj_names if n not in names[1:]]
+    if bad:
+        raise ConfigError(f"--object-classes {bad} are not classes of the model ({names[1:]})")
+    obj_ids = [names.index(n) for n in obj_names]
+    frames = (
+        [
+            read_vector_labels(
+                str(p), label_field=cfg.label_field, lookup=lookup, layer=cfg.label_layer
+            )
+            for p in labels
+        ]
+        if kind == "vector"
+        else []
+    )
+
+    cm = ConfusionMatrix(names)
+    pred_objects: dict[int, list[Any]] = {c: [] for c in obj_ids}
+    true_objects: dict[int, list[Any]] = {c: [] for c in obj_ids}
+    results: list[ImageResult] = []
+    best = _Focus()
+    n = len(images)
+    keep_dir = cfg.keep_predictions
+    if keep_dir is not None:
+        keep_dir.mkdir(parents=True, exist_ok=True)
+    label_paths = [str(p) for p in labels]
+    pcfg = PredictConfig(**{**cfg.predict.__dict__, "overwrite": True, "probabilities": None})
+    with tempfile.TemporaryDirectory(prefix="geoseg-eval-") as tmp:
+        outdir = keep_dir or Path(tmp)
+        class_paths: list[Path] = []
+        for i, image in enumerate(images):
+            dst = outdir / f"{i:03d}_{Path(image).stem}_classes.tif"
+            class_paths.append(dst)
+            run_scene(image, dst, loaded, pcfg, progress=_image_progress(progress, i, n))
+            with RasterSource(dst) as cls_src:
+                truth = _Truth(kind, label_paths, i, cls_src.spec, lookup, frames)
+                try:
+                    img_cm = _score_image(
+                        i, cls_src, truth, cm, cover, obj_ids, cfg, best, pred_objects, true_objects
+                    )
+                finally:
+                    truth.close()
+                spec = cls_src.spec
+            labelled_px = int(img_cm.matrix.sum())
+            if labelled_px == 0:
+                warnings.warn(
+                    f"no labelled pixel lies on {image}; check that labels and image overlap",
+                    GeosegWarning,
+                    stacklevel=2,
+                )
+            results.append(
+                ImageResult(
+                    path=str(image),
+                    width=spec.width,
+                    height=spec.height,
+                    labelled_pixels=labelled_px,
+                    mean_iou=img_cm.metrics().mean_iou,
+                    prediction=str(dst) if keep_dir is not None else None,
+                )
+            )
+            if progress is not None:
+                progress((i + 1) * 1000, n * 1000)
+        sample = None
+        if best.image >= 0:
+            sample = _sample(
+                best, images, class_paths, label_paths, kind, lookup, frames, card, cfg
+            )
+    objects = tuple(
+        object_metrics(names[c], pred_objects[c], true_objects[c], iou_threshold=cfg.iou_threshold)
+        for c in obj_ids
+    )
+    return EvalReport(
+        model=card.name,
+        classes=card.classes,
+        labelled_classes=tuple(source.labelled_classes),
+        pixel=cm.metrics(),
+        objects=objects,
+        images=tuple(results),
+        elapsed_s=time.perf_counter() - t0,
+        sample=sample,
+    )
+
+
+@dataclass
+class _Focus:
+    """The strip with the most labelled foreground so far: where the overlay looks."""
+
+    count: int = -1
+    image: int = -1
+    row: int = 0
+    col: int = 0
+
+
+def _image_progress(progress: ProgressFn | None, i: int, n: int) -> ProgressFn | None:
+    if progress is None:
+        return None
+
+    def report(done: int, total: int) -> None:
+        progress(i * 1000 + 900 * done // max(total, 1), n * 1000)
+
+    return report
+
+
+def _score_image(
+    i: int,
+    cls_src: Any,
+    truth: _Truth,
+    cm: ConfusionMatrix,
+    cover: np.ndarray,
+    obj_ids: Sequence[int],
+    cfg: EvalConfig,
+    focus: _Focus,
+    pred_objects: dict[int, list[Any]],
+    true_objects: dict[int, list[Any]],
+) -> ConfusionMatrix:
+    """Compare one class raster with the truth strip by strip; collect object polygons."""
+    from geoseg.vectorize.polygonize import polygonize_strips
+
+    spec = cls_src.spec
+    img_cm = ConfusionMatrix(cm.names)
+
+    def strips() -> Any:
+        for r0 in range(0, spec.height, cfg.strip_rows):
+            win = PixelWindow(r0, 0, min(cfg.strip_rows, spec.height - r0), spec.width)
+            pred = cls_src.read(win)[0][0].astype(np.int64)
+            true = truth.read(win)
+            cm.update(true, pred, cover)
+            img_cm.update(true, pred, cover)
+            fg = (true > 0) & (true != IGNORE_INDEX)
+            count = int(fg.sum())
+            if count > focus.count:
+                rows, cols = np.nonzero(fg)
+                focus.count, focus.image = count, i
+                focus.row = r0 + int(rows.mean()) if count else r0
+                focus.col = int(cols.mean()) if count else spec.width // 2
+            yield r0, np.where(np.isin(pred, obj_ids), pred, 0).astype(np.uint8)
+
+    for rec in polygonize_strips(strips(), spec.transform, skip_values=(0,)):
+        if rec.pixel_count >= cfg.min_object_pixels:
+            pred_objects[rec.value].append(rec.geometry)
+    px = abs(spec.transform.a * spec.transform.e)
+    for c in obj_ids:
+        if truth.kind == "vector":
+            true_objects[c] += truth.objects(c, cfg.min_object_pixels * px)
+        else:
+            true_objects[c] += _raster_objects(truth, spec, c, cfg)
+    return img_cm
+
+
+def _raster_objects(truth: _Truth, spec: Any, class_id: int, cfg: EvalConfig) -> list[Any]:
+    """True polygons of ``class_id`` from a label raster (a second pass, strip by strip)."""
+    from geoseg.vectorize.polygonize import polygonize_strips
+
+    def strips() -> Any:
+        for r0 in range(0, spec.height, cfg.strip_rows):
+            win = PixelWindow(r0, 0, min(cfg.strip_rows, spec.height - r0), spec.width)
+            yield r0, (truth.read(win) == class_id).astype(np.uint8)
+
+    return [
+        rec.geometry
+        for rec in polygonize_strips(strips(), spec.transform, skip_values=(0,))
+        if rec.pixel_count >= cfg.min_object_pixels
+    ]
+
+
+def _sample(
+    focus: _Focus,
+    images: Sequence[str | Path],
+    class_paths: Sequence[Path],
+    labels: Sequence[str],
+    kind: str,
+    lookup: dict[str | int, int],
+    frames: list[Any],
+    card: ModelCard,
+    cfg: EvalConfig,
+) -> OverlaySample:
+    """Image, truth and prediction of a window centred on the most labelled strip."""
+    i = focus.image
+    with RasterSource(class_paths[i]) as cls_src:
+        spec = cls_src.spec
+        size_r, size_c = min(cfg.sample_size, spec.height), min(cfg.sample_size, spec.width)
+        r0 = int(np.clip(focus.row - size_r // 2, 0, spec.height - size_r))
+        c0 = int(np.clip(focus.col - size_c // 2, 0, spec.width - size_c))
+        win = PixelWindow(r0, c0, size_r, size_c)
+        pred = cls_src.read(win)[0][0]
+        truth = _Truth(kind, labels, i, spec, lookup, frames)
+        try:
+            true = truth.read(win)
+        finally:
+            truth.close()
+    with RasterSource(images[i], assume_crs=cfg.predict.assume_crs) as probe:
+        bands = select_bands(probe.spec, card.bands, cfg.predict.bands)
+    with RasterSource(images[i], bands=bands, assume_crs=cfg.predict.assume_crs) as src:
+        data, valid = src.read(win)
+    return OverlaySample(str(images[i]), win, _display_rgb(data, valid), true, pred)
+
+
+def _palette(classes: Sequence[ClassInfo]) -> np.ndarray:
+    pal = np.zeros((256, 3), dtype=np.uint8)
+    for c in classes:
+        pal[c.id] = c.rgb
+    return pal
+
+
+def _plot_confusion(report: EvalReport) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = [c.name for c in report.classes]
+    m = report.pixel.confusion.astype(np.float64)
+    rows = m.sum(axis=1, keepdims=True)
+    norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    k = len(names)
+    fig = Figure(figsize=(1.2 * k + 2.5, 1.0 * k + 2), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for r in range(k):
+        for c in range(k):
+            ax.text(
+                c,
+                r,
+                f"{norm[r, c]:.2f}\n{int(m[r, c]):,}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if norm[r, c] > 0.5 else "black",
+            )
+    ax.set_xticks(range(k), names, rotation=30, ha="right")
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Confusion matrix (row-normalised)")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def _plot_overlay(report: EvalReport, s: OverlaySample) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    pal = _palette(report.classes)
+
+    def blend(classes: np.ndarray) -> np.ndarray:
+        colour = pal[np.clip(classes, 0, 255)].astype(np.float64)
+        show = (classes > 0) & (classes != IGNORE_INDEX)
+        out = s.rgb.astype(np.float64)
+        out[show] = 0.45 * out[show] + 0.55 * colour[show]
+        return out.astype(np.uint8)
+
+    fig = Figure(figsize=(13, 4.8), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
+    for ax, img, title in zip(
+        axes, [s.rgb, blend(s.truth), blend(s.pred)], ["image", "truth", "prediction"], strict=True
+    ):
+        ax.imshow(img)
+        ax.set_title(title)
+        ax.set_axis_off()
+    handles = [
+        Patch(color=(c.rgb[0] / 255, c.rgb[1] / 255, c.rgb[2] / 255), label=c.name)
+        for c in report.classes[1:]
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=max(1, len(handles)))
+    w = s.window
+    fig.suptitle(
+        f"{Path(s.image).name}: rows {w.row_off}-{w.row_end}, cols {w.col_off}-{w.col_end}"
+    )
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    return fig
+
+
+def write_report(report: EvalReport, out_dir: str | Path, *, overwrite: bool = False) -> list[Path]:
+    """Write ``metrics.json``, ``report.md``, ``confusion.png`` and ``overlay.png``.
+
+    Raises
+    ------
+    OutputExistsError
+        A report file exists and ``overwrite`` is false.
+    """
+    from geoseg.io.atomic import atomic_output, check_output_path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = ["metrics.json", "report.md", "confusion.png"] + (
+        ["overlay.png"] if report.sample else []
+    )
+    for name in names:
+        check_output_path(out / name, overwrite=overwrite)
+    written = []
+    with atomic_output(out / "metrics.json", overwrite=overwrite) as tmp:
+        tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    written.append(out / "metrics.json")
+    with atomic_output(out / "report.md", overwrite=overwrite) as tmp:
+        tmp.write_text(report.to_markdown(), encoding="utf-8")
+    written.append(out / "report.md")
+    figures = [("confusion.png", _plot_confusion(report))]
+    if report.sample is not None:
+        figures.append(("overlay.png", _plot_overlay(report, report.sample)))
+    for name, fig in figures:
+        with atomic_output(out / name, overwrite=overwrite) as tmp:
+            fig.savefig(tmp, format="png")
+        written.append(out / name)
+    return written

@@ -1,0 +1,488 @@
+"""The training loop: plain PyTorch, one function, reporting through a callback.
+
+:func:`train` builds the torchgeo data (:mod:`geoseg.training.data`), estimates
+the per-band normalisation from training chips, builds the network from the
+registry (optionally with encoder weights from a local file), and runs
+``epochs`` epochs of AdamW with a warm-up and cosine learning rate, the
+partial-label loss, augmentations and, on CUDA, mixed precision.  After each
+epoch it validates on held-out files or blocks, keeps the checkpoint with the
+best validation mean IoU in ``OUTPUT/model`` and the latest in ``OUTPUT/last``,
+and writes the log and curves (:class:`~geoseg.training.rundir.RunDir`).
+
+Repeatability: every random choice of an epoch (chips, augmentations, dropout)
+is seeded from ``(seed, epoch)``, so a resumed run continues exactly as an
+uninterrupted one would on the same machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from geoseg import __version__
+from geoseg.errors import CheckpointError, ConfigError
+from geoseg.models.card import ModelCard
+from geoseg.training.config import TrainConfig
+from geoseg.training.rundir import RunDir
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from geoseg.training.data import TrainingData
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TrainCallback", "TrainEvent", "TrainResult", "load_encoder_weights", "lr_at", "train"]
+
+#: Config fields that may change when a run is resumed.
+RESUMABLE_CHANGES = frozenset(
+    {"epochs", "resume", "overwrite", "device", "workers", "threads", "amp"}
+)
+
+
+@dataclass(frozen=True)
+class TrainEvent:
+    """What the loop reports to its callback.
+
+    ``kind`` is ``"setup"`` (``message`` says what is being prepared),
+    ``"step"`` (after each optimizer step; ``loss`` is the epoch's running
+    mean) or ``"epoch"`` (after validation and saving; ``metrics`` is the log
+    row, ``message`` says whether the best checkpoint was replaced).  ``epoch``
+    and ``step`` are 1-based.
+    """
+
+    kind: str
+    epoch: int
+    epochs: int
+    step: int = 0
+    steps: int = 0
+    loss: float | None = None
+    lr: float | None = None
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    message: str = ""
+
+
+TrainCallback = Callable[[TrainEvent], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where a finished run left its outputs and how good it got."""
+
+    best: Path
+    last: Path
+    card: ModelCard
+    best_epoch: int
+    best_miou: float | None
+    history: tuple[dict[str, Any], ...]
+    log: Path
+    curves: Path
+
+
+def lr_at(
+    step: int, total: int, base: float, *, warmup: float = 0.05, floor: float = 0.01
+) -> float:
+    """Learning rate at ``step`` of ``total``: linear warm-up, then cosine down to ``floor * base``.
+
+    >>> round(lr_at(0, 100, 1.0), 3), round(lr_at(5, 100, 1.0), 3), round(lr_at(99, 100, 1.0), 3)
+    (0.2, 1.0, 0.01)
+    """
+    warm = max(1, int(total * warmup))
+    if step < warm:
+        return base * (step + 1) / warm
+    t = min(1.0, (step - warm) / max(1, total - warm - 1))
+    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _derive(seed: int, *keys: int) -> int:
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
+
+
+def load_encoder_weights(model: nn.Module, path: Path) -> int:
+    """Initialise ``model.encoder`` from a local state-dict file; never from a hub.
+
+    Tensors whose names (after removing an ``encoder.`` prefix) and shapes match
+    are loaded; others (a classifier head, a first convolution with another band
+    count) are skipped and logged.
+
+    Returns
+    -------
+    int
+        Number of tensors loaded.
+
+    Raises
+    ------
+    ConfigError
+        If the architecture has no encoder or no tensor fits.
+    CheckpointError
+        If the file is not plain weights (see :func:`geoseg.models.checkpoint.read_state_dict`).
+    """
+    from geoseg.models.checkpoint import read_state_dict
+
+    encoder = getattr(model, "encoder", None)
+    if encoder is None:
+        raise ConfigError(
+            f"encoder_weights: this architecture ({type(model).__name__}) has no encoder to "
+            "initialise; remove encoder_weights or choose an encoder-decoder architecture"
+        )
+    state = {k.removeprefix("encoder."): v for k, v in read_state_dict(path).items()}
+    own = encoder.state_dict()
+    fitting = {k: v for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    if not fitting:
+        raise ConfigError(
+            f"encoder_weights: no tensor of {path} fits the encoder (its names start "
+            f"{sorted(state)[:3]}, the encoder's {sorted(own)[:3]}); check the encoder name"
+        )
+    skipped = sorted(set(state) - set(fitting))
+    if skipped:
+        log.info(
+            "encoder weights: skipped %d tensor(s) that do not fit: %s", len(skipped), skipped[:5]
+        )
+    missing = sorted(set(own) - set(fitting))
+    if missing:
+        log.info("encoder weights: %d encoder tensor(s) keep their initial values", len(missing))
+    encoder.load_state_dict(fitting, strict=False)
+    return len(fitting)
+
+
+def _provenance(config: TrainConfig, data: TrainingData) -> dict[str, Any]:
+    import torch
+    import torchgeo
+
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "geoseg_version": __version__,
+        "torch_version": torch.__version__,
+        "torchgeo_version": torchgeo.__version__,
+        "seed": config.seed,
+        "sources": data.sources,
+    }
+
+
+def _card(
+    config: TrainConfig, data: TrainingData, mean: tuple[float, ...], std: tuple[float, ...]
+) -> ModelCard:
+    names = ", ".join(c.name for c in config.classes[1:])
+    return ModelCard(
+        name=config.name,
+        architecture=config.architecture,
+        encoder=config.encoder,
+        arch_params=dict(config.arch_params),
+        bands=config.bands,
+        classes=config.classes,
+        input_range=config.input_range,
+        mean=mean,
+        std=std,
+        pixel_size_m=round(data.pixel_size_m, 6),
+        tile_size=config.tile_size or 512,
+        overlap=config.overlap if config.overlap is not None else 64,
+        stride=config.stride,
+        description=config.description or f"{config.architecture} trained by geoseg on {names}",
+        licence=config.licence,
+        provenance=_provenance(config, data),
+        training=config.to_dict(),
+    )
+
+
+def _check_resumable(saved: Mapping[str, Any], config: TrainConfig) -> None:
+    now = config.to_dict()
+    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    if changed:
+        raise ConfigError(
+            f"cannot resume: {', '.join(changed)} differ from the run being resumed; restore "
+            "them, or start a new run with --overwrite (only epochs, device, workers, threads "
+            "and amp may change)"
+        )
+
+
+class _Batches:
+    """Turns loader batches into normalised, augmented tensors on the device."""
+
+    def __init__(self, config: TrainConfig, card: ModelCard, device: torch.device) -> None:
+        import torch
+
+        self.config = config
+        self.device = device
+        self.lo, self.hi = config.input_range
+        self.mean = torch.tensor(card.mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(card.std, device=device).view(1, -1, 1, 1)
+
+    def __call__(
+        self, batch: Mapping[str, Any], generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        import torch
+
+        from geoseg.training.augment import augment_batch
+
+        nb = self.device.type == "cuda"
+        x = (batch["image"].to(self.device, non_blocking=nb) - self.lo) / (self.hi - self.lo)
+        valid = batch["valid"].to(self.device, non_blocking=nb)
+        mask = batch["mask"].to(self.device, non_blocking=nb)
+        if generator is not None:
+            x, valid, mask = augment_batch(x, valid, mask, self.config.augment, generator)
+        x = (x - self.mean) / self.std
+        x = torch.where(valid[:, None], x, torch.zeros_like(x))
+        source = batch["source"].to(self.device)
+        return x, mask, source
+
+
+def train(config: TrainConfig, callback: TrainCallback | None = None) -> TrainResult:
+    """Train a segmentation model as ``config`` says and save it as a geoseg checkpoint.
+
+    Parameters
+    ----------
+    config : TrainConfig
+    callback : callable, optional
+        Receives a :class:`TrainEvent` at setup stages, after every step and
+        after every epoch (the CLI draws its progress bar from these).
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    ConfigError
+        Bad data paths, labels, chip sizes, an impossible resume.
+    OutputExistsError
+        ``config.output`` holds a run and neither ``resume`` nor ``overwrite`` is set.
+    CheckpointError
+        Unreadable encoder weights or resume state.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    from geoseg.infer.predictor import resolve_device
+    from geoseg.models.checkpoint import load_checkpoint
+    from geoseg.models.registry import build_model
+    from geoseg.training.data import ChipDataset, band_statistics, build_training_data
+    from geoseg.training.losses import PartialLabelLoss, labelled_matrix
+
+    emit: TrainCallback = callback or (lambda _e: None)
+    run = RunDir(config.output)
+    run.check(resume=config.resume, overwrite=config.overwrite)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    use_amp = (
+        device.type == "cuda" if config.amp is None else bool(config.amp and device.type != "cpu")
+    )
+    amp_dtype = (
+        torch.bfloat16
+        if device.type == "cuda" and torch.cuda.is_bf16_supported()
+        else torch.float16
+    )
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+    emit(TrainEvent("setup", 0, config.epochs, message="indexing imagery and labels"))
+    data = build_training_data(config)
+    n_classes = len(config.classes)
+    state: dict[str, Any] | None = run.read_state() if config.resume else None
+    if state is not None:
+        _check_resumable(state.get("config", {}), config)
+        loaded = load_checkpoint(run.last)
+        model, card = loaded.model, loaded.card
+    else:
+        # Only now that the data is known to be usable is an earlier run replaced.
+        run.clear()
+        emit(TrainEvent("setup", 0, config.epochs, message="estimating band statistics"))
+        stats_seed = _derive(config.seed, 1 << 20)
+        stats_chips = ChipDataset(data, data.train_queries(stats_seed, count=config.stats_chips))
+        mean, std = band_statistics(stats_chips, config.input_range)
+        card = _card(config, data, mean, std)
+        torch.manual_seed(config.seed)
+        model = build_model(card)
+        if config.encoder_weights is not None:
+            n = load_encoder_weights(model, config.encoder_weights)
+            log.info("initialised %d encoder tensors from %s", n, config.encoder_weights)
+    model = model.to(device).train()
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
+    if state is not None:
+        opt_state = run.load_optimizer()
+        try:
+            optimizer.load_state_dict(opt_state["optimizer"])
+            scaler.load_state_dict(opt_state.get("scaler", {}))
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"{run.optimizer} does not fit this model ({exc}); use --overwrite"
+            ) from exc
+    loss_fn = PartialLabelLoss(
+        config.loss, class_weights=config.class_weights, gamma=config.focal_gamma
+    ).to(device)
+    labelled = labelled_matrix(data.labelled, n_classes).to(device)
+    batches = _Batches(config, card, device)
+
+    steps = config.samples_per_epoch // config.batch_size
+    total_steps = steps * config.epochs
+    history: list[dict[str, Any]] = list(state["history"]) if state else []
+    best_miou: float | None = state.get("best_miou") if state else None
+    best_epoch: int = int(state.get("best_epoch", 0)) if state else 0
+    start = int(state["epoch"]) if state else 0
+    validate_any = bool(data.val_queries)
+    if config.validation.fraction > 0 and not validate_any:
+        log.warning("no validation chips could be drawn; the last epoch is kept as the best model")
+
+    for epoch in range(start, config.epochs):
+        t0 = time.perf_counter()
+        seed = _derive(config.seed, epoch)
+        torch.manual_seed(seed)
+        chips = ChipDataset(data, data.train_queries(seed))
+        loader = DataLoader(
+            chips,
+            batch_size=config.batch_size,
+            shuffle=False,
+            drop_last=True,
+            num_workers=config.workers,
+            pin_memory=device.type == "cuda",
+        )
+        generator = torch.Generator().manual_seed(_derive(config.seed, epoch, 1))
+        model.train()
+        total_loss, n_steps, lr = 0.0, 0, config.lr
+        n_batches = len(loader)
+        for step, batch in enumerate(loader):
+            lr = lr_at(epoch * steps + step, total_steps, config.lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, mask, source = batches(batch, generator)
+            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
+                logits = model(x)
+            loss, _ = loss_fn(logits.float(), mask, labelled[source])
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            total_loss += float(loss.detach())
+            n_steps += 1
+            emit(
+                TrainEvent(
+                    "step",
+                    epoch + 1,
+                    config.epochs,
+                    step + 1,
+                    n_batches,
+                    loss=total_loss / n_steps,
+                    lr=lr,
+                )
+            )
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": total_loss / max(1, n_steps),
+            "lr": lr,
+        }
+        due = (epoch + 1) % config.validation.every == 0 or epoch + 1 == config.epochs
+        if validate_any and due:
+            row.update(
+                _validate(model, data, batches, loss_fn, labelled, config, use_amp, amp_dtype)
+            )
+        row["time_s"] = round(time.perf_counter() - t0, 3)
+        history.append(row)
+        score = row.get("val_miou")
+        improved = (not validate_any) or (
+            score is not None and (best_miou is None or score > best_miou)
+        )
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": row["train_loss"],
+            **{k: v for k, v in row.items() if k.startswith("val_")},
+        }
+        card = card.replace(metrics=metrics)
+        run.save_model(model, card, best=False)
+        if improved:
+            best_miou, best_epoch = score, epoch + 1
+            run.save_model(model, card, best=True)
+        run.save_optimizer({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()})
+        run.write_state(
+            {
+                "epoch": epoch + 1,
+                "best_miou": best_miou,
+                "best_epoch": best_epoch,
+                "history": history,
+                "config": config.to_dict(),
+            }
+        )
+        run.write_log(history)
+        run.plot(history)
+        emit(
+            TrainEvent(
+                "epoch",
+                epoch + 1,
+                config.epochs,
+                n_steps,
+                n_batches,
+                loss=row["train_loss"],
+                lr=lr,
+                metrics=row,
+                message="best so far" if improved else "",
+            )
+        )
+    if not run.best.is_dir():
+        run.save_model(model, card, best=True)
+    from geoseg.models.checkpoint import load_card
+
+    return TrainResult(
+        best=run.best,
+        last=run.last,
+        card=load_card(run.best),
+        best_epoch=best_epoch,
+        best_miou=best_miou,
+        history=tuple(history),
+        log=run.log,
+        curves=run.curves,
+    )
+
+
+def _validate(
+    model: nn.Module,
+    data: TrainingData,
+    batches: _Batches,
+    loss_fn: nn.Module,
+    labelled: torch.Tensor,
+    config: TrainConfig,
+    use_amp: bool,
+    amp_dtype: torch.dtype,
+) -> dict[str, Any]:
+    """Validation loss, mean IoU and per-class IoU over the validation chips."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from geoseg.training.data import ChipDataset
+    from geoseg.training.metrics import ConfusionMatrix
+
+    device = batches.device
+    chips = ChipDataset(data, data.val_queries)
+    loader = DataLoader(chips, batch_size=config.batch_size, num_workers=config.workers)
+    cm = ConfusionMatrix(config.class_names)
+    total, n = 0.0, 0
+    model.eval()
+    with torch.inference_mode():
+        for batch in loader:
+            x, mask, source = batches(batch, None)
+            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
+                logits = model(x)
+            loss, _ = loss_fn(logits.float(), mask, labelled[source])
+            total += float(loss) * len(x)
+            n += len(x)
+            pred = logits.argmax(1).cpu().numpy()
+            truth = mask.cpu().numpy()
+            rows = labelled[source].cpu().numpy()
+            for i in range(len(pred)):
+                cm.update(truth[i], pred[i], rows[i])
+    model.train()
+    m = cm.metrics()
+    out: dict[str, Any] = {"val_loss": total / max(1, n), "val_miou": m.mean_iou}
+    for c in m.classes:
+        out[f"val_iou_{c.name}"] = c.iou
+    return out

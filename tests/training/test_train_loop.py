@@ -1,0 +1,218 @@
+"""End to end: train on tiny generated scenes, then predict and evaluate with the checkpoint."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+import yaml
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from geoseg.cli.main import cli
+from geoseg.errors import ConfigError, OutputExistsError
+from geoseg.evaluate import EvalConfig, evaluate
+from geoseg.models import ModelCard, build_model, load_card
+from geoseg.pipeline import PredictConfig
+from geoseg.training import TrainConfig, train
+from geoseg.training.loop import load_encoder_weights, lr_at
+from tests.training.conftest import roof_config
+
+
+def test_training_learns_roofs_and_the_checkpoint_predicts(roofs, tmp_path):
+    cfg = TrainConfig.from_dict(roof_config(roofs, tmp_path / "run"))
+    events = []
+    result = train(cfg, events.append)
+
+    assert {e.kind for e in events} == {"setup", "step", "epoch"}
+    assert [e.epoch for e in events if e.kind == "epoch"] == [1, 2, 3, 4]
+    assert result.best_miou is not None and result.best_miou > 0.8
+    run = tmp_path / "run"
+    for name in (
+        "model/model.safetensors",
+        "model/model_card.json",
+        "last/model.safetensors",
+        "train_state.json",
+        "optimizer.pt",
+        "log.csv",
+        "curves.png",
+    ):
+        assert (run / name).is_file(), name
+    assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert len((run / "log.csv").read_text().splitlines()) == 1 + cfg.epochs
+
+    card = load_card(result.best)
+    assert [c.name for c in card.classes] == ["background", "building"]
+    assert card.pixel_size_m == pytest.approx(1.0) and card.tile_size == 64
+    assert len(card.mean) == 3 and all(0 < s < 1 for s in card.std)
+    assert card.training["chip_size"] == 32 and card.training["seed"] == 0
+    assert card.metrics["val_miou"] == pytest.approx(result.best_miou)
+    source = card.provenance["sources"][0]
+    assert source["labelled_classes"] == ["building"] and source["validation"] == "files"
+    assert len(source["parts"][0]["val_files"]) == 1
+
+    # the held-out scene, through the same tiled path as `geoseg predict`
+    report = evaluate(
+        result.best,
+        [roofs["holdout"]],
+        [roofs["holdout_labels"]],
+        EvalConfig(predict=PredictConfig(device="cpu"), keep_predictions=tmp_path / "pred"),
+    )
+    assert report.pixel.classes[1].iou > 0.8
+    assert report.objects[0].name == "building" and report.objects[0].recall > 0.5
+
+    out = tmp_path / "cli.tif"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "geoseg",
+            "predict",
+            str(roofs["holdout"]),
+            "-o",
+            str(out),
+            "--model",
+            str(result.best),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    with rasterio.open(out) as a, rasterio.open(report.images[0].prediction) as b:
+        assert (a.read(1) == b.read(1)).all()
+        assert (a.read(1) == 1).sum() > 500
+
+
+def test_resume_continues_exactly(roofs, tmp_path):
+    base = roof_config(roofs, tmp_path / "a", epochs=2, samples_per_epoch=32)
+    straight = train(TrainConfig.from_dict(base))
+    part = {**base, "output": str(tmp_path / "b")}
+
+    def stop_after_first_epoch(event):
+        if event.kind == "epoch":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig.from_dict(part), stop_after_first_epoch)
+    resumed = train(TrainConfig.from_dict({**part, "resume": True}))
+    a = load_file(straight.last / "model.safetensors")
+    b = load_file(resumed.last / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["train_loss"] for r in straight.history] == [r["train_loss"] for r in resumed.history]
+
+    with pytest.raises(OutputExistsError, match="--resume"):
+        train(TrainConfig.from_dict(part))
+    with pytest.raises(ConfigError, match="cannot resume: lr"):
+        train(TrainConfig.from_dict({**part, "resume": True, "lr": 0.5}))
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        train(TrainConfig.from_dict({**part, "output": str(tmp_path / "c"), "resume": True}))
+
+
+def test_encoder_weights_come_from_a_local_file(tmp_path):
+    card = ModelCard.from_dict(
+        {
+            "name": "u",
+            "architecture": "unet",
+            "encoder": "resnet18",
+            "bands": ["red", "green", "blue"],
+            "classes": [
+                {"id": 0, "name": "background", "color": "#000000"},
+                {"id": 1, "name": "building", "color": "#ff0000"},
+            ],
+        }
+    )
+    torch.manual_seed(1)
+    donor = build_model(card)
+    state = dict(donor.encoder.state_dict())
+    state["fc.weight"] = torch.zeros(1000, 512)  # a classifier head the encoder lacks
+    torch.save(state, tmp_path / "resnet18.pth")
+    torch.manual_seed(2)
+    model = build_model(card)
+    n = load_encoder_weights(model, tmp_path / "resnet18.pth")
+    assert n == len(donor.encoder.state_dict())
+    for k, v in donor.encoder.state_dict().items():
+        assert torch.equal(model.encoder.state_dict()[k], v)
+    tiny = build_model(card.replace(architecture="tinycnn", encoder=None, stride=1))
+    with pytest.raises(ConfigError, match="no encoder"):
+        load_encoder_weights(tiny, tmp_path / "resnet18.pth")
+
+
+def test_cli_train_from_yaml_and_flags(roofs, tmp_path):
+    cfg = roof_config(roofs, tmp_path / "ignored", epochs=1, samples_per_epoch=16)
+    cfg.pop("output")
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    runner = CliRunner()
+    r = runner.invoke(
+        cli, ["train", "--config", str(path), "-o", str(tmp_path / "y"), "--seed", "3"]
+    )
+    assert r.exit_code == 0, r.output
+    assert "best model" in r.output and "epoch 1/1" in r.output
+    saved = json.loads((tmp_path / "y" / "model" / "model_card.json").read_text())
+    assert saved["training"]["seed"] == 3 and saved["training"]["epochs"] == 1
+
+    args = [
+        "train",
+        "--images",
+        str(roofs["images"][0]),
+        *map(str, roofs["images"][1:]),
+        "--labels",
+        str(roofs["labels"]),
+        "--classes",
+        "background,building:#ff0000",
+        "--labelled-classes",
+        "building",
+        "--arch",
+        "tinycnn",
+        "--chip-size",
+        "32",
+        "--epochs",
+        "1",
+        "--samples-per-epoch",
+        "16",
+        "--device",
+        "cpu",
+        "-o",
+        str(tmp_path / "f"),
+    ]
+    r = runner.invoke(cli, [*args, "--val-fraction", "0"])
+    assert r.exit_code == 0, r.output
+    assert "no validation" in r.output
+    card = load_card(tmp_path / "f" / "model")
+    assert card.classes[1].color == "#ff0000" and "val_miou" not in card.metrics
+
+
+def test_cli_config_errors_are_one_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "classes": ["background", "building"],
+                "chip_size": 7,
+                "sources": [
+                    {"images": "x.tif", "labels": "x.gpkg", "labelled_classes": ["building"]}
+                ],
+            }
+        )
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "geoseg", "train", "--config", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert "chip_size" in lines[0] and "Traceback" not in r.stderr
+
+
+def test_learning_rate_schedule():
+    rates = [lr_at(s, 100, 1e-3) for s in range(100)]
+    assert rates[4] == pytest.approx(1e-3) and rates[-1] == pytest.approx(1e-5)
+    assert np.all(np.diff(rates[5:]) <= 0)

@@ -1,0 +1,111 @@
+"""Training configs: YAML in, validated frozen dataclasses out, errors that name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from geoseg.errors import ConfigError
+from geoseg.training.config import TrainConfig, parse_class_map, parse_loss
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def minimal(**overrides):
+    d = {
+        "classes": ["background", "building", "vegetation", "cropland"],
+        "sources": [
+            {"name": "a", "images": "a/*.tif", "labels": "a.gpkg", "labelled_classes": ["building"]}
+        ],
+        "architecture": "tinycnn",
+        "chip_size": 32,
+    }
+    d.update(overrides)
+    return d
+
+
+def test_example_config_is_valid():
+    path = REPO / "examples" / "train_config.yaml"
+    cfg = TrainConfig.from_yaml(path.read_text(encoding="utf-8"), path.parent)
+    assert [s.name for s in cfg.sources] == ["dubai", "agoro-fields", "spacenet-rio"]
+    dubai, agoro, rio = cfg.sources
+    assert dubai.labelled_classes == ("building", "vegetation")  # from the class map
+    assert dubai.kind == "raster" and agoro.kind == "vector"
+    assert agoro.labelled_classes == ("cropland",) and rio.nodata == 0
+    assert Path(dubai.images[0]).is_absolute()
+    assert cfg.loss == (("ce", 1.0), ("dice", 1.0))
+    assert cfg.chip_size % cfg.stride == 0
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_defaults_and_round_trip(tmp_path):
+    cfg = TrainConfig.from_dict(minimal(), tmp_path)
+    assert cfg.sources[0].images == (str(tmp_path / "a/*.tif"),)
+    assert cfg.tile_size == 512 and cfg.overlap == 64
+    assert cfg.classes[0].vectorize is False and cfg.classes[1].vectorize is True
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.with_overrides(epochs=3, lr=None).epochs == 3
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"chip_size": 30, "architecture": "unet"}, "chip_size"),
+        ({"classes": ["background"]}, "classes"),
+        ({"epochs": 0}, "epochs"),
+        ({"loss": "ce+lovasz"}, "loss"),
+        ({"class_weights": [1, 2]}, "class_weights"),
+        ({"architecture": "nonet"}, "architecture"),
+        ({"validation": {"split": "pixels"}}, "validation.split"),
+        ({"augment": {"contrast": 2}}, "augment.contrast"),
+        ({"overlap": 300}, "overlap"),
+        ({"input_range": [10, 0]}, "input_range"),
+    ],
+)
+def test_errors_name_the_field(change, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        TrainConfig.from_dict(minimal(**change))
+
+
+@pytest.mark.parametrize(
+    ("source", "field"),
+    [
+        ({"labelled_classes": ["tree"]}, "sources[0].labelled_classes"),
+        ({"labelled_classes": ["background"]}, "sources[0].labelled_classes"),
+        ({"labelled_classes": []}, "sources[0].labelled_classes"),
+        ({"class_map": {"roof": "building", "tree": "vegetation"}}, "sources[0].class_map"),
+        ({"class_map": {"roof": "house"}}, "sources[0].class_map"),
+        ({"crs": "EPSG:999999"}, "sources[0].crs"),
+        ({"weight": 0}, "sources[0].weight"),
+        ({"bands": [1, 2]}, "sources[0].bands"),
+    ],
+)
+def test_source_errors_name_the_field(source, field):
+    src = {"name": "a", "images": "a.tif", "labels": "a.gpkg", "labelled_classes": ["building"]}
+    src.update(source)
+    with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        TrainConfig.from_dict(minimal(sources=[src]))
+
+
+def test_unknown_fields_and_raster_class_maps():
+    with pytest.raises(ConfigError, match="unknown config field"):
+        TrainConfig.from_dict(minimal(epoch=3))
+    src = {"images": "a.tif", "labels": "m.tif", "class_map": {"roof": "building"}}
+    with pytest.raises(ConfigError, match="pixel value"):
+        TrainConfig.from_dict(minimal(sources=[src]))
+    src["class_map"] = {1: "building", 0: "ignore", "#00ff00": "vegetation"}
+    cfg = TrainConfig.from_dict(minimal(sources=[src]))
+    assert cfg.sources[0].labelled_classes == ("building", "vegetation")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        TrainConfig.from_yaml("classes: [a, b\n")
+
+
+def test_parsers():
+    assert parse_loss({"focal": 1, "dice": 0.25}) == (("focal", 1.0), ("dice", 0.25))
+    assert parse_loss("0.5*ce + dice") == (("ce", 0.5), ("dice", 1.0))
+    with pytest.raises(ConfigError):
+        parse_loss("ce+ce")
+    assert parse_class_map("0=ignore,1=building") == {0: "ignore", 1: "building"}
+    with pytest.raises(ConfigError, match="VALUE=CLASS"):
+        parse_class_map("building")

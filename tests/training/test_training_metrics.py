@@ -1,0 +1,73 @@
+"""Pixel metrics of the confusion matrix against values computed by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from geoseg.training.metrics import ConfusionMatrix
+
+NAMES = ["background", "building", "vegetation"]
+
+
+def test_metrics_by_hand():
+    truth = np.array([[0, 0, 1, 1], [2, 2, 1, 255]])
+    pred = np.array([[0, 1, 1, 0], [2, 0, 1, 2]])
+    cm = ConfusionMatrix(NAMES)
+    cm.update(truth, pred)
+    # rows truth, cols prediction; the 255 pixel is skipped
+    assert cm.matrix.tolist() == [[1, 1, 0], [1, 2, 0], [1, 0, 1]]
+    m = cm.metrics()
+    bg, bld, veg = m.classes
+    # background: tp 1, fp 2, fn 1
+    assert bg.iou == pytest.approx(1 / 4) and bg.dice == pytest.approx(2 / 5)
+    assert bg.precision == pytest.approx(1 / 3) and bg.recall == pytest.approx(1 / 2)
+    # building: tp 2, fp 1, fn 1
+    assert bld.iou == pytest.approx(2 / 4) and bld.dice == pytest.approx(4 / 6)
+    assert bld.precision == pytest.approx(2 / 3) and bld.recall == pytest.approx(2 / 3)
+    # vegetation: tp 1, fp 0, fn 1
+    assert veg.iou == pytest.approx(1 / 2) and veg.precision == 1.0 and veg.recall == 0.5
+    assert m.mean_iou == pytest.approx((1 / 4 + 2 / 4 + 1 / 2) / 3)
+    assert m.accuracy == pytest.approx(4 / 7)
+    assert (bld.support, bld.predicted) == (3, 3)
+
+
+def test_partial_labels_do_not_score_uncovered_classes():
+    truth = np.array([0, 0, 1, 1])
+    pred = np.array([2, 0, 1, 2])  # vegetation predicted where the labels only know buildings
+    cm = ConfusionMatrix(NAMES)
+    cm.update(truth, pred, labelled=[False, True, False])
+    assert cm.matrix.tolist() == [[2, 0, 0], [1, 1, 0], [0, 0, 0]]
+    m = cm.metrics()
+    assert m.classes[2].iou is None
+    assert m.classes[1].iou == pytest.approx(1 / 2)
+    assert m.mean_iou == pytest.approx((2 / 3 + 1 / 2) / 2)
+    # once some labels cover vegetation, it is scored
+    cm.update(np.array([2]), np.array([2]))
+    assert cm.metrics().classes[2].iou == 1.0
+
+
+def test_empty_and_absent_classes():
+    cm = ConfusionMatrix(NAMES)
+    m = cm.metrics()
+    assert m.mean_iou is None and m.accuracy is None
+    cm.update(np.zeros((2, 2), int), np.zeros((2, 2), int))
+    m = cm.metrics()
+    assert m.classes[0].iou == 1.0 and m.classes[1].iou is None and m.mean_iou == 1.0
+
+
+@settings(deadline=None, max_examples=30)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 5))
+def test_windows_add_up_to_the_whole(seed, n_windows):
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, 3, (n_windows * 4, 7))
+    pred = rng.integers(0, 3, truth.shape)
+    whole = ConfusionMatrix(NAMES)
+    whole.update(truth, pred)
+    parts = ConfusionMatrix(NAMES)
+    for w in range(n_windows):
+        parts.update(truth[w * 4 : (w + 1) * 4], pred[w * 4 : (w + 1) * 4])
+    assert (parts.matrix == whole.matrix).all()
+    assert parts.matrix.sum() == truth.size
