@@ -1,0 +1,584 @@
+"""Run a batch: plan the regions, run one dask task each, record them, merge the results.
+
+Output directory layout::
+
+    out/
+      manifest.jsonl          one final record per region (see geoseg.batch.manifest)
+      regions/<id>.tif        class COG of each region (window or whole raster)
+      regions/<id>.gpkg       polygons of each raster (``rasters`` work only)
+      classes.vrt             mosaic of the region COGs
+      polygons.gpkg           one styled layer per class, all regions
+
+The input rasters and the output directory must be visible to the client and
+every worker under the same paths (a shared filesystem for remote clusters).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from affine import Affine
+
+from geoseg import __version__
+from geoseg.batch.cluster import ClusterInfo, open_client
+from geoseg.batch.manifest import (
+    FORMAT_VERSION,
+    AttemptLog,
+    Manifest,
+    ManifestState,
+    OutputFile,
+    now_iso,
+    outputs_valid,
+)
+from geoseg.batch.merge import MosaicSource, append_geopackages, mosaic_layout, write_mosaic_vrt
+from geoseg.batch.work import (
+    Region,
+    WorkSpec,
+    check_resolution,
+    fingerprint,
+    plan_regions,
+    region_predict_config,
+    vectorize_doc,
+)
+from geoseg.batch.worker import RegionResult, RegionTask, run_region
+from geoseg.errors import (
+    ConfigError,
+    GeosegError,
+    GeosegWarning,
+    OutputExistsError,
+    OutputWriteError,
+)
+from geoseg.types import PixelWindow
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from geoseg.models.card import ModelCard
+
+__all__ = [
+    "MOSAIC_NAME",
+    "POLYGONS_NAME",
+    "REGIONS_DIR",
+    "BatchError",
+    "BatchResult",
+    "run_batch",
+]
+
+log = logging.getLogger(__name__)
+
+REGIONS_DIR = "regions"
+MOSAIC_NAME = "classes.vrt"
+POLYGONS_NAME = "polygons.gpkg"
+
+#: ``progress(stage, done, total)``: stage ``"regions"`` counts regions,
+#: ``"merge"`` counts mosaic rows (windows) or GeoPackages (rasters) merged.
+BatchProgressFn = Callable[[str, int, int], None]
+
+
+class BatchError(GeosegError, RuntimeError):
+    """Some regions of a batch failed after their retries (the others finished)."""
+
+
+@dataclass
+class BatchResult:
+    """What a batch run did.
+
+    ``computed`` regions ran in this run, ``reused`` ones kept the valid outputs
+    of an earlier run (``--resume``), ``failed`` maps region ids to their last
+    error.  ``mosaic`` and ``polygons`` are the merged outputs (None when a
+    region failed, or no mosaic for rasters on different grids).
+    """
+
+    out_dir: Path
+    mode: str
+    run: str
+    regions: int = 0
+    computed: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    attempts: dict[str, int] = field(default_factory=dict)
+    mosaic: Path | None = None
+    polygons: Path | None = None
+    polygon_counts: dict[str, int] = field(default_factory=dict)
+    merge_reused: bool = False
+    elapsed_s: float = 0.0
+    cluster: ClusterInfo | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when every region finished."""
+        return not self.failed
+
+    def summary(self) -> str:
+        """One line: regions computed/reused/failed, polygons, elapsed time."""
+        polys = sum(self.polygon_counts.values())
+        per = ", ".join(f"{k} {v:,}" for k, v in self.polygon_counts.items())
+        return (
+            f"{self.regions} regions: {len(self.computed)} computed, {len(self.reused)} reused, "
+            f"{len(self.failed)} failed; {polys:,} polygons ({per or 'none'}); "
+            f"{self.elapsed_s:.1f} s"
+        )
+
+
+def _new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def _prepare(out: Path, *, resume: bool, overwrite: bool) -> tuple[Manifest, ManifestState]:
+    if resume and overwrite:
+        raise ConfigError("--resume keeps finished regions and --overwrite discards them; pick one")
+    if out.exists() and not out.is_dir():
+        raise OutputWriteError(f"output {out} is a file; batch outputs go to a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(out)
+    if manifest.exists():
+        if overwrite:
+            manifest.reset()
+            return manifest, ManifestState()
+        if resume:
+            return manifest, manifest.read()
+        raise OutputExistsError(
+            f"{out} already holds a batch ({manifest.path.name}); pass --resume to continue it "
+            "or --overwrite to start over"
+        )
+    for name in (MOSAIC_NAME, POLYGONS_NAME):
+        if (out / name).exists() and not overwrite:
+            raise OutputExistsError(f"{out / name} exists; pass --overwrite to replace it")
+    return manifest, ManifestState()
+
+
+def _model(work: WorkSpec) -> tuple[Path, str, ModelCard]:
+    from geoseg.models.checkpoint import WEIGHTS_NAME, load_card, resolve_model_path, sha256_file
+
+    model_dir = resolve_model_path(work.model)
+    card = load_card(model_dir)
+    return model_dir.resolve(), sha256_file(model_dir / WEIGHTS_NAME), card
+
+
+def _check_common_crs(work: WorkSpec) -> None:
+    from geoseg.io.read import describe
+
+    if work.mode != "rasters" or work.vectorize.dst_crs:
+        return
+    crss: dict[str, str] = {}
+    for src in work.sources:
+        crs = describe(src).crs
+        wkt = crs.to_wkt() if crs is not None else str(work.predict.assume_crs)
+        crss.setdefault(wkt, src)
+    if len(crss) > 1:
+        a, b = list(crss.values())[:2]
+        raise ConfigError(
+            f"the rasters are in {len(crss)} different CRSs (e.g. {Path(a).name} and "
+            f"{Path(b).name}), so their polygons cannot share one GeoPackage; set "
+            "'vectorize: {dst_crs: EPSG:XXXX}' in the work file"
+        )
+
+
+def _record(
+    task: RegionTask,
+    status: str,
+    attempts: int,
+    *,
+    res: RegionResult | None = None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    w = task.window
+    rec: dict[str, Any] = {
+        "kind": "region",
+        "region": task.region,
+        "status": status,
+        "run": task.run,
+        "fingerprint": task.fingerprint,
+        "src": task.src,
+        "window": None if w is None else [w.row_off, w.col_off, w.height, w.width],
+        "outputs": {k: v.to_dict() for k, v in (res.outputs if res else {}).items()},
+        "attempts": attempts,
+        "error": error,
+        "time": now_iso(),
+    }
+    if res is not None:
+        rec.update(
+            worker=res.worker,
+            elapsed_s=round(res.elapsed_s, 3),
+            pixels=res.pixels,
+            tiles=res.tiles,
+            valid_pixels=res.valid_pixels,
+            class_pixels={str(k): v for k, v in res.class_pixels.items()},
+            polygons=res.polygons,
+            warnings=res.warnings,
+        )
+    return rec
+
+
+def _task(
+    work: WorkSpec,
+    region: Region,
+    out: Path,
+    run: str,
+    model_dir: Path,
+    model_sha: str,
+    state: ManifestState,
+    device: str | None,
+) -> RegionTask:
+    cfg = region_predict_config(work, region, device=device)
+    fp = fingerprint(region, work, model_sha, cfg)
+    prev = state.regions.get(region.id) or {}
+    reuse = prev.get("status") == "done" and prev.get("fingerprint") == fp
+    whole = work.mode == "rasters"
+    return RegionTask(
+        region=region.id,
+        src=region.src,
+        window=region.window,
+        out_dir=str(out),
+        raster=f"{REGIONS_DIR}/{region.id}.tif",
+        vector=f"{REGIONS_DIR}/{region.id}.gpkg" if whole else None,
+        model_path=str(model_dir),
+        model_sha256=model_sha,
+        predict=cfg,
+        vectorize=replace(work.vectorize, overwrite=True) if whole else None,
+        fingerprint=fp,
+        run=run,
+        expected=state.outputs(region.id) if reuse else None,
+    )
+
+
+def _run_tasks(
+    client: Client,
+    tasks: Sequence[RegionTask],
+    manifest: Manifest,
+    state: ManifestState,
+    result: BatchResult,
+    *,
+    retries: int,
+    progress: BatchProgressFn | None,
+) -> None:
+    from distributed import as_completed
+
+    attempts = AttemptLog(manifest.attempts_path, result.run)
+    by_key: dict[str, RegionTask] = {}
+    futures = []
+    for task in tasks:
+        fut = client.submit(
+            run_region,
+            task,
+            key=f"geoseg-region-{task.region}-{task.run}",
+            retries=retries,
+            pure=False,
+        )
+        by_key[str(fut.key)] = task
+        futures.append(fut)
+    total, done = len(tasks), 0
+    seen_warnings: set[str] = set()
+    if progress is not None:
+        progress("regions", 0, total)
+    try:
+        for fut in as_completed(futures):
+            task = by_key[str(fut.key)]
+            n = attempts.counts().get(task.region, 0)
+            if fut.status == "finished":
+                res: RegionResult = fut.result()
+                if res.status == "reused":
+                    result.reused.append(task.region)
+                else:
+                    for message in res.warnings:
+                        if message not in seen_warnings:
+                            seen_warnings.add(message)
+                            warnings.warn(message, GeosegWarning, stacklevel=2)
+                    rec = _record(task, "done", max(n, 1), res=res)
+                    manifest.append(rec)
+                    state.regions[task.region] = rec
+                    result.computed.append(task.region)
+                    result.attempts[task.region] = rec["attempts"]
+            else:
+                if fut.status == "error":
+                    exc = fut.exception()
+                    error = f"{type(exc).__name__}: {exc}"
+                else:  # e.g. cancelled by someone else's client, or lost by a restarted scheduler
+                    error = f"the scheduler reported the task as {fut.status}"
+                rec = _record(task, "failed", n, error=error)
+                manifest.append(rec)
+                state.regions[task.region] = rec
+                result.failed[task.region] = error
+                result.attempts[task.region] = n
+                log.warning("region %s failed after %d attempt(s): %s", task.region, n, error)
+            fut.release()
+            done += 1
+            if progress is not None:
+                progress("regions", done, total)
+    except BaseException:
+        client.cancel(futures)
+        raise
+
+
+def _merge_digest(work: WorkSpec, regions: Sequence[Region], state: ManifestState) -> str:
+    doc = {
+        "regions": [
+            [r.id, {k: o.sha256 for k, o in sorted(state.outputs(r.id).items())}] for r in regions
+        ],
+        "vectorize": vectorize_doc(work.vectorize),
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _windows_mosaic(work: WorkSpec, out: Path, regions: Sequence[Region]) -> Path:
+    from geoseg.io.read import describe
+
+    spec = describe(work.sources[0])
+    windows = [r.window for r in regions if r.window is not None]
+    if work.mode == "grid":
+        r0, c0, height, width = 0, 0, spec.height, spec.width
+    else:
+        r0 = min(w.row_off for w in windows)
+        c0 = min(w.col_off for w in windows)
+        height = max(w.row_end for w in windows) - r0
+        width = max(w.col_end for w in windows) - c0
+    sources = [
+        MosaicSource(
+            out / REGIONS_DIR / f"{r.id}.tif",
+            PixelWindow(
+                r.window.row_off - r0, r.window.col_off - c0, r.window.height, r.window.width
+            ),
+        )
+        for r in regions
+        if r.window is not None
+    ]
+    return write_mosaic_vrt(
+        out / MOSAIC_NAME,
+        width=width,
+        height=height,
+        transform=spec.transform * Affine.translation(c0, r0),
+        sources=sources,
+    )
+
+
+def _rasters_mosaic(out: Path, regions: Sequence[Region]) -> Path | None:
+    from geoseg.io.read import describe
+
+    paths = [out / REGIONS_DIR / f"{r.id}.tif" for r in regions]
+    specs = [describe(p) for p in paths]
+    if len({s.crs.to_wkt() if s.crs else "" for s in specs}) != 1:
+        log.info("no class mosaic: the rasters are in different CRSs")
+        return None
+    layout = mosaic_layout([(s.transform, s.width, s.height) for s in specs])
+    if layout is None:
+        log.info("no class mosaic: the rasters do not share one pixel grid")
+        return None
+    transform, width, height, windows = layout
+    return write_mosaic_vrt(
+        out / MOSAIC_NAME,
+        width=width,
+        height=height,
+        transform=transform,
+        sources=[MosaicSource(p, w) for p, w in zip(paths, windows, strict=True)],
+        tag_overrides={"GEOSEG_SOURCE": f"{len(paths)} rasters"},
+    )
+
+
+def _merge(
+    work: WorkSpec,
+    out: Path,
+    regions: Sequence[Region],
+    manifest: Manifest,
+    state: ManifestState,
+    result: BatchResult,
+    card: ModelCard,
+    progress: BatchProgressFn | None,
+) -> None:
+    import pyogrio
+
+    from geoseg.pipeline import run_vectorize
+
+    digest = _merge_digest(work, regions, state)
+    prev = state.merge
+    if prev is not None and prev.get("inputs") == digest:
+        outputs = {k: OutputFile.from_dict(v) for k, v in (prev.get("outputs") or {}).items()}
+        if outputs_valid(out, outputs):
+            result.mosaic = out / MOSAIC_NAME if "mosaic" in outputs else None
+            result.polygons = out / POLYGONS_NAME
+            result.polygon_counts = dict(prev.get("polygons") or {})
+            result.merge_reused = True
+            return
+
+    def report(done: int, total: int) -> None:
+        if progress is not None:
+            progress("merge", done, total)
+
+    polygons = out / POLYGONS_NAME
+    if work.mode == "rasters":
+        mosaic = _rasters_mosaic(out, regions)
+        gpkgs = [out / REGIONS_DIR / f"{r.id}.gpkg" for r in regions]
+        metadata = dict(pyogrio.read_info(gpkgs[0], layer=0)["dataset_metadata"] or {})
+        metadata.update(
+            input=f"{len(gpkgs)} rasters",
+            class_raster=MOSAIC_NAME if mosaic else "",
+            time=now_iso(),
+        )
+        counts = append_geopackages(
+            gpkgs, polygons, classes=card.classes, metadata=metadata, progress=report
+        )
+        counts = {c.layer: counts.get(c.layer, 0) for c in card.classes if c.vectorize}
+    else:
+        mosaic = _windows_mosaic(work, out, regions)
+        vcfg = replace(work.vectorize, overwrite=True)
+        counts = dict(run_vectorize(mosaic, polygons, vcfg, progress=report).polygons)
+    outputs = {"polygons": OutputFile.of(out, polygons)}
+    if mosaic is not None:
+        outputs["mosaic"] = OutputFile.of(out, mosaic)
+    rec = {
+        "kind": "merge",
+        "run": result.run,
+        "inputs": digest,
+        "outputs": {k: v.to_dict() for k, v in outputs.items()},
+        "polygons": counts,
+        "time": now_iso(),
+    }
+    manifest.append(rec)
+    state.merge = rec
+    result.mosaic, result.polygons, result.polygon_counts = mosaic, polygons, counts
+
+
+def _remove_stale_temporaries(directory: Path) -> None:
+    """Remove the temporary files of attempts killed mid-write.
+
+    Called when every region of the run has finished, so no task of this run
+    still writes here; a cancelled task of an interrupted earlier run that is
+    still going merely fails its final rename.
+    """
+    if not directory.is_dir():
+        return
+    for p in directory.iterdir():
+        if not (p.name.startswith(".") and ".geoseg-" in p.name):
+            continue
+        with contextlib.suppress(OSError):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink()
+
+
+def run_batch(
+    work: WorkSpec,
+    out_dir: str | os.PathLike[str],
+    *,
+    address: str | None = None,
+    workers: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    retries: int = 2,
+    progress: BatchProgressFn | None = None,
+    on_cluster: Callable[[ClusterInfo], None] | None = None,
+    dashboard_address: str | None = ":8787",
+) -> BatchResult:
+    """Segment every region of ``work`` on a dask cluster and merge the results.
+
+    Parameters
+    ----------
+    work : WorkSpec
+        The regions and options (see :func:`geoseg.batch.load_work`).
+    out_dir : str or os.PathLike
+        Output directory (created if needed); see the module docs for its layout.
+    address : str, optional
+        A dask scheduler address; None starts a local cluster.
+    workers : int, optional
+        Worker processes of the local cluster (see :func:`geoseg.batch.local_layout`).
+    resume : bool
+        Keep regions whose outputs match their manifest records (same inputs
+        and options, same sha256), compute the rest.
+    overwrite : bool
+        Discard a previous batch in ``out_dir`` and recompute everything.
+    retries : int
+        Extra attempts of a failing region (dask ``retries``).  A region whose
+        worker dies is rescheduled by dask regardless.
+    progress : callable, optional
+        ``progress(stage, done, total)``, see :data:`BatchProgressFn`.  An
+        exception raised by it stops the run (finished regions stay recorded).
+    on_cluster : callable, optional
+        Called with the :class:`ClusterInfo` once connected (dashboard address).
+    dashboard_address : str, optional
+        Dashboard of a local cluster (None: none).
+
+    Returns
+    -------
+    BatchResult
+        Failed regions are listed, not raised; the merged outputs are written
+        only when every region finished.
+
+    Raises
+    ------
+    OutputExistsError
+        ``out_dir`` holds a batch and neither ``resume`` nor ``overwrite`` is set.
+    ConfigError
+        Bad work, model or cluster settings.
+    RasterReadError
+        An input raster cannot be opened while planning.
+    """
+    t0 = time.perf_counter()
+    if retries < 0:
+        raise ConfigError(f"--retries must be >= 0, got {retries}")
+    if address is not None and workers is not None:
+        raise ConfigError(
+            "--workers sizes the local cluster; start the workers of --scheduler with "
+            f"'dask worker {address} --nworkers N --nthreads 1'"
+        )
+    out = Path(os.path.abspath(out_dir))
+    manifest, state = _prepare(out, resume=resume, overwrite=overwrite)
+    model_dir, model_sha, card = _model(work)
+    check_resolution(work, card.pixel_size_m)
+    regions = plan_regions(work)
+    _check_common_crs(work)
+    run = _new_run_id()
+    result = BatchResult(out, work.mode, run, regions=len(regions))
+    header = {
+        "kind": "batch",
+        "run": run,
+        "format": FORMAT_VERSION,
+        "geoseg": __version__,
+        "mode": work.mode,
+        "model": str(model_dir),
+        "model_sha256": model_sha,
+        "regions": len(regions),
+        "time": now_iso(),
+    }
+    (out / REGIONS_DIR).mkdir(exist_ok=True)
+    recording = False
+    try:
+        with open_client(
+            address,
+            workers=workers,
+            device=work.predict.device,
+            dashboard_address=dashboard_address,
+        ) as (client, info):
+            result.cluster = info
+            # The manifest is touched only once connected, so a cluster that cannot
+            # be reached leaves no batch behind.
+            manifest.append(header)
+            state.header, recording = header, True
+            if on_cluster is not None:
+                on_cluster(info)
+            # A local GPU worker sees only its own GPU, as cuda:0.
+            device = "cuda" if info.gpus else None
+            tasks = [
+                _task(work, region, out, run, model_dir, model_sha, state, device)
+                for region in regions
+            ]
+            _run_tasks(client, tasks, manifest, state, result, retries=retries, progress=progress)
+        if result.ok:
+            _merge(work, out, regions, manifest, state, result, card, progress)
+            _remove_stale_temporaries(out / REGIONS_DIR)
+    finally:
+        if recording:
+            manifest.compact(state, [r.id for r in regions])
+    result.elapsed_s = time.perf_counter() - t0
+    return result
