@@ -53,5 +53,9 @@ class InterruptedRunError(GeosegError, KeyboardInterrupt):
     """A run was stopped by SIGINT/SIGTERM; no partial output was kept."""
 
 
+class BatchError(GeosegError, RuntimeError):
+    """Some regions of a batch failed after their retries (the others finished)."""
+
+
 class AllNodataWarning(GeosegWarning):
     """The input holds no valid pixel; outputs are valid but empty."""

@@ -54,8 +54,8 @@ from geoseg.batch.work import (
 )
 from geoseg.batch.worker import RegionResult, RegionTask, run_region
 from geoseg.errors import (
+    BatchError,
     ConfigError,
-    GeosegError,
     GeosegWarning,
     OutputExistsError,
     OutputWriteError,
@@ -85,10 +85,6 @@ POLYGONS_NAME = "polygons.gpkg"
 #: ``progress(stage, done, total)``: stage ``"regions"`` counts regions,
 #: ``"merge"`` counts mosaic rows (windows) or GeoPackages (rasters) merged.
 BatchProgressFn = Callable[[str, int, int], None]
-
-
-class BatchError(GeosegError, RuntimeError):
-    """Some regions of a batch failed after their retries (the others finished)."""
 
 
 @dataclass
