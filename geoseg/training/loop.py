@@ -106,6 +106,20 @@ def _derive(seed: int, *keys: int) -> int:
     return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
 
 
+def _fresh_file_handles(worker_id: int) -> None:
+    """Drop raster handles a DataLoader worker inherited from its parent by fork.
+
+    torchgeo caches open datasets (``_cached_load_warp_file``, an ``lru_cache``
+    shared by the class).  Handles opened in the parent (band statistics,
+    validation) share file offsets with every forked worker, and concurrent
+    reads through them decode garbage ("ZIPDecode: decoding error").  Each
+    worker starts with an empty cache and opens its own handles.
+    """
+    from torchgeo.datasets import RasterDataset
+
+    RasterDataset._cached_load_warp_file.cache_clear()
+
+
 def load_encoder_weights(model: nn.Module, path: Path) -> int:
     """Initialise ``model.encoder`` from a local state-dict file; never from a hub.
 
@@ -347,6 +361,7 @@ def train(config: TrainConfig, callback: TrainCallback | None = None) -> TrainRe
             drop_last=True,
             num_workers=config.workers,
             pin_memory=device.type == "cuda",
+            worker_init_fn=_fresh_file_handles,
         )
         generator = torch.Generator().manual_seed(_derive(config.seed, epoch, 1))
         model.train()
@@ -463,7 +478,12 @@ def _validate(
 
     device = batches.device
     chips = ChipDataset(data, data.val_queries)
-    loader = DataLoader(chips, batch_size=config.batch_size, num_workers=config.workers)
+    loader = DataLoader(
+        chips,
+        batch_size=config.batch_size,
+        num_workers=config.workers,
+        worker_init_fn=_fresh_file_handles,
+    )
     cm = ConfusionMatrix(config.class_names)
     total, n = 0.0, 0
     model.eval()
