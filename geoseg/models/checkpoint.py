@@ -141,12 +141,19 @@ def load_checkpoint(path: str | Path) -> LoadedModel:
 
 
 def save_checkpoint(
-    model: nn.Module, card: ModelCard, path: str | Path, *, overwrite: bool = False
+    model: nn.Module,
+    card: ModelCard,
+    path: str | Path,
+    *,
+    overwrite: bool = False,
+    half: bool = False,
 ) -> Path:
     """Write ``model``'s weights and ``card`` as a checkpoint directory, atomically.
 
     The directory is assembled under a temporary name beside ``path`` and
-    renamed into place when complete.
+    renamed into place when complete.  ``half=True`` stores floating-point
+    tensors as float16 (half the size, for shipped models); loading casts them
+    back to the model's dtype.
     """
     from safetensors.torch import save_file
 
@@ -157,6 +164,8 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.geoseg-tmp-", dir=dst.parent))
     try:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        if half:
+            state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"geoseg_card_name": card.name})
         (tmp / CARD_NAME).write_text(card.to_json() + "\n", encoding="utf-8")
         if dst.exists():

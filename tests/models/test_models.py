@@ -142,3 +142,17 @@ def test_missing_and_wrong_model_paths(tmp_path):
     (d / CARD_NAME).write_text(json.dumps({"name": "x"}))
     with pytest.raises(ModelCardError):
         load_checkpoint(d)
+
+
+def test_half_precision_checkpoint_loads_into_float32(tmp_path):
+    card = tiny_card()
+    torch.manual_seed(4)
+    model = build_model(card)
+    path = save_checkpoint(model, card, tmp_path / "half", half=True)
+    full = save_checkpoint(model, card, tmp_path / "full")
+    assert (path / "model.safetensors").stat().st_size < 0.6 * (full / "model.safetensors").stat().st_size
+    loaded = load_checkpoint(path)
+    x = torch.randn(1, 3, 16, 16)
+    assert next(loaded.model.parameters()).dtype == torch.float32
+    with torch.inference_mode():
+        np.testing.assert_allclose(loaded.model(x).numpy(), model(x).numpy(), atol=2e-2)
