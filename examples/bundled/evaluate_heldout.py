@@ -1,0 +1,85 @@
+"""Score a model on the real images its training run held out, with ``geoseg evaluate``.
+
+The held-out files of each source are read from the model card's provenance (the training
+run's file split), and each real source is evaluated through ``geoseg evaluate``, i.e. the same
+tiled inference users run, against its own labels and only for the classes it labels:
+
+* dubai: label rasters (building, vegetation);
+* agoro-fields: cropland polygons;
+* spacenet-rio: building footprints.
+
+Usage::
+
+    python examples/bundled/evaluate_heldout.py runs/bundled/model runs/bundled-eval
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "segmentation"
+
+
+def main() -> None:
+    model, out = Path(sys.argv[1]), Path(sys.argv[2])
+    card = json.loads((model / "model_card.json").read_text())
+    held: dict[str, list[str]] = {}
+    for src in card["provenance"]["sources"]:
+        for part in src["parts"]:
+            held.setdefault(src["name"], []).extend(part["val_files"])
+    jobs = {
+        "dubai": (
+            [SHARED / "dubai" / "masks" / Path(f).name for f in held.get("dubai", [])],
+            [
+                "--class-map",
+                "0=ignore,1=building,2=background,3=background,4=vegetation,5=background",
+                "--labelled-classes",
+                "building,vegetation",
+            ],
+        ),
+        "agoro-fields": (
+            [SHARED / "agoro-fields" / "fields.gpkg"],
+            ["--label-field", "class", "--labelled-classes", "cropland"],
+        ),
+        "spacenet-rio": (
+            [SHARED / "spacenet-rio" / "buildings.gpkg"],
+            ["--labelled-classes", "building"],
+        ),
+    }
+    results = {}
+    for name, (labels, extra) in jobs.items():
+        images = [str(Path(f).resolve()) for f in held.get(name, [])]
+        if not images:
+            continue
+        cmd = [
+            sys.executable,
+            "-m",
+            "geoseg",
+            "-q",
+            "evaluate",
+            "--model",
+            str(model),
+            *[a for i in images for a in ("--images", i)],
+            *[a for lab in labels for a in ("--labels", str(lab))],
+            "-o",
+            str(out / name),
+            "--overwrite",
+            *extra,
+        ]
+        subprocess.run(cmd, check=True)
+        results[name] = json.loads((out / name / "metrics.json").read_text())
+        results[name]["images"] = [Path(i).name for i in images]
+    (out / "heldout.json").write_text(json.dumps(results, indent=1))
+    for name, r in results.items():
+        ious = {
+            c: m.get("iou") for c, m in r["pixel"]["classes"].items() if c in r["labelled_classes"]
+        }
+        objs = {c: (o["precision"], o["recall"], o["f1"]) for c, o in r["objects"].items()}
+        print(name, "IoU", ious, "objects P/R/F1", objs)
+
+
+if __name__ == "__main__":
+    main()
