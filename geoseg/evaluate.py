@@ -556,6 +556,7 @@ def evaluate(
             run_scene(image, dst, loaded, pcfg, progress=_image_progress(progress, i, n))
             with RasterSource(dst) as cls_src:
                 truth = _Truth(kind, label_paths, i, cls_src.spec, lookup, frames)
+                before = {c: len(pred_objects[c]) for c in obj_ids}
                 try:
                     img_cm = _score_image(
                         i, cls_src, truth, cm, cover, obj_ids, cfg, best, pred_objects, true_objects
@@ -563,6 +564,7 @@ def evaluate(
                 finally:
                     truth.close()
                 spec = cls_src.spec
+            _clean_like_vectorize(pred_objects, before, loaded.card, spec)
             labelled_px = int(img_cm.matrix.sum())
             if labelled_px == 0:
                 warnings.warn(
@@ -667,6 +669,26 @@ def _score_image(
         else:
             true_objects[c] += _raster_objects(truth, spec, c, cfg)
     return img_cm
+
+
+def _clean_like_vectorize(
+    pred_objects: dict[int, list[Any]], before: dict[int, int], card: ModelCard, spec: Any
+) -> None:
+    """Apply the model card's polygon clean-up to one image's predicted objects.
+
+    Object scores then describe the polygons ``geoseg predict -o X.gpkg`` and
+    ``geoseg vectorize`` write (small specks dropped, holes filled, buildings
+    squared), not raw pixel outlines.
+    """
+    from geoseg.pipeline import clean_and_measure, cleanup_for
+
+    for c, start in before.items():
+        raw = pred_objects[c][start:]
+        if not raw or spec.crs is None:
+            continue
+        params = cleanup_for(card.class_by_id(c), card.postprocess, None)
+        cleaned, _, _ = clean_and_measure(raw, params, spec.crs, spec.bounds)
+        pred_objects[c][start:] = [g for g in cleaned if g is not None]
 
 
 def _raster_objects(truth: _Truth, spec: Any, class_id: int, cfg: EvalConfig) -> list[Any]:
