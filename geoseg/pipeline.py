@@ -32,6 +32,7 @@ from geoseg.errors import (
     GeoreferenceError,
     GeosegWarning,
 )
+from geoseg.infer.backends import BACKENDS
 from geoseg.infer.predictor import Predictor, normalize
 from geoseg.infer.stream import StreamStats, Strip, stream_segment
 from geoseg.io.atomic import check_output_path
@@ -84,6 +85,11 @@ class PredictConfig:
         Compute and write only this window of the raster, bit-identical to the
         same pixels of a whole-raster run (batch runs use it; implies
         ``resample="never"``).
+    backend : {"auto", "torch", "onnx"}
+        Inference engine (see :mod:`geoseg.infer.backends`); ``auto`` is ONNX
+        Runtime on CPU when installed, PyTorch on GPUs.
+    compile : bool
+        ``torch.compile`` the network (PyTorch backend).
     """
 
     tile: int | None = None
@@ -99,8 +105,18 @@ class PredictConfig:
     amp: bool | None = None
     threads: int | None = None
     region: PixelWindow | None = None
+    backend: str = "auto"
+    compile: bool = False
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(
+                f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}"
+            )
+        if self.compile and self.backend == "onnx":
+            raise ConfigError(
+                "--compile applies to the PyTorch backend; drop it or use --backend torch"
+            )
         if self.region is not None and self.resample != "never":
             object.__setattr__(self, "resample", "never")
         if self.tile is not None and self.tile < 1:
@@ -386,6 +402,8 @@ def _run_scene(
         batch_size=cfg.batch_size,
         amp=cfg.amp,
         threads=cfg.threads,
+        backend=cfg.backend,
+        compile=cfg.compile,
     )
     tags = _model_tags(loaded, cfg, str(src))
     colormap = {c.id: c.rgb for c in card.classes}

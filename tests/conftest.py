@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +111,11 @@ def make_raster(tmp_path: Path) -> Callable[..., Path]:
         return write_raster(tmp_path / f"in{next(counter)}.tif", data, **kw)
 
     return make
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_geoseg_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """ONNX exports made by the suite go to a temporary directory, not the user's cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GEOSEG_CACHE_DIR", str(tmp_path_factory.mktemp("geoseg-cache")))
+        yield

@@ -18,7 +18,7 @@ import click
 from geoseg import __version__
 from geoseg.cli.options import configure_logging
 from geoseg.errors import GeosegError, GeosegWarning, InterruptedRunError
-from geoseg.runtime import bound_malloc
+from geoseg.runtime import bound_malloc, passive_openmp
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     args = argv if argv is not None else sys.argv[1:]
     verbose = any(a == "--verbose" or (a.startswith("-v") and set(a[1:]) == {"v"}) for a in args)
     bound_malloc()
+    passive_openmp()
     signal.signal(signal.SIGTERM, _on_sigterm)
     warnings.showwarning = _show_warning
     try:

@@ -45,6 +45,16 @@ from geoseg.cli.progress import TileProgress
     "--threads", type=int, default=None, help="CPU threads for the network [default: all]."
 )
 @click.option(
+    "--backend",
+    type=click.Choice(["auto", "torch", "onnx"]),
+    default="auto",
+    show_default=True,
+    help="Inference engine: auto is ONNX Runtime on CPU (when installed), PyTorch on GPUs.",
+)
+@click.option(
+    "--compile", "compile_model", is_flag=True, help="torch.compile the network (PyTorch backend)."
+)
+@click.option(
     "--config",
     "config_path",
     type=click.Path(path_type=Path),
@@ -69,6 +79,8 @@ def predict(
     assume_crs: str | None,
     no_resample: bool,
     threads: int | None,
+    backend: str,
+    compile_model: bool,
     config_path: Path | None,
     dst_crs: str | None,
     overwrite: bool,
@@ -103,6 +115,8 @@ def predict(
         assume_crs=assume_crs,
         resample="never" if no_resample else "auto",
         threads=threads,
+        backend=backend,
+        compile=compile_model,
     )
     quiet = ctx.obj["quiet"] > 0
     with TileProgress("predict", disable=quiet) as bar:
