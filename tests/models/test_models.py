@@ -150,7 +150,9 @@ def test_half_precision_checkpoint_loads_into_float32(tmp_path):
     model = build_model(card)
     path = save_checkpoint(model, card, tmp_path / "half", half=True)
     full = save_checkpoint(model, card, tmp_path / "full")
-    assert (path / "model.safetensors").stat().st_size < 0.6 * (full / "model.safetensors").stat().st_size
+    assert (path / "model.safetensors").stat().st_size < 0.6 * (
+        full / "model.safetensors"
+    ).stat().st_size
     loaded = load_checkpoint(path)
     x = torch.randn(1, 3, 16, 16)
     assert next(loaded.model.parameters()).dtype == torch.float32
