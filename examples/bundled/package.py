@@ -51,8 +51,8 @@ def main() -> None:
             "pixel_iou": {
                 c: m["iou"] for c, m in r["pixel"]["classes"].items() if c in r["labelled_classes"]
             },
-            "pixel_f1": {
-                c: m.get("f1")
+            "pixel_dice_f1": {
+                c: m.get("dice")
                 for c, m in r["pixel"]["classes"].items()
                 if c in r["labelled_classes"]
             },

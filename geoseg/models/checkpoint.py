@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -162,12 +163,19 @@ def save_checkpoint(
         raise OutputExistsError(f"{dst} exists; pass --overwrite to replace it")
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.geoseg-tmp-", dir=dst.parent))
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         if half:
             state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"geoseg_card_name": card.name})
         (tmp / CARD_NAME).write_text(card.to_json() + "\n", encoding="utf-8")
+        # mkdtemp makes a private directory; a checkpoint (and a shipped model) is
+        # readable like any file the user creates.
+        tmp.chmod(0o777 & ~umask)
+        for f in (tmp / WEIGHTS_NAME, tmp / CARD_NAME):
+            f.chmod(0o666 & ~umask)
         if dst.exists():
             shutil.rmtree(dst)
         tmp.rename(dst)
