@@ -140,9 +140,7 @@ class RunDir:
         import torch
 
         try:
-            state: dict[str, Any] = torch.load(
-                self.optimizer, map_location="cpu", weights_only=True
-            )
+            state: dict[str, Any] = torch.load(self.optimizer, "cpu", weights_only=True)
         except Exception as exc:  # torch raises UnpicklingError, RuntimeError, OSError, ...
             raise CheckpointError(
                 f"cannot read {self.optimizer} with weights_only=True ({type(exc).__name__}); "
