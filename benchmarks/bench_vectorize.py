@@ -77,9 +77,9 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "polygons": sum(st.polygo
 def make_classes(work: Path, size: int) -> Path:
     from geoseg.synth import SceneSpec, write_scene
 
-    path = work / f"classes-{size}.tif"
+    path = work / f"synth-classes-{size}.tif"
     if not path.exists():
-        write_scene(SceneSpec(size, size, seed=1), work / f"image-{size}.tif", path)
+        write_scene(SceneSpec(size, size, seed=1), work / f"synth-image-{size}.tif", path)
     return path
 
 
