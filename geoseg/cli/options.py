@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -36,6 +37,22 @@ def device_opt(f: F) -> F:
         default="auto",
         show_default=True,
         help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.",
+    )(f)
+
+
+def cleanup_opts(f: F) -> F:
+    """``--config`` (clean-up YAML per class) and ``--dst-crs`` for vector outputs."""
+    f = click.option(
+        "--dst-crs",
+        default=None,
+        help="Write polygons in this CRS, e.g. EPSG:4326 (vector outputs).",
+    )(f)
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="YAML of clean-up settings per class name (vector outputs).",
     )(f)
 
 

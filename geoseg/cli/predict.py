@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli.options import device_opt, model_opt, overwrite_opt
+from geoseg.cli.options import cleanup_opts, device_opt, model_opt, overwrite_opt
 from geoseg.cli.progress import TileProgress
 
 
@@ -54,14 +54,7 @@ from geoseg.cli.progress import TileProgress
 @click.option(
     "--compile", "compile_model", is_flag=True, help="torch.compile the network (PyTorch backend)."
 )
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="YAML of clean-up settings per class name (vector outputs).",
-)
-@click.option("--dst-crs", default=None, help="CRS of the polygons (vector outputs).")
+@cleanup_opts
 @overwrite_opt
 @click.pass_context
 def predict(

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from geoseg.cli.options import overwrite_opt
+from geoseg.cli.options import cleanup_opts, overwrite_opt
 from geoseg.cli.progress import TileProgress
 
 
@@ -49,14 +49,7 @@ def load_cleanup_config(path: Path | None) -> dict[str, Any] | None:
     default=None,
     help="Probability raster from 'predict --probabilities' for mean confidence.",
 )
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="YAML of clean-up settings per class name.",
-)
-@click.option("--dst-crs", default=None, help="Write polygons in this CRS, e.g. EPSG:4326.")
+@cleanup_opts
 @click.option(
     "--model", default=None, help="Model whose classes the raster holds, when it does not say."
 )
