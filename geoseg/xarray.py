@@ -21,6 +21,7 @@ tiles wide keep the tiles recomputed at chunk borders few.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -86,6 +87,26 @@ def _reader(data: np.ndarray, valid: np.ndarray) -> Any:
     return read
 
 
+@functools.lru_cache(maxsize=4)
+def _cached_predictor(
+    model_path: str,
+    model_sha256: str,
+    device: str,
+    batch_size: int | None,
+    amp: bool | None,
+    threads: int | None,
+) -> Predictor:
+    """One predictor per process and option set, shared by every block it computes.
+
+    Building one hashes the weights and creates an inference session (an ONNX
+    export on first use); doing that per dask block cost ~0.1 s or more each.
+    """
+    loaded = cached_model(model_path, model_sha256)
+    return Predictor(
+        loaded.model, loaded.card, device=device, batch_size=batch_size, amp=amp, threads=threads
+    )
+
+
 def _segment_block(
     data: np.ndarray,
     grid: TileGrid,
@@ -96,16 +117,15 @@ def _segment_block(
     options: dict[str, Any],
 ) -> np.ndarray:
     """Classes of ``core`` from the input pixels under ``grid`` (one dask task)."""
-    loaded = cached_model(model_path, model_sha256)
-    card = loaded.card
-    predictor = Predictor(
-        loaded.model,
-        card,
-        device=options["device"],
-        batch_size=options["batch_size"],
-        amp=options["amp"],
-        threads=options["threads"],
+    predictor = _cached_predictor(
+        model_path,
+        model_sha256,
+        options["device"],
+        options["batch_size"],
+        options["amp"],
+        options["threads"],
     )
+    card = predictor.card
     data = np.asarray(data)
     valid = _valid_mask(data, nodata)
     input_range = options["input_range"]
