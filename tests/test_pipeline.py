@@ -11,7 +11,13 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from geoseg.errors import BandError, GeoreferenceError, OutputExistsError, RasterReadError
+from geoseg.errors import (
+    BandError,
+    ConfigError,
+    GeoreferenceError,
+    OutputExistsError,
+    RasterReadError,
+)
 from geoseg.pipeline import PredictConfig, run_scene
 from tests.conftest import random_image
 
@@ -247,3 +253,55 @@ def test_region_runs_are_identical_to_the_whole_run(tiny_model_dir, make_raster,
         np.testing.assert_array_equal(
             part, whole[core.row_off : core.row_end, core.col_off : core.col_end]
         )
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_readers_and_workers_give_the_same_raster(tiny_model_dir, make_raster, tmp_path, backend):
+    from geoseg.infer.backends import onnxruntime_available
+
+    if backend == "onnx" and not onnxruntime_available():
+        pytest.skip("onnxruntime not installed")
+    data = random_image(210, 170, seed=3)
+    data[:, :50, :70] = 0
+    src = make_raster(data, nodata=0)
+    base = dict(device="cpu", tile=64, overlap=16, backend=backend)
+    run_scene(
+        src, tmp_path / "one.tif", tiny_model_dir, PredictConfig(**base, readers=1, workers=1)
+    )
+    run_scene(
+        src, tmp_path / "many.tif", tiny_model_dir, PredictConfig(**base, readers=3, workers=2)
+    )
+    with rasterio.open(tmp_path / "one.tif") as a, rasterio.open(tmp_path / "many.tif") as b:
+        one, many = a.read(1), b.read(1)
+    assert (one[:50, :70] == 255).all()
+    np.testing.assert_array_equal(one, many)
+
+
+def test_masks_are_read_only_when_a_band_has_one(make_raster, tmp_path):
+    """The all-valid fast path applies to rasters without nodata, mask or alpha only."""
+    from geoseg.io.read import RasterSource
+    from geoseg.types import PixelWindow
+
+    data = random_image(64, 64)
+    plain = make_raster(data)
+    masked = tmp_path / "masked.tif"
+    with rasterio.open(plain) as ds:
+        profile = ds.profile
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(masked, "w", **profile) as ds:
+        ds.write(data)
+        mask = np.full((64, 64), 255, np.uint8)
+        mask[10:20, 30:40] = 0
+        ds.write_mask(mask)
+    win = PixelWindow(-8, -8, 80, 80)  # past the edges: reflection applies to validity too
+    with RasterSource(plain) as r:
+        assert r._all_valid
+        _, valid = r.read(win)
+        assert valid.all()
+    with RasterSource(masked) as r:
+        assert not r._all_valid
+        _, valid = r.read(win)
+        assert not valid[18:28, 38:48].any() and valid.sum() < 80 * 80
+    with pytest.raises(ConfigError, match="--readers"):
+        PredictConfig(readers=17)
+    with pytest.raises(ConfigError, match="--workers"):
+        PredictConfig(workers=0)

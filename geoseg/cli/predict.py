@@ -54,6 +54,18 @@ from geoseg.cli.progress import TileProgress
 @click.option(
     "--compile", "compile_model", is_flag=True, help="torch.compile the network (PyTorch backend)."
 )
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="Network runs at once on CPU (ONNX), threads/N cores each [default: 1 per core, max 4].",
+)
+@click.option(
+    "--readers",
+    type=int,
+    default=None,
+    help="Threads reading tiles ahead of the network [default: 1 on CPU, up to 4 on GPU].",
+)
 @cleanup_opts
 @overwrite_opt
 @click.pass_context
@@ -74,6 +86,8 @@ def predict(
     threads: int | None,
     backend: str,
     compile_model: bool,
+    workers: int | None,
+    readers: int | None,
     config_path: Path | None,
     dst_crs: str | None,
     overwrite: bool,
@@ -110,6 +124,8 @@ def predict(
         threads=threads,
         backend=backend,
         compile=compile_model,
+        readers=readers,
+        workers=workers,
     )
     quiet = ctx.obj["quiet"] > 0
     with TileProgress("predict", disable=quiet) as bar:

@@ -106,6 +106,26 @@ def default_threads() -> int:
     return max(1, n)
 
 
+#: Most concurrent network runs chosen by default (each holds a tile's activations).
+MAX_DEFAULT_WORKERS = 4
+
+
+def default_workers(threads: int) -> int:
+    """Concurrent single-threaded network runs for ``threads`` CPU cores.
+
+    One per core up to :data:`MAX_DEFAULT_WORKERS`; beyond that the cores are
+    shared out as intra-op threads (``threads // workers`` each), which keeps
+    the activation memory of the runs in flight bounded on big machines.
+    ``benchmarks/bench_backends.py`` measured 2 workers of 1 thread at 1.2x
+    the throughput of 1 worker of 2 threads on a 2-core machine, and more
+    stable under load.
+
+    >>> default_workers(1), default_workers(2), default_workers(32)
+    (1, 2, 4)
+    """
+    return max(1, min(threads, MAX_DEFAULT_WORKERS))
+
+
 def onnxruntime_available() -> bool:
     """Whether ONNX Runtime and the ``onnx`` package (needed to export) import."""
     try:
@@ -174,6 +194,9 @@ class TorchBackend:
     """
 
     name = "torch"
+    #: One call at a time: torch's CPU thread pool is process-wide, and the CUDA path
+    #: reuses pinned staging buffers.
+    workers = 1
 
     def __init__(
         self,
@@ -206,20 +229,34 @@ class TorchBackend:
             self._forward = torch.compile(self.model)
             self.compiled = True
             self.name = "torch-compile"
-        self._staging: torch.Tensor | None = None
+        self._staging: list[tuple[torch.Tensor | None, torch.cuda.Event | None]] = [
+            (None, None)
+        ] * 2
+        self._slot = 0
 
     def _to_device(self, batch: np.ndarray) -> torch.Tensor:
         import torch
 
         if not self.cuda:
             return torch.from_numpy(batch).to(self.device)
-        # One page-locked buffer reused across batches: a fresh pin_memory() per batch costs a
-        # cudaHostAlloc each time.  Reuse is safe because __call__ ends with a synchronising
-        # device-to-host copy, after which the previous upload has long completed.
-        if self._staging is None or self._staging.shape != batch.shape:
-            self._staging = torch.empty(batch.shape, dtype=torch.float32, pin_memory=True)
-        np.copyto(self._staging.numpy(), batch, casting="no")
-        return self._staging.to(self.device, non_blocking=True)
+        # Page-locked buffers reused across batches (a fresh pin_memory() per batch costs a
+        # cudaHostAlloc each time), two of them in turn: while the network runs on one
+        # batch, the next is copied into the other.  An event recorded after each upload
+        # says when its buffer may be overwritten; results that stay on the GPU
+        # (run_on_device) mean no device-to-host copy synchronises for us.
+        slot = self._slot = (self._slot + 1) % 2
+        buf, done = self._staging[slot]
+        if buf is None or buf.shape != batch.shape:
+            buf = torch.empty(batch.shape, dtype=torch.float32, pin_memory=True)
+            done = None
+        elif done is not None:
+            done.synchronize()
+        np.copyto(buf.numpy(), batch, casting="no")
+        x = buf.to(self.device, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self._staging[slot] = (buf, event)
+        return x
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         import torch
@@ -234,13 +271,18 @@ class TorchBackend:
         # Softmax in fp32 whatever autocast produced; NCHW so numpy sees the layout it expects.
         return torch.softmax(logits.float(), dim=1).contiguous()
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def run_on_device(self, batch: np.ndarray) -> torch.Tensor:
+        """Probabilities left on the model's device, float32 ``(N, classes, H, W)``.
+
+        For a consumer on the same device (the GPU blender): the probabilities
+        never travel to the host and back, and nothing waits for the GPU here.
+        """
         import torch
 
         with torch.inference_mode():
             x = self._to_device(batch)
             try:
-                probs = self._run(x)
+                return self._run(x)
             except Exception as exc:
                 if not self.compiled:
                     raise
@@ -251,8 +293,10 @@ class TorchBackend:
                     stacklevel=2,
                 )
                 self._forward, self.compiled, self.name = self.model, False, "torch"
-                probs = self._run(x)
-            out: np.ndarray = probs.cpu().numpy()
+                return self._run(x)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        out: np.ndarray = self.run_on_device(batch).cpu().numpy()
         return out
 
 
@@ -549,21 +593,46 @@ class OnnxBackend:
     device : torch.device
         CPU, or a CUDA device when onnxruntime-gpu is installed.
     threads : int, optional
-        Intra-op threads (default: :func:`default_threads`).
+        Cores to use in all (default: :func:`default_threads`).
+    workers : int
+        Calls that may run at once, from different threads, each with
+        ``threads // workers`` intra-op threads (one session: the weights and
+        the arena are shared; ``InferenceSession.run`` is thread-safe).  On a
+        few CPU cores several single-threaded runs side by side beat one run
+        spread over every core: a convolution split across threads waits for
+        its slowest thread at every layer, and any other thread of the process
+        (reading, blending, writing) that takes a core stalls the whole layer,
+        while independent runs merely slow down one tile.
+
+    Attributes
+    ----------
+    workers : int
+        Concurrent calls this backend is built for (the stream runs that many).
     """
 
     name = "onnx"
 
     def __init__(
-        self, path: str | Path, device: torch.device, *, threads: int | None = None
+        self,
+        path: str | Path,
+        device: torch.device,
+        *,
+        threads: int | None = None,
+        workers: int = 1,
     ) -> None:
         import onnxruntime as ort
 
+        if workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {workers}")
         self.path = Path(path)
         self.device = device
         self.threads = threads or default_threads()
+        self.workers = workers if device.type == "cpu" else 1
+        self.intra_threads = max(1, self.threads // self.workers)
         self.session = ort.InferenceSession(
-            str(self.path), _session_options(self.threads), providers=onnx_providers(device)
+            str(self.path),
+            _session_options(self.intra_threads),
+            providers=onnx_providers(device),
         )
         self.providers = self.session.get_providers()
 
@@ -578,6 +647,7 @@ def onnx_backend(
     device: torch.device,
     *,
     threads: int | None = None,
+    workers: int = 1,
     directory: str | Path | None = None,
 ) -> OnnxBackend:
     """An :class:`OnnxBackend` for ``model``, exporting it to the cache on first use.
@@ -596,7 +666,7 @@ def onnx_backend(
     try:
         path, exported = cached_export(model, card, directory=directory)
         try:
-            return OnnxBackend(path, device, threads=threads)
+            return OnnxBackend(path, device, threads=threads, workers=workers)
         except ConfigError:
             raise
         except Exception as exc:
@@ -605,9 +675,9 @@ def onnx_backend(
             log.warning("cached ONNX export %s does not load (%s); exporting again", path, exc)
             path.unlink(missing_ok=True)
             path, _ = cached_export(model, card, directory=directory)
-            return OnnxBackend(path, device, threads=threads)
+            return OnnxBackend(path, device, threads=threads, workers=workers)
     except OSError as exc:
         log.warning("cannot write the ONNX cache (%s); exporting for this run only", exc)
         with tempfile.TemporaryDirectory(prefix="geoseg-onnx-") as tmp:
             path, _ = cached_export(model, card, directory=tmp)
-            return OnnxBackend(path, device, threads=threads)
+            return OnnxBackend(path, device, threads=threads, workers=workers)

@@ -22,6 +22,7 @@ from geoseg.infer.backends import (
     TorchBackend,
     choose_backend,
     default_threads,
+    default_workers,
     onnx_backend,
     onnxruntime_available,
 )
@@ -95,7 +96,8 @@ class Predictor:
     device : str
         ``auto`` (cuda, then mps, then cpu), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
     batch_size : int, optional
-        Tiles per forward pass (default 8 on GPU, 2 on CPU).
+        Tiles per forward pass (default 8 on GPU; on CPU 1 per worker when
+        several run at once, else 2).
     amp : bool, optional
         Mixed precision (bf16 where supported, else fp16); default on for GPUs
         only (on CPUs bf16 measured slower than fp32).  PyTorch backend only.
@@ -103,8 +105,13 @@ class Predictor:
         Use the channels_last memory format (default True; faster convolutions on
         CPU and GPU alike).  PyTorch backend only.
     threads : int, optional
-        Intra-op threads on CPU (default: the cores this process may use, see
+        CPU cores for the network (default: the cores this process may use, see
         :func:`~geoseg.infer.backends.default_threads`).
+    workers : int, optional
+        Network runs that may go on at once on the CPU with ONNX Runtime, each
+        with ``threads // workers`` intra-op threads (default
+        :func:`~geoseg.infer.backends.default_workers`: one per core, up to 4).
+        PyTorch and GPUs run one call at a time (``workers`` is 1).
     backend : {"auto", "torch", "onnx"}
         Inference engine; ``auto`` picks the fastest measured one for the device
         (:func:`~geoseg.infer.backends.choose_backend`: ONNX Runtime on CPU when it
@@ -121,6 +128,9 @@ class Predictor:
     backend : Backend
         The engine that runs; ``backend.name`` is ``torch``, ``torch-compile`` or
         ``onnx``.
+    workers : int
+        Calls the predictor is built to serve at once from different threads
+        (the stream keeps that many batches in flight).
 
     Raises
     ------
@@ -153,6 +163,7 @@ class Predictor:
         backend: str = "auto",
         compile: bool = False,
         cache_dir: str | Path | None = None,
+        workers: int | None = None,
     ) -> None:
         import torch
 
@@ -164,7 +175,8 @@ class Predictor:
             raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
         if threads is not None and threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {threads}")
-        self.batch_size = batch_size or (8 if gpu else 2)
+        if workers is not None and workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {workers}")
         self.amp = gpu if amp is None else bool(amp)
         self.channels_last = True if channels_last is None else bool(channels_last)
         if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
@@ -172,6 +184,7 @@ class Predictor:
         else:
             self.amp_dtype = torch.float16 if gpu else torch.bfloat16
         self.threads = threads or default_threads()
+        self._want_workers = workers or default_workers(self.threads)
         name = (backend or "auto").lower()
         if compile and name == "onnx":
             raise ConfigError(
@@ -186,19 +199,27 @@ class Predictor:
                 "(or use --backend auto/torch)"
             )
         self.backend: Backend = self._make_backend(name, compile, cache_dir)
+        self.workers: int = getattr(self.backend, "workers", 1)
+        self.batch_size = batch_size or (8 if gpu else 1 if self.workers > 1 else 2)
         log.info(
-            "inference on %s with %s (batch %d, threads %d)",
+            "inference on %s with %s (batch %d, threads %d, workers %d)",
             self.device,
             self.backend.name,
             self.batch_size,
             self.threads,
+            self.workers,
         )
 
     def _make_backend(self, name: str, compile: bool, cache_dir: str | Path | None) -> Backend:
         if name == "onnx":
             try:
                 return onnx_backend(
-                    self.model, self.card, self.device, threads=self.threads, directory=cache_dir
+                    self.model,
+                    self.card,
+                    self.device,
+                    threads=self.threads,
+                    workers=self._want_workers if self.device.type == "cpu" else 1,
+                    directory=cache_dir,
                 )
             except Exception as exc:  # any failure to export or load: PyTorch still works
                 log.warning(
@@ -222,6 +243,34 @@ class Predictor:
         """Number of output classes."""
         return self.card.n_classes
 
+    @property
+    def blend_device(self) -> torch.device | None:
+        """Where the stream should blend this predictor's output: its GPU, or None (host).
+
+        On a CUDA device with the PyTorch backend the probabilities stay on the
+        GPU (:meth:`predict_on_device`) and are blended there; every other
+        combination hands numpy arrays to the host blender.
+        """
+        if self.device.type == "cuda" and isinstance(self.backend, TorchBackend):
+            return self.device
+        return None
+
+    def predict_on_device(self, batch: np.ndarray) -> torch.Tensor:
+        """Like calling the predictor, but the probabilities stay on the device as a tensor.
+
+        Raises
+        ------
+        ConfigError
+            If the backend is not PyTorch (ONNX Runtime returns host arrays), or
+            the batch has the wrong shape.
+        """
+        if not isinstance(self.backend, TorchBackend):
+            raise ConfigError(
+                f"the {self.backend.name} backend returns host arrays; use --backend torch "
+                "to keep probabilities on the device"
+            )
+        return self.backend.run_on_device(self._check(batch))
+
     def __call__(self, batch: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         """Class probabilities for a batch of normalised tiles.
 
@@ -242,12 +291,15 @@ class Predictor:
         ConfigError
             If the batch is not 4-D with the card's band count.
         """
+        return self.backend(self._check(batch))
+
+    def _check(self, batch: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         x = np.ascontiguousarray(batch, dtype=np.float32)
         if x.ndim != 4 or x.shape[1] != self.card.in_channels:
             raise ConfigError(
                 f"expected a batch of shape (N, {self.card.in_channels}, H, W), got {x.shape}"
             )
-        return self.backend(x)
+        return x
 
 
 def normalize(

@@ -1,30 +1,43 @@
 """The streaming inference loop: tiles in, finished class strips out.
 
-A reader thread reads and normalises tiles ahead of the network (so the
-device does not wait on disk); the calling thread batches them through the
-predictor and the :class:`~geoseg.infer.blend.StreamingBlender`; finished
-strips are yielded top to bottom as soon as no later tile can touch them.
+Three stages run at once, connected by bounded queues, so the network never
+waits for the work around it:
+
+1. reader threads read and normalise tiles ahead of the network (one by
+   default; more for a fast GPU), each with its own dataset handle, taking
+   tiles in turn so the order never changes;
+2. an inference thread batches them through the predictor;
+3. the calling thread blends the probabilities
+   (:class:`~geoseg.infer.blend.StreamingBlender`, or
+   :class:`~geoseg.infer.blend.TorchBlender` on the GPU) and yields finished
+   strips top to bottom as soon as no later tile can touch them, while the
+   network already runs the next batch.
+
+numpy, ONNX Runtime and PyTorch release the GIL in their kernels, so the
+stages overlap on a multi-core CPU as well as between CPU and GPU.
 """
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from geoseg.infer.blend import BlendedBlock, StreamingBlender
+from geoseg.infer.blend import CLASS_NODATA, BlendedBlock, StreamingBlender
 from geoseg.types import PixelWindow, Tile, TileGrid
 
-CLASS_NODATA = 255
 PROB_NODATA = 255
 PROB_SCALE = 254
 
 ReadFn = Callable[[PixelWindow], tuple[np.ndarray, np.ndarray]]
 NormalizeFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
-PredictFn = Callable[[np.ndarray], np.ndarray]
+PredictFn = Callable[[np.ndarray], Any]
 ProgressFn = Callable[[int, int], None]
 
 
@@ -60,30 +73,104 @@ class _Failure:
 
 
 _DONE = object()
+_POLL_S = 0.1
+
+__all__ = ["CLASS_NODATA", "PROB_NODATA", "PROB_SCALE", "StreamStats", "Strip", "stream_segment"]
+
+
+def _put(q: queue.Queue[object], item: object, stop: threading.Event) -> bool:
+    """Put ``item`` unless ``stop`` is set first; False when stopped."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=_POLL_S)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _get(q: queue.Queue[object], stop: threading.Event) -> object:
+    """Next item of ``q``, or ``_DONE`` once ``stop`` is set."""
+    while not stop.is_set():
+        try:
+            return q.get(timeout=_POLL_S)
+        except queue.Empty:
+            continue
+    return _DONE
 
 
 def _reader(
-    grid: TileGrid,
+    tiles: Iterable[Tile],
     read: ReadFn,
     normalize: NormalizeFn,
     out: queue.Queue[object],
     stop: threading.Event,
 ) -> None:
     try:
-        for tile in grid:
+        for tile in tiles:
             if stop.is_set():
                 return
             data, valid = read(tile.window)
             x = normalize(data, valid) if valid.any() else None
-            while not stop.is_set():
-                try:
-                    out.put((tile, x, valid), timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-        out.put(_DONE)
+            if not _put(out, (tile, x, valid), stop):
+                return
+        _put(out, _DONE, stop)
     except BaseException as exc:  # handed to the consumer thread, which re-raises it
-        out.put(_Failure(exc))
+        _put(out, _Failure(exc), stop)
+
+
+def _infer(
+    total: int,
+    inputs: list[queue.Queue[object]],
+    predict: PredictFn,
+    batch_size: int,
+    workers: int,
+    out: queue.Queue[object],
+    stop: threading.Event,
+) -> None:
+    """Take tiles from the reader queues in grid order, run batches, pass results on.
+
+    Up to ``workers`` batches run at once in a thread pool; their futures go
+    to ``out`` in grid order, so the consumer blends them in order whichever
+    finishes first.  ``out`` being bounded keeps the batches in flight bounded.
+    """
+    pending: list[tuple[Tile, np.ndarray | None, np.ndarray]] = []
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="geoseg-net")
+
+    def flush() -> bool:
+        xs = [x for _, x, _ in pending if x is not None]
+        fut: Future[Any] | None = pool.submit(predict, np.stack(xs)) if xs else None
+        batch = [(tile, x is not None, valid) for tile, x, valid in pending]
+        pending.clear()
+        return _put(out, (batch, fut), stop)
+
+    try:
+        n_valid = 0
+        for i in range(total):
+            item = _get(inputs[i % len(inputs)], stop)
+            if item is _DONE:
+                if stop.is_set():
+                    return
+                raise RuntimeError("a tile reader ended before the grid did")
+            if isinstance(item, _Failure):
+                _put(out, item, stop)
+                return
+            assert isinstance(item, tuple)
+            pending.append(item)
+            n_valid += item[1] is not None
+            # Long runs of all-nodata tiles are flushed too, so pending stays small.
+            if n_valid >= batch_size or len(pending) >= 8 * batch_size:
+                if not flush():
+                    return
+                n_valid = 0
+        if pending and not flush():
+            return
+        _put(out, _DONE, stop)
+    except BaseException as exc:  # handed to the consumer thread, which re-raises it
+        _put(out, _Failure(exc), stop)
+    finally:
+        # Submitted batches run to the end; once stopped, those not started yet are dropped.
+        pool.shutdown(wait=True, cancel_futures=stop.is_set())
 
 
 class _StripAssembler:
@@ -110,14 +197,14 @@ class _StripAssembler:
         if block.row_off != self._row_off:
             self._new(block.row_off, rows)
         c0, c1 = block.col_off, block.col_off + cols
-        cls = np.argmax(block.probs, axis=0).astype(np.uint8)
-        cls[~block.covered] = CLASS_NODATA
-        self._classes[:, c0:c1] = cls
+        self._classes[:, c0:c1] = block.classes
         if self._probs is not None:
+            assert block.probs is not None
             p = np.rint(block.probs * PROB_SCALE).astype(np.uint8)
             p[:, ~block.covered] = PROB_NODATA
             self._probs[:, :, c0:c1] = p
         if self._exact is not None:
+            assert block.probs is not None
             self._exact[:, :, c0:c1] = block.probs
         if c1 < self.grid.width:
             return None
@@ -127,7 +214,7 @@ class _StripAssembler:
 
 def stream_segment(
     grid: TileGrid,
-    read: ReadFn,
+    read: ReadFn | Sequence[ReadFn],
     normalize: NormalizeFn,
     predict: PredictFn,
     n_classes: int,
@@ -139,6 +226,8 @@ def stream_segment(
     prefetch: int = 2,
     progress: ProgressFn | None = None,
     stats: StreamStats | None = None,
+    blend_device: Any = None,
+    workers: int = 1,
 ) -> Iterator[Strip]:
     """Segment a raster tile by tile and yield finished strips top to bottom.
 
@@ -146,13 +235,18 @@ def stream_segment(
     ----------
     grid : TileGrid
         Tiles to run (see :func:`geoseg.tiling.make_grid`).
-    read : callable
+    read : callable or sequence of callables
         ``read(window) -> (data, valid)``, e.g. :meth:`geoseg.io.read.RasterSource.read`.
-        It runs in a background thread.
+        One reader thread per callable, each calling only its own (so each may
+        hold its own dataset handle: GDAL handles are not thread-safe); tiles
+        are dealt to them in turn and taken back in the same order.
     normalize : callable
-        ``normalize(data, valid) -> float32 array`` fed to the network.
+        ``normalize(data, valid) -> float32 array`` fed to the network; runs in
+        the reader threads.
     predict : callable
-        ``predict(batch (N, bands, H, W)) -> probabilities (N, classes, H, W)``.
+        ``predict(batch (N, bands, H, W)) -> probabilities (N, classes, H, W)``,
+        a numpy array, or a torch tensor on ``blend_device``.  It runs in its
+        own thread(s): see ``workers``.
     n_classes : int
         Number of classes ``predict`` returns.
     batch_size : int
@@ -162,11 +256,19 @@ def stream_segment(
     margin : int, optional
         Zero-weight margin of the blending window (default ``overlap // 4``).
     prefetch : int
-        Batches the reader may run ahead.
+        Batches each stage may run ahead of the next.
     progress : callable, optional
-        ``progress(tiles_done, tiles_total)`` after each batch.
+        ``progress(tiles_done, tiles_total)`` after each batch is blended.
     stats : StreamStats, optional
         Filled with tile and pixel counters.
+    blend_device : torch.device or str, optional
+        Blend on this torch device (:class:`~geoseg.infer.blend.TorchBlender`),
+        for a ``predict`` that leaves its output there; default: numpy on the
+        host.
+    workers : int
+        ``predict`` calls that may run at once, from different threads (it must
+        be thread-safe when above 1; see
+        :attr:`geoseg.infer.predictor.Predictor.workers`).
 
     Yields
     ------
@@ -174,52 +276,74 @@ def stream_segment(
         Consecutive strips that together cover every raster row once.
     """
     stats = stats if stats is not None else StreamStats()
-    blender = StreamingBlender(grid, n_classes, margin=margin)
+    want_probs = probabilities or exact_probabilities
+    blender: StreamingBlender
+    if blend_device is not None:
+        from geoseg.infer.blend import TorchBlender
+
+        blender = TorchBlender(
+            grid, n_classes, device=blend_device, margin=margin, probabilities=want_probs
+        )
+    else:
+        blender = StreamingBlender(grid, n_classes, margin=margin, probabilities=want_probs)
     assembler = _StripAssembler(grid, n_classes, probabilities, exact_probabilities)
-    q: queue.Queue[object] = queue.Queue(maxsize=max(1, prefetch * batch_size))
-    stop = threading.Event()
-    thread = threading.Thread(
-        target=_reader, args=(grid, read, normalize, q, stop), name="geoseg-reader", daemon=True
-    )
-    thread.start()
+    reads = [read] if callable(read) else list(read)
+    if not reads:
+        raise ValueError("stream_segment needs at least one read function")
     total = len(grid)
+    stop = threading.Event()
+    depth = max(1, prefetch * batch_size)
+    in_qs: list[queue.Queue[object]] = [
+        queue.Queue(maxsize=max(1, -(-depth // len(reads)))) for _ in reads
+    ]
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    # Batches in flight: one per worker running plus ``prefetch`` finished, waiting.
+    out_q: queue.Queue[object] = queue.Queue(maxsize=workers + max(0, prefetch - 1))
+    threads = [
+        threading.Thread(
+            target=_reader,
+            args=(itertools.islice(grid, k, None, len(reads)), fn, normalize, in_qs[k], stop),
+            name=f"geoseg-reader-{k}",
+            daemon=True,
+        )
+        for k, fn in enumerate(reads)
+    ]
+    threads.append(
+        threading.Thread(
+            target=_infer,
+            args=(total, in_qs, predict, batch_size, workers, out_q, stop),
+            name="geoseg-infer",
+            daemon=True,
+        )
+    )
+    for t in threads:
+        t.start()
     done = 0
-    pending: list[tuple[Tile, np.ndarray | None, np.ndarray]] = []
-
-    def flush() -> Iterator[Strip]:
-        nonlocal done
-        xs = [x for _, x, _ in pending if x is not None]
-        results = iter(predict(np.stack(xs))) if xs else iter(())
-        for tile, x, valid in pending:
-            probs = next(results) if x is not None else None
-            stats.tiles += 1
-            if x is None:
-                stats.skipped_tiles += 1
-            for block in blender.add(tile, probs, valid):
-                strip = assembler.add(block)
-                if strip is not None:
-                    stats.valid_pixels += int(np.count_nonzero(strip.classes != CLASS_NODATA))
-                    yield strip
-        done += len(pending)
-        pending.clear()
-        if progress is not None:
-            progress(done, total)
-
     try:
         while True:
-            item = q.get()
+            item = out_q.get()
             if item is _DONE:
                 break
             if isinstance(item, _Failure):
                 raise item.exc
             assert isinstance(item, tuple)
-            pending.append(item)
-            # Long runs of all-nodata tiles are flushed too, so pending stays small.
-            if len(pending) >= 8 * batch_size or (
-                sum(1 for _, x, _ in pending if x is not None) >= batch_size
-            ):
-                yield from flush()
-        yield from flush()
+            batch, fut = item
+            results = iter(fut.result()) if fut is not None else iter(())
+            for tile, has_data, valid in batch:
+                probs = next(results) if has_data else None
+                stats.tiles += 1
+                if probs is None:
+                    stats.skipped_tiles += 1
+                for block in blender.add(tile, probs, valid):
+                    strip = assembler.add(block)
+                    if strip is not None:
+                        stats.valid_pixels += int(np.count_nonzero(strip.classes != CLASS_NODATA))
+                        yield strip
+            done += len(batch)
+            if progress is not None:
+                progress(done, total)
     finally:
         stop.set()
-        thread.join(timeout=10)
+        for t in threads:
+            t.join(timeout=10)

@@ -20,7 +20,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.enums import ColorInterp, Resampling
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
@@ -281,6 +281,11 @@ class RasterSource:
         self.spec = spec
         self.bands = tuple(bands) if bands is not None else tuple(range(1, spec.count + 1))
         self._float = spec.dtype.startswith("complex") or np.dtype(spec.dtype).kind in "fc"
+        # No nodata value, mask band or alpha on any selected band: every pixel is data,
+        # and reading GDAL's all-255 masks (one per band) would only cost time.
+        self._all_valid = self._ds is self._src and all(
+            list(self._src.mask_flag_enums[b - 1]) == [MaskFlags.all_valid] for b in self.bands
+        )
 
     def _warped(self, resolution: float) -> WarpedVRT:
         src = self._src
@@ -334,16 +339,19 @@ class RasterSource:
         rw = Window(inner.col_off, inner.row_off, inner.width, inner.height)
         try:
             data = self._ds.read(self.bands, window=rw)
-            masks = self._ds.read_masks(self.bands, window=rw)
+            if self._all_valid:
+                valid = np.ones(data.shape[1:], dtype=bool)
+            else:
+                masks = self._ds.read_masks(self.bands, window=rw)
+                # GDAL's dataset-mask rule: a pixel is nodata only when every band is;
+                # a dark pixel with one band at the nodata value is still data.
+                valid = np.any(masks > 0, axis=0)
         except RasterioError as exc:
             detail = str(exc.__cause__ or exc)
             raise RasterReadError(
                 f"failed to read pixels of {self.path} at rows {inner.row_off}-{inner.row_end}, "
                 f"cols {inner.col_off}-{inner.col_end} ({detail}); the file may be corrupt or truncated"
             ) from exc
-        # GDAL's dataset-mask rule: a pixel is nodata only when every band is;
-        # a dark pixel with one band at the nodata value is still data.
-        valid = np.any(masks > 0, axis=0)
         if self._float:
             valid &= np.all(np.isfinite(data), axis=0)
         if inner != window:

@@ -305,10 +305,15 @@ def test_cuda_path_pins_reuses_staging_and_agrees() -> None:
     ref = reference(model_for(card), x)
     backend = TorchBackend(model_for(card), torch.device("cuda"), amp=False)
     np.testing.assert_allclose(backend(x), ref, atol=1e-3)
-    staging = backend._staging
-    assert staging is not None and staging.is_pinned()
     backend(x)
-    assert backend._staging is staging
+    buffers = [buf for buf, _ in backend._staging]
+    assert all(buf is not None and buf.is_pinned() for buf in buffers)
+    # Two buffers in turn, reused from then on; results left on the GPU agree too.
+    on_device = backend.run_on_device(x)
+    assert on_device.device.type == "cuda"
+    np.testing.assert_allclose(on_device.cpu().numpy(), ref, atol=1e-3)
+    backend(x)
+    assert [buf for buf, _ in backend._staging] == buffers
     amp = Predictor(model_for(card), card, device="cuda")
     assert amp.amp and amp.backend.name == "torch"
     np.testing.assert_allclose(amp(x), ref, atol=5e-2)
