@@ -139,7 +139,9 @@ def _infer(
 
     def flush() -> bool:
         xs = [x for _, x, _ in pending if x is not None]
-        fut: Future[Any] | None = pool.submit(predict, np.stack(xs)) if xs else None
+        # One tile (batch 1, the CPU default) goes as a view: no copy between reader and model.
+        batch_x = xs[0][None] if len(xs) == 1 else np.stack(xs) if xs else None
+        fut: Future[Any] | None = pool.submit(predict, batch_x) if batch_x is not None else None
         batch = [(tile, x is not None, valid) for tile, x, valid in pending]
         pending.clear()
         return _put(out, (batch, fut), stop)
