@@ -117,7 +117,7 @@ def run_demo(
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     report = DemoReport(out)
-    loaded = model if isinstance(model, LoadedModel) else load_checkpoint(model)
+    loaded = model if isinstance(model, LoadedModel) else load_checkpoint(model, lazy=True)
 
     def stage(name: str) -> Callable[[int, int], None] | None:
         if progress is None:

@@ -496,7 +496,7 @@ def evaluate(
         raise ConfigError("no images to evaluate; pass --images")
     if not labels:
         raise ConfigError("no labels to evaluate against; pass --labels")
-    loaded = model if isinstance(model, LoadedModel) else load_checkpoint(model)
+    loaded = model if isinstance(model, LoadedModel) else load_checkpoint(model, lazy=True)
     card: ModelCard = loaded.card
     names = [c.name for c in card.classes]
     labelled = cfg.labelled_classes or tuple(names[1:])

@@ -406,7 +406,7 @@ def _run_scene(
     for out in (dst, cfg.probabilities):
         if out is not None:
             check_output_path(out, overwrite=cfg.overwrite)
-    loaded = model if isinstance(model, LoadedModel) else load_checkpoint(model)
+    loaded = model if isinstance(model, LoadedModel) else load_checkpoint(model, lazy=True)
     card = loaded.card
     bands = select_bands(spec, card.bands, cfg.bands)
     check_dtype(spec, card.input_range, cfg.input_range)
@@ -427,7 +427,7 @@ def _run_scene(
             )
 
     predictor = Predictor(
-        loaded.model,
+        loaded,
         card,
         device=cfg.device,
         batch_size=cfg.batch_size,

@@ -103,7 +103,7 @@ def _cached_predictor(
     """
     loaded = cached_model(model_path, model_sha256)
     return Predictor(
-        loaded.model, loaded.card, device=device, batch_size=batch_size, amp=amp, threads=threads
+        loaded, loaded.card, device=device, batch_size=batch_size, amp=amp, threads=threads
     )
 
 
@@ -245,7 +245,7 @@ def segment(
     import dask
     import dask.array as dsa
 
-    loaded = model if isinstance(model, LoadedModel) else load_checkpoint(model)
+    loaded = model if isinstance(model, LoadedModel) else load_checkpoint(model, lazy=True)
     remember_model(loaded)
     card = loaded.card
     arr = _band_yx(da)

@@ -305,3 +305,41 @@ def test_masks_are_read_only_when_a_band_has_one(make_raster, tmp_path):
         PredictConfig(readers=17)
     with pytest.raises(ConfigError, match="--workers"):
         PredictConfig(workers=0)
+
+
+NO_TORCH_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from geoseg.pipeline import PredictConfig, run_scene
+    src, model, out = sys.argv[1:4]
+    stats = run_scene(src, out, model, PredictConfig(device="cpu", overwrite=True))
+    print(json.dumps({"torch": "torch" in sys.modules, "tiles": stats.tiles}))
+    """
+)
+
+
+def test_cached_onnx_runs_never_import_torch(tiny_model_dir, make_raster, tmp_path):
+    """Once a checkpoint's export is cached, a CPU run needs neither PyTorch nor the network."""
+    from geoseg.infer.backends import onnxruntime_available
+
+    if not onnxruntime_available():
+        pytest.skip("onnxruntime not installed")
+    src = make_raster(shape=(150, 170))
+    env = {**os.environ, "GEOSEG_CACHE_DIR": str(tmp_path / "cache")}
+
+    def run(out):
+        r = subprocess.run(
+            [sys.executable, "-c", NO_TORCH_SCRIPT, str(src), str(tiny_model_dir), str(out)],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert r.returncode == 0, r.stderr[-2000:]
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    first = run(tmp_path / "first.tif")  # exports: builds the network with torch
+    assert first["torch"] and first["tiles"] > 0
+    second = run(tmp_path / "second.tif")
+    assert not second["torch"], "a cached export must not need torch"
+    with rasterio.open(tmp_path / "first.tif") as a, rasterio.open(tmp_path / "second.tif") as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))

@@ -48,7 +48,7 @@ def cached_model(path: str, sha256: str) -> LoadedModel:
     with _LOCK:
         loaded = _MODELS.get(key)
         if loaded is None:
-            loaded = load_checkpoint(path)
+            loaded = load_checkpoint(path, lazy=True)
             if loaded.sha256 != sha256:
                 raise CheckpointError(
                     f"the weights of {path} changed after the run started (sha256 "

@@ -29,8 +29,9 @@ import re
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import numpy as np
 
@@ -56,6 +57,29 @@ EXPORT_FORMAT = 1
 #: Largest difference in probability between the export and PyTorch accepted when an export
 #: is checked; a graph that baked in a tile shape or mistranslated an op is far off this.
 EXPORT_ATOL = 1e-3
+
+
+#: A network, or a zero-argument function that builds it on demand.
+ModelLike: TypeAlias = "nn.Module | Callable[[], nn.Module]"
+
+
+@dataclass(frozen=True)
+class HostCPU:
+    """The CPU as a device, named without importing PyTorch.
+
+    The ONNX Runtime path on a machine without a GPU never needs torch; this
+    stands in for ``torch.device("cpu")`` there (same ``type`` and ``index``).
+    """
+
+    type: str = "cpu"
+    index: int | None = None
+
+    def __str__(self) -> str:
+        return "cpu"
+
+
+#: What the backends accept as a device.
+Device: TypeAlias = "torch.device | HostCPU"
 
 
 class Backend(Protocol):
@@ -136,7 +160,7 @@ def onnxruntime_available() -> bool:
     return True
 
 
-def choose_backend(requested: str, device: torch.device) -> str:
+def choose_backend(requested: str, device: Device) -> str:
     """Resolve ``auto`` to a concrete backend for ``device``; check explicit names.
 
     The rule, from ``benchmarks/bench_backends.py`` (U-Net with an
@@ -354,6 +378,43 @@ def export_key(model: nn.Module, card: ModelCard) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+def export_key_for_weights(weights_sha256: str, card: ModelCard) -> str:
+    """Cache key from the sha256 of a checkpoint's weights *file* (no network needed).
+
+    Lets a checkpoint loaded lazily find its export without importing PyTorch or
+    building the network; a file with the same bytes always builds the same
+    network, so the key is as faithful as :func:`export_key`.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        torch_version = version("torch").split("+")[0]
+    except PackageNotFoundError:
+        torch_version = "none"
+    spec = {
+        "weights_file": weights_sha256,
+        "architecture": card.architecture,
+        "encoder": card.encoder,
+        "arch_params": card.arch_params,
+        "in_channels": card.in_channels,
+        "n_classes": card.n_classes,
+        "inputs": "float32 NCHW, dynamic N/H/W",
+        "outputs": "float32 softmax",
+        "opset": ONNX_OPSET,
+        "format": EXPORT_FORMAT,
+        "torch": torch_version,
+    }
+    text = json.dumps(spec, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _network(model: ModelLike) -> nn.Module:
+    """The module itself, or what a zero-argument builder returns."""
+    from torch import nn
+
+    return model if isinstance(model, nn.Module) else model()
+
+
 def _slug(card: ModelCard) -> str:
     raw = f"{card.architecture}-{card.encoder or 'default'}"
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", raw)
@@ -511,18 +572,27 @@ def _check_export(path: Path, wrapped: nn.Module, card: ModelCard, h: int, w: in
 
 
 def cached_export(
-    model: nn.Module, card: ModelCard, *, directory: str | Path | None = None
+    model: ModelLike,
+    card: ModelCard,
+    *,
+    directory: str | Path | None = None,
+    weights_key: str | None = None,
 ) -> tuple[Path, bool]:
     """The cached ONNX export of ``model``, exporting it on first use.
 
     Parameters
     ----------
-    model : torch.nn.Module
-        Logits network.
+    model : torch.nn.Module or callable
+        Logits network, or a zero-argument function building it (called only
+        when the export is not cached yet).
     card : ModelCard
         Its card.
     directory : str or Path, optional
         Cache directory (default :func:`cache_dir`).
+    weights_key : str, optional
+        sha256 of the checkpoint's weights file: the cache is keyed by it
+        (:func:`export_key_for_weights`) instead of hashing the network's
+        tensors, so a cache hit needs no network at all.
 
     Returns
     -------
@@ -537,12 +607,17 @@ def cached_export(
         If the cache directory cannot be written.
     """
     folder = Path(directory) if directory is not None else cache_dir()
-    path = folder / f"{_slug(card)}-{export_key(model, card)}.onnx"
+    if weights_key is not None:
+        key = export_key_for_weights(weights_key, card)
+    else:
+        model = _network(model)
+        key = export_key(model, card)
+    path = folder / f"{_slug(card)}-{key}.onnx"
     if path.is_file():
         log.debug("ONNX export cache hit: %s", path)
         return path, False
     log.info("exporting %s/%s to ONNX (once per model): %s", card.architecture, card.encoder, path)
-    return export_onnx(model, card, path), True
+    return export_onnx(_network(model), card, path), True
 
 
 # --- ONNX Runtime -----------------------------------------------------------------------------
@@ -563,7 +638,7 @@ def _session_options(threads: int) -> Any:
     return so
 
 
-def onnx_providers(device: torch.device) -> list[Any]:
+def onnx_providers(device: Device) -> list[Any]:
     """ONNX Runtime execution providers for ``device``.
 
     Raises
@@ -615,7 +690,7 @@ class OnnxBackend:
     def __init__(
         self,
         path: str | Path,
-        device: torch.device,
+        device: Device,
         *,
         threads: int | None = None,
         workers: int = 1,
@@ -642,13 +717,14 @@ class OnnxBackend:
 
 
 def onnx_backend(
-    model: nn.Module,
+    model: ModelLike,
     card: ModelCard,
-    device: torch.device,
+    device: Device,
     *,
     threads: int | None = None,
     workers: int = 1,
     directory: str | Path | None = None,
+    weights_key: str | None = None,
 ) -> OnnxBackend:
     """An :class:`OnnxBackend` for ``model``, exporting it to the cache on first use.
 
@@ -664,7 +740,7 @@ def onnx_backend(
         If onnxruntime has no provider for ``device``.
     """
     try:
-        path, exported = cached_export(model, card, directory=directory)
+        path, exported = cached_export(model, card, directory=directory, weights_key=weights_key)
         try:
             return OnnxBackend(path, device, threads=threads, workers=workers)
         except ConfigError:
@@ -674,10 +750,10 @@ def onnx_backend(
                 raise
             log.warning("cached ONNX export %s does not load (%s); exporting again", path, exc)
             path.unlink(missing_ok=True)
-            path, _ = cached_export(model, card, directory=directory)
+            path, _ = cached_export(model, card, directory=directory, weights_key=weights_key)
             return OnnxBackend(path, device, threads=threads, workers=workers)
     except OSError as exc:
         log.warning("cannot write the ONNX cache (%s); exporting for this run only", exc)
         with tempfile.TemporaryDirectory(prefix="geoseg-onnx-") as tmp:
-            path, _ = cached_export(model, card, directory=tmp)
+            path, _ = cached_export(model, card, directory=tmp, weights_key=weights_key)
             return OnnxBackend(path, device, threads=threads, workers=workers)

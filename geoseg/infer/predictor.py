@@ -10,6 +10,7 @@ to class probabilities.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +20,8 @@ import numpy as np
 from geoseg.errors import ConfigError
 from geoseg.infer.backends import (
     Backend,
+    Device,
+    HostCPU,
     TorchBackend,
     choose_backend,
     default_threads,
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from geoseg.models.card import ModelCard
+    from geoseg.models.checkpoint import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +84,42 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
+def _gpu_possible() -> bool:
+    """Whether this machine might have a GPU torch could use (cheap, without importing torch).
+
+    Linux: an NVIDIA device node or driver entry (ROCm builds of torch also use
+    ``cuda``: ``/dev/kfd``).  macOS may have MPS; elsewhere we cannot tell
+    cheaply, so the answer is yes and torch decides.
+    """
+    if sys.platform == "darwin":
+        return True
+    if not sys.platform.startswith("linux"):
+        return True
+    dev = Path("/dev")
+    return (
+        any(dev.glob("nvidia[0-9]*"))
+        or Path("/dev/kfd").exists()
+        or any(Path("/proc/driver/nvidia/gpus").glob("*"))
+    )
+
+
+def _host_cpu_if_enough(device: str, backend: str) -> HostCPU | None:
+    """The CPU without importing torch, when that is certainly where ONNX Runtime will run.
+
+    Only for ``backend`` auto/onnx, ``device`` cpu (or auto on a machine with no
+    GPU), onnxruntime installed, and torch not imported yet (once it is, asking
+    it costs nothing).
+    """
+    name = (device or "auto").lower()
+    if backend not in ("auto", "onnx") or name not in ("auto", "cpu"):
+        return None
+    if "torch" in sys.modules or not onnxruntime_available():
+        return None
+    if name == "auto" and _gpu_possible():
+        return None
+    return HostCPU()
+
+
 class Predictor:
     """Batched, device-aware inference returning class probabilities.
 
@@ -89,8 +129,11 @@ class Predictor:
 
     Parameters
     ----------
-    model : torch.nn.Module
-        Network mapping ``(N, bands, H, W)`` to ``(N, classes, H, W)`` logits.
+    model : torch.nn.Module or LoadedModel
+        Network mapping ``(N, bands, H, W)`` to ``(N, classes, H, W)`` logits, or
+        a checkpoint loaded with ``load_checkpoint(..., lazy=True)``: then the
+        ONNX Runtime path finds its cached export by the weights file's hash
+        and neither builds the network nor imports PyTorch on a CPU-only machine.
     card : ModelCard
         Its card (band count, classes, stride).
     device : str
@@ -152,7 +195,7 @@ class Predictor:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | LoadedModel,
         card: ModelCard,
         *,
         device: str = "auto",
@@ -165,26 +208,14 @@ class Predictor:
         cache_dir: str | Path | None = None,
         workers: int | None = None,
     ) -> None:
-        import torch
-
         self.card = card
-        self.model = model
-        self.device = resolve_device(device)
-        gpu = self.device.type in ("cuda", "mps")
+        self._source = model
         if batch_size is not None and batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
         if threads is not None and threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {threads}")
         if workers is not None and workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {workers}")
-        self.amp = gpu if amp is None else bool(amp)
-        self.channels_last = True if channels_last is None else bool(channels_last)
-        if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
-            self.amp_dtype = torch.bfloat16
-        else:
-            self.amp_dtype = torch.float16 if gpu else torch.bfloat16
-        self.threads = threads or default_threads()
-        self._want_workers = workers or default_workers(self.threads)
         name = (backend or "auto").lower()
         if compile and name == "onnx":
             raise ConfigError(
@@ -192,6 +223,12 @@ class Predictor:
             )
         if compile and name == "auto":
             name = "torch"
+        self.device: Device = _host_cpu_if_enough(device, name) or resolve_device(device)
+        gpu = self.device.type in ("cuda", "mps")
+        self.amp = gpu if amp is None else bool(amp)
+        self.channels_last = True if channels_last is None else bool(channels_last)
+        self.threads = threads or default_threads()
+        self._want_workers = workers or default_workers(self.threads)
         name = choose_backend(name, self.device)
         if name == "onnx" and not onnxruntime_available():
             raise ConfigError(
@@ -210,16 +247,29 @@ class Predictor:
             self.workers,
         )
 
+    @property
+    def model(self) -> nn.Module:
+        """The network (built on first use when the predictor got a lazily loaded checkpoint)."""
+        from geoseg.models.checkpoint import LoadedModel
+
+        src = self._source
+        return src.model if isinstance(src, LoadedModel) else src
+
     def _make_backend(self, name: str, compile: bool, cache_dir: str | Path | None) -> Backend:
+        from geoseg.models.checkpoint import LoadedModel
+
         if name == "onnx":
+            src = self._source
+            lazy = isinstance(src, LoadedModel)
             try:
                 return onnx_backend(
-                    self.model,
+                    (lambda: self.model) if lazy else self.model,
                     self.card,
                     self.device,
                     threads=self.threads,
                     workers=self._want_workers if self.device.type == "cpu" else 1,
                     directory=cache_dir,
+                    weights_key=src.sha256 if isinstance(src, LoadedModel) else None,
                 )
             except Exception as exc:  # any failure to export or load: PyTorch still works
                 log.warning(
@@ -228,6 +278,15 @@ class Predictor:
                     self.card.encoder,
                     exc,
                 )
+        import torch
+
+        if isinstance(self.device, HostCPU):
+            self.device = torch.device("cpu")
+        gpu = self.device.type in ("cuda", "mps")
+        if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
+            self.amp_dtype = torch.bfloat16
+        else:
+            self.amp_dtype = torch.float16 if gpu else torch.bfloat16
         return TorchBackend(
             self.model,
             self.device,
@@ -251,8 +310,8 @@ class Predictor:
         GPU (:meth:`predict_on_device`) and are blended there; every other
         combination hands numpy arrays to the host blender.
         """
-        if self.device.type == "cuda" and isinstance(self.backend, TorchBackend):
-            return self.device
+        if isinstance(self.backend, TorchBackend) and self.backend.device.type == "cuda":
+            return self.backend.device
         return None
 
     def predict_on_device(self, batch: np.ndarray) -> torch.Tensor:

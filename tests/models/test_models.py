@@ -158,3 +158,24 @@ def test_half_precision_checkpoint_loads_into_float32(tmp_path):
     assert next(loaded.model.parameters()).dtype == torch.float32
     with torch.inference_mode():
         np.testing.assert_allclose(loaded.model(x).numpy(), model(x).numpy(), atol=2e-2)
+
+
+def test_lazy_checkpoint_builds_the_network_on_first_use(tmp_path, tiny_model_dir):
+    eager = load_checkpoint(tiny_model_dir)
+    lazy = load_checkpoint(tiny_model_dir, lazy=True)
+    assert not lazy.built and lazy.sha256 == eager.sha256 and lazy.card == eager.card
+    x = torch.rand(1, 3, 16, 16)
+    with torch.inference_mode():
+        np.testing.assert_array_equal(lazy.model(x).numpy(), eager.model(x).numpy())
+    assert lazy.built and lazy.model is lazy.model
+    # It travels to dask workers: the lock is not pickled, the state is.
+    again = pickle.loads(pickle.dumps(load_checkpoint(tiny_model_dir, lazy=True)))
+    assert not again.built and again.model is not None and again.built
+    # Bad weights surface when the network is first needed, as a CheckpointError.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / CARD_NAME).write_text((tiny_model_dir / CARD_NAME).read_text())
+    (broken / WEIGHTS_NAME).write_bytes(b"not a safetensors file")
+    loaded = load_checkpoint(broken, lazy=True)
+    with pytest.raises(CheckpointError, match="safetensors"):
+        _ = loaded.model
