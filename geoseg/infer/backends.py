@@ -164,18 +164,23 @@ def choose_backend(requested: str, device: Device) -> str:
     """Resolve ``auto`` to a concrete backend for ``device``; check explicit names.
 
     The rule, from ``benchmarks/bench_backends.py`` (U-Net with an
-    efficientnet-lite0 encoder, 512 px tiles, batch 2, 2 cores, fp32):
+    efficientnet-lite0 encoder, 512 px tiles, 2 cores, fp32), measured on two
+    different 2-core x86-64 machines:
 
-    * CPU: ``onnx`` when onnxruntime and onnx import, else ``torch``.  Over
-      three runs ONNX Runtime ran the network at 1.76-1.92 Mpx/s (about 86 %
-      of the measured matmul peak), against 1.61-1.62 for ``torch.compile``
-      (after a 30 s compile), 1.08-1.15 for eager channels_last and 0.65-0.77
-      for eager contiguous; end to end, ``run_scene`` went 1.2-1.4x faster.
-      With libgomp's default ``OMP_WAIT_POLICY=ACTIVE`` on a machine shared
-      with other work the PyTorch figures dropped a further 1.7-3.2x while
-      ONNX Runtime's did not move.
+    * CPU: ``onnx`` when onnxruntime and onnx import, else ``torch``.  On an
+      AVX2 machine ONNX Runtime ran the network at 1.76-1.92 Mpx/s against
+      1.61-1.62 for ``torch.compile`` (after a 30 s compile), 1.08-1.15 for
+      eager channels_last and 0.65-0.77 for eager contiguous.  On an AVX-512
+      machine (bundled model, all 49 tiles of a 3072² raster), ONNX Runtime
+      with two concurrent single-threaded workers reached 1.83 Mpx/s, one
+      2-thread run 1.37, ``torch.compile`` 1.29 (after a 57 s compile),
+      eager channels_last 1.06 and eager contiguous 0.69.  With libgomp's
+      default ``OMP_WAIT_POLICY=ACTIVE`` on a machine shared with other work
+      the PyTorch figures dropped a further 1.7-3.2x while ONNX Runtime's did
+      not move.
     * CUDA and MPS: ``torch``, whose bf16/fp16 autocast with channels_last
-      tensor-core convolutions the fp32 ONNX graph does not get.
+      tensor-core convolutions the fp32 ONNX graph does not get (not measured
+      here: no GPU was available to this project yet).
 
     Raises
     ------
