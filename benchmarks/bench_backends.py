@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import os
 import statistics
@@ -227,7 +226,7 @@ def end_to_end(
     from geoseg.infer.predictor import Predictor
 
     # PyTorch converts the weights' memory format in place: every run gets its own copy.
-    loaded = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
+    loaded = loaded.with_model(copy.deepcopy(loaded.model))
     original = pipeline.Predictor
     if predictor_kw:
 

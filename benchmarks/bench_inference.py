@@ -79,7 +79,7 @@ bound_malloc()
 from geoseg.models import load_checkpoint
 from geoseg.pipeline import PredictConfig, run_scene
 src, model, out = sys.argv[1], sys.argv[2], sys.argv[3]
-loaded = load_checkpoint(model)
+loaded = load_checkpoint(model, lazy=True)  # as the CLI: a cached ONNX export needs no torch
 t1 = time.perf_counter()
 stats = run_scene(src, out, loaded, PredictConfig(device="cpu", overwrite=True))
 t2 = time.perf_counter()

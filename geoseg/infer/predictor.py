@@ -396,8 +396,10 @@ def normalize(
     out /= scale
     if not valid.all():
         out[:, ~valid] = 0.0
-    # isfinite + all is ~20x cheaper than nan_to_num, and almost every tile is all finite.
-    finite = np.isfinite(out)
-    if not finite.all():
-        out[~finite] = 0.0
+    if data.dtype.kind in "fc" or not np.isfinite(scale).all() or not (scale != 0).all():
+        # isfinite + all is ~20x cheaper than nan_to_num, and almost every tile is all finite;
+        # integer pixels with a finite, non-zero scale cannot produce NaN or inf at all.
+        finite = np.isfinite(out)
+        if not finite.all():
+            out[~finite] = 0.0
     return out
