@@ -364,23 +364,7 @@ def weights_sha256(model: nn.Module) -> str:
 
 def export_key(model: nn.Module, card: ModelCard) -> str:
     """Cache key of a model's ONNX export: weights, architecture and export settings."""
-    import torch
-
-    spec = {
-        "weights": weights_sha256(model),
-        "architecture": card.architecture,
-        "encoder": card.encoder,
-        "arch_params": card.arch_params,
-        "in_channels": card.in_channels,
-        "n_classes": card.n_classes,
-        "inputs": "float32 NCHW, dynamic N/H/W",
-        "outputs": "float32 softmax",
-        "opset": ONNX_OPSET,
-        "format": EXPORT_FORMAT,
-        "torch": torch.__version__.split("+")[0],
-    }
-    text = json.dumps(spec, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    return _export_key({"weights": weights_sha256(model)}, card)
 
 
 def export_key_for_weights(weights_sha256: str, card: ModelCard) -> str:
@@ -390,6 +374,11 @@ def export_key_for_weights(weights_sha256: str, card: ModelCard) -> str:
     building the network; a file with the same bytes always builds the same
     network, so the key is as faithful as :func:`export_key`.
     """
+    return _export_key({"weights_file": weights_sha256}, card)
+
+
+def _export_key(weights: dict[str, str], card: ModelCard) -> str:
+    """sha256 prefix over the weights' identity and everything that shapes the graph."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -397,7 +386,7 @@ def export_key_for_weights(weights_sha256: str, card: ModelCard) -> str:
     except PackageNotFoundError:
         torch_version = "none"
     spec = {
-        "weights_file": weights_sha256,
+        **weights,
         "architecture": card.architecture,
         "encoder": card.encoder,
         "arch_params": card.arch_params,
