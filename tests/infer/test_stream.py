@@ -282,3 +282,28 @@ def test_onnx_workers_share_one_session_safely(tiny_model_dir) -> None:
     assert one.workers == 1 and one.batch_size == 2 and one.backend.intra_threads == 2
     torch_pred = Predictor(loaded.model, loaded.card, device="cpu", backend="torch", workers=2)
     assert torch_pred.workers == 1  # torch's CPU pool is process-wide: one call at a time
+
+
+def test_cpu_is_named_without_torch_only_when_onnx_certainly_runs_there(monkeypatch) -> None:
+    import sys
+    from types import SimpleNamespace
+
+    from geoseg.infer import predictor as predictor_mod
+    from geoseg.infer.backends import HostCPU
+    from geoseg.pipeline import default_readers
+
+    pick = predictor_mod._host_cpu_if_enough
+    assert pick("cpu", "auto") is None  # torch is imported in this process: ask it
+    monkeypatch.delitem(sys.modules, "torch")
+    monkeypatch.setattr(predictor_mod, "onnxruntime_available", lambda: True)
+    monkeypatch.setattr(predictor_mod, "_gpu_possible", lambda: False)
+    assert pick("cpu", "auto") == HostCPU() and pick("auto", "onnx") == HostCPU()
+    assert str(HostCPU()) == "cpu" and HostCPU().index is None
+    for device, backend in [("cuda", "auto"), ("cpu", "torch"), ("mps", "onnx")]:
+        assert pick(device, backend) is None
+    monkeypatch.setattr(predictor_mod, "_gpu_possible", lambda: True)
+    assert pick("auto", "auto") is None and pick("cpu", "auto") == HostCPU()
+    monkeypatch.setattr(predictor_mod, "onnxruntime_available", lambda: False)
+    assert pick("cpu", "auto") is None
+    assert default_readers(HostCPU()) == 1
+    assert 1 <= default_readers(SimpleNamespace(type="cuda")) <= 4
