@@ -185,6 +185,7 @@ class StreamingBlender:
         self._carry = self._zeros((n_classes + 1, 0, grid.width))
         self._next_carry = self._zeros((n_classes + 1, 0, grid.width))
         self._expected = 0  # index of the next tile in row-major order
+        self._scratch: np.ndarray | None = None  # numpy path: one tile plane, reused
 
     # -- array backend: numpy here, torch in TorchBlender --------------------------------------
 
@@ -196,7 +197,7 @@ class StreamingBlender:
         if valid is not None and not valid.all():
             w = w * valid
         buf = self._buf
-        # probs * w into the weight-sum channel as scratch, then add: no temporary arrays.
+        # Each class times the weights into one reused scratch plane, then added: no temporaries.
         scratch = self._scratch_for(probs)
         for c in range(self.n_classes):
             np.multiply(probs[c], w, out=scratch)
@@ -204,10 +205,9 @@ class StreamingBlender:
         buf[-1] += w
 
     def _scratch_for(self, probs: np.ndarray) -> np.ndarray:
-        scratch = getattr(self, "_scratch", None)
-        if scratch is None or scratch.shape != probs.shape[1:]:
-            scratch = self._scratch = np.empty(probs.shape[1:], np.float32)
-        return scratch
+        if self._scratch is None or self._scratch.shape != probs.shape[1:]:
+            self._scratch = np.empty(probs.shape[1:], np.float32)
+        return self._scratch
 
     def _shift(self, n: int) -> None:
         """Shift the tile buffer left by ``n`` columns; vacated columns become zero."""
