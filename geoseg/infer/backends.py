@@ -86,6 +86,8 @@ class Backend(Protocol):
     """What the predictor calls: normalised float32 tiles in, float32 probabilities out."""
 
     name: str
+    #: Calls that may run at once from different threads.
+    workers: int
 
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 

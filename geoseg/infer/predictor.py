@@ -236,7 +236,7 @@ class Predictor:
                 "(or use --backend auto/torch)"
             )
         self.backend: Backend = self._make_backend(name, compile, cache_dir)
-        self.workers: int = getattr(self.backend, "workers", 1)
+        self.workers: int = self.backend.workers
         self.batch_size = batch_size or (8 if gpu else 1 if self.workers > 1 else 2)
         log.info(
             "inference on %s with %s (batch %d, threads %d, workers %d)",
@@ -260,16 +260,19 @@ class Predictor:
 
         if name == "onnx":
             src = self._source
-            lazy = isinstance(src, LoadedModel)
+            # A lazy checkpoint is built only if its export is not cached yet.
+            model, key = (
+                (src.model_builder, src.sha256) if isinstance(src, LoadedModel) else (src, None)
+            )
             try:
                 return onnx_backend(
-                    (lambda: self.model) if lazy else self.model,
+                    model,
                     self.card,
                     self.device,
                     threads=self.threads,
                     workers=self._want_workers if self.device.type == "cpu" else 1,
                     directory=cache_dir,
-                    weights_key=src.sha256 if isinstance(src, LoadedModel) else None,
+                    weights_key=key,
                 )
             except Exception as exc:  # any failure to export or load: PyTorch still works
                 log.warning(

@@ -84,6 +84,10 @@ class LoadedModel:
                 self._model = self._build()
         return self._model
 
+    def model_builder(self) -> nn.Module:
+        """The network, as a zero-argument function (builds it on the first call)."""
+        return self.model
+
     @property
     def built(self) -> bool:
         """Whether the network exists yet (False until a lazy model is first used)."""
