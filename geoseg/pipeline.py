@@ -104,8 +104,10 @@ class PredictConfig:
         same pixels of a whole-raster run (batch runs use it; implies
         ``resample="never"``).
     backend : {"auto", "torch", "onnx"}
-        Inference engine (see :mod:`geoseg.infer.backends`); ``auto`` is ONNX
-        Runtime on CPU when installed, PyTorch on GPUs.
+        Inference engine (see :mod:`geoseg.infer.backends`); ``auto`` is the
+        fastest one ``geoseg tune`` measured on this machine for the model
+        (:mod:`geoseg.infer.tune`), else ONNX Runtime on CPU when installed and
+        PyTorch on GPUs.
     compile : bool
         ``torch.compile`` the network (PyTorch backend).
     workers : int, optional

@@ -33,7 +33,7 @@ def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
 
 
 def _register() -> None:
-    from geoseg.cli import batch, demo, info, models, predict, vectorize
+    from geoseg.cli import batch, demo, info, models, predict, tune, vectorize
 
     cli.add_command(predict.predict)
     cli.add_command(batch.batch)
@@ -41,6 +41,7 @@ def _register() -> None:
     cli.add_command(models.models)
     cli.add_command(info.info)
     cli.add_command(demo.demo)
+    cli.add_command(tune.tune)
     from geoseg.cli import evaluate, train
 
     cli.add_command(train.train)

@@ -49,7 +49,8 @@ from geoseg.cli.progress import TileProgress
     type=click.Choice(["auto", "torch", "onnx"]),
     default="auto",
     show_default=True,
-    help="Inference engine: auto is ONNX Runtime on CPU (when installed), PyTorch on GPUs.",
+    help="Inference engine: auto is the fastest that 'geoseg tune' measured here, else "
+    "ONNX Runtime on CPU (when installed) and PyTorch on GPUs.",
 )
 @click.option(
     "--compile", "compile_model", is_flag=True, help="torch.compile the network (PyTorch backend)."

@@ -29,6 +29,7 @@ from geoseg.infer.backends import (
     onnx_backend,
     onnxruntime_available,
 )
+from geoseg.infer.tune import Tuning, stored_tuning
 
 if TYPE_CHECKING:
     import torch
@@ -156,10 +157,13 @@ class Predictor:
         :func:`~geoseg.infer.backends.default_workers`: one per core, up to 4).
         PyTorch and GPUs run one call at a time (``workers`` is 1).
     backend : {"auto", "torch", "onnx"}
-        Inference engine; ``auto`` picks the fastest measured one for the device
-        (:func:`~geoseg.infer.backends.choose_backend`: ONNX Runtime on CPU when it
-        is installed, PyTorch on GPUs).  When the model cannot be exported to
-        ONNX the predictor logs a warning and runs PyTorch.
+        Inference engine; ``auto`` picks the fastest one measured for this
+        machine, device, thread count and model by ``geoseg tune``
+        (:func:`~geoseg.infer.tune.tune`, with its number of workers unless
+        ``workers`` is given), and without a measurement follows
+        :func:`~geoseg.infer.backends.choose_backend` (ONNX Runtime on CPU when
+        it is installed, PyTorch on GPUs).  When the model cannot be exported
+        to ONNX the predictor logs a warning and runs PyTorch.
     compile : bool
         ``torch.compile`` the network (PyTorch backend; ``auto`` then means torch).
     cache_dir : str or Path, optional
@@ -229,6 +233,20 @@ class Predictor:
         self.channels_last = True if channels_last is None else bool(channels_last)
         self.threads = threads or default_threads()
         self._want_workers = workers or default_workers(self.threads)
+        #: What ``geoseg tune`` measured here for this model, when ``auto`` found it.
+        self.tuning: Tuning | None = None
+        if name == "auto":
+            self.tuning = stored_tuning(model, card, self.device, self.threads)
+        if self.tuning is not None:
+            name = self.tuning.backend
+            if workers is None:
+                self._want_workers = self.tuning.workers
+            log.info(
+                "backend auto: %s, the fastest engine geoseg tune measured here (%.2f Mpx/s, %s)",
+                self.tuning.label,
+                self.tuning.mpx_s,
+                self.tuning.measured_at,
+            )
         name = choose_backend(name, self.device)
         if name == "onnx" and not onnxruntime_available():
             raise ConfigError(
