@@ -3,9 +3,12 @@
 When an input's pixel size differs from the model's by more than 25 %, the
 reader resamples it on the fly (a warped view) and the network runs on that
 grid.  Here the resulting strips are staged in a temporary GeoTIFF, then read
-back through a warped view on the input's exact grid (nearest neighbour for
-classes, bilinear for probabilities) and written strip by strip to the final
-COG, with nodata wherever the input itself is nodata.
+back on the input's exact grid (nearest neighbour for classes, bilinear for
+probabilities) and written strip by strip to the final COG, with nodata
+wherever the input itself is nodata.  For a north-up input (every input the
+reader resamples) the model grid has the input's extent, and GDAL's resampled
+read of the matching fractional window gives what a warped view would, much
+faster; other geometries go through a warped view.
 """
 
 from __future__ import annotations
@@ -13,20 +16,85 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.enums import Resampling
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import MaskFlags, Resampling
+from rasterio.io import DatasetReader
 from rasterio.vrt import WarpedVRT
-from rasterio.windows import Window
+from rasterio.windows import Window, from_bounds
+from rasterio.windows import bounds as window_bounds
 
 from geoseg.infer.stream import CLASS_NODATA, PROB_NODATA, Strip
 from geoseg.io.read import RasterSpec
 from geoseg.io.write_raster import RasterStripWriter
 
 STRIP_ROWS = 512
+
+#: Reads rows ``window`` of the input grid back from the stage: classes, and the probability
+#: bands asked for (None: none).
+_ReadBack = Callable[[Window, list[int] | None], tuple[np.ndarray, np.ndarray | None]]
+
+
+def _same_extent_north_up(
+    transform: Affine, width: int, height: int, stage: DatasetReader, crs: CRS
+) -> bool:
+    """Whether ``stage`` covers exactly the input's extent, both north-up in the same CRS.
+
+    That is how the reader builds the model grid for any north-up input
+    (:meth:`~geoseg.io.read.RasterSource._warped`); the predictions can then be
+    brought back with a resampled read, which gives the warper's nearest
+    classes exactly and its bilinear probabilities to within one unit of 254
+    (rounding), about 7x faster for probabilities and 12x for classes.
+    """
+    st = stage.transform
+    if transform.b or transform.d or st.b or st.d or transform.e >= 0 or st.e >= 0:
+        return False
+    if stage.crs is None or stage.crs != crs:
+        return False
+    left, top = transform.c, transform.f
+    right, bottom = left + width * transform.a, top + height * transform.e
+    tol = 1e-6 * min(abs(transform.a), abs(st.a))
+    s_left, s_bottom, s_right, s_top = stage.bounds
+    return all(
+        abs(a - b) <= tol
+        for a, b in ((left, s_left), (top, s_top), (right, s_right), (bottom, s_bottom))
+    )
+
+
+def _resampled_reader(stage: DatasetReader, transform: Affine) -> _ReadBack:
+    """Read back by GDAL's resampled RasterIO over the matching fractional stage window."""
+
+    def read(win: Window, prob_bands: list[int] | None) -> tuple[np.ndarray, np.ndarray | None]:
+        fw = from_bounds(*window_bounds(win, transform), transform=stage.transform)
+        h, w = int(win.height), int(win.width)
+        cls = stage.read(1, window=fw, out_shape=(h, w), resampling=Resampling.nearest)
+        probs = None
+        if prob_bands:
+            probs = stage.read(
+                prob_bands,
+                window=fw,
+                out_shape=(len(prob_bands), h, w),
+                resampling=Resampling.bilinear,
+            )
+        return cls, probs
+
+    return read
+
+
+def _warped_reader(cls_vrt: WarpedVRT, prob_vrt: WarpedVRT) -> _ReadBack:
+    """Read back through warped views on the input grid (any other geometry)."""
+
+    def read(win: Window, prob_bands: list[int] | None) -> tuple[np.ndarray, np.ndarray | None]:
+        cls = cls_vrt.read(1, window=win)
+        probs = prob_vrt.read(prob_bands, window=win) if prob_bands else None
+        return cls, probs
+
+    return read
 
 
 def resample_back(
@@ -82,31 +150,44 @@ def resample_back(
                 "width": src.width,
                 "height": src.height,
             }
-            with (
-                WarpedVRT(st, resampling=Resampling.nearest, **common) as cls_vrt,
-                WarpedVRT(st, resampling=Resampling.bilinear, **common) as prob_vrt,
-                RasterStripWriter(
-                    dst,
-                    crs=crs,
-                    transform=src.transform,
-                    width=src.width,
-                    height=src.height,
-                    colormap=colormap,
-                    class_names=class_names,
-                    probabilities=probabilities,
-                    overwrite=overwrite,
-                    tags={**tags, "GEOSEG_RESAMPLED": "1"},
-                ) as writer,
-            ):
+            direct = _same_extent_north_up(src.transform, src.width, src.height, st, crs)
+            with contextlib.ExitStack() as views:
+                if direct:
+                    read_back = _resampled_reader(st, src.transform)
+                else:
+                    read_back = _warped_reader(
+                        views.enter_context(WarpedVRT(st, resampling=Resampling.nearest, **common)),
+                        views.enter_context(
+                            WarpedVRT(st, resampling=Resampling.bilinear, **common)
+                        ),
+                    )
+                all_valid = all(
+                    list(src.mask_flag_enums[b - 1]) == [MaskFlags.all_valid] for b in bands
+                )
+                writer = views.enter_context(
+                    RasterStripWriter(
+                        dst,
+                        crs=crs,
+                        transform=src.transform,
+                        width=src.width,
+                        height=src.height,
+                        colormap=colormap,
+                        class_names=class_names,
+                        probabilities=probabilities,
+                        overwrite=overwrite,
+                        tags={**tags, "GEOSEG_RESAMPLED": "1"},
+                    )
+                )
+                prob_bands = list(range(2, n + 2)) if probabilities is not None else None
                 for row in range(0, src.height, STRIP_ROWS):
                     win = Window(0, row, src.width, min(STRIP_ROWS, src.height - row))
-                    valid = np.any(src.read_masks(list(bands), window=win) > 0, axis=0)
-                    cls = cls_vrt.read(1, window=win)
-                    cls[~valid] = CLASS_NODATA
-                    probs = None
-                    if probabilities is not None:
-                        probs = prob_vrt.read(list(range(2, n + 2)), window=win)
-                        probs[:, ~valid | (cls == CLASS_NODATA)] = PROB_NODATA
+                    cls, probs = read_back(win, prob_bands)
+                    invalid = cls == CLASS_NODATA
+                    if not all_valid:
+                        invalid |= ~np.any(src.read_masks(list(bands), window=win) > 0, axis=0)
+                        cls[invalid] = CLASS_NODATA
+                    if probs is not None:
+                        probs[:, invalid] = PROB_NODATA
                     counts[:] += np.bincount(cls.ravel(), minlength=256)
                     writer.write(row, cls, probs)
     finally:
