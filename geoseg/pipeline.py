@@ -210,11 +210,14 @@ def peak_rss_mb() -> float:
 def check_georeference(spec: RasterSpec, assume_crs: str | None) -> None:
     """Refuse rasters whose georeferencing geoseg would not reproduce exactly.
 
+    A rotated or sheared geotransform is fine: the network runs on the
+    raster's own pixel grid and the outputs keep that very transform.
+
     Raises
     ------
     GeoreferenceError
-        No CRS (unless ``assume_crs``), a rotated/sheared geotransform, or
-        GCP/RPC georeferencing.
+        No CRS (unless ``assume_crs``), a degenerate geotransform, or GCP/RPC
+        georeferencing.
     """
     if spec.georef in ("gcps", "rpcs"):
         how = "ground control points" if spec.georef == "gcps" else "RPC coefficients"
@@ -236,10 +239,10 @@ def check_georeference(spec: RasterSpec, assume_crs: str | None) -> None:
             "pass --assume-crs EPSG:XXXX if you know it"
         )
     t = spec.transform
-    if t.b != 0 or t.d != 0:
+    if not math.isfinite(t.determinant) or abs(t.determinant) < 1e-300:
         raise GeoreferenceError(
-            f"{spec.path} has a rotated or sheared geotransform {tuple(t)[:6]}; warp it to a "
-            "north-up grid first, e.g. gdalwarp -r bilinear IN OUT.tif"
+            f"{spec.path} has a degenerate geotransform {tuple(t)[:6]} (its pixels have no "
+            "area); fix its georeferencing, e.g. gdal_translate -a_ullr or gdal_edit.py -a_ullr"
         )
 
 

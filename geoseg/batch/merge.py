@@ -68,7 +68,7 @@ def vrt_xml(
     width, height : int
         Mosaic size in pixels.
     transform : Affine
-        Mosaic geotransform (north-up).
+        Mosaic geotransform (any, rotated included: sources are placed in pixel space).
     crs_wkt : str, optional
         Mosaic CRS as WKT.
     sources : sequence of MosaicSource

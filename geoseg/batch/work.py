@@ -370,8 +370,10 @@ def _aoi_windows(spec: WorkSpec, raster: Any) -> list[tuple[str, PixelWindow]]:
         if geom is None or shapely.is_empty(geom):
             continue
         x0, y0, x1, y1 = geom.bounds
-        cols = [c for c, _ in (inverse * (x0, y0), inverse * (x1, y1))]
-        rows = [r for _, r in (inverse * (x0, y0), inverse * (x1, y1))]
+        # All four corners: on a rotated raster the box's pixel-space extent needs them.
+        corners = [inverse * (x, y) for x in (x0, x1) for y in (y0, y1)]
+        cols = [c for c, _ in corners]
+        rows = [r for _, r in corners]
         window = PixelWindow(
             math.floor(min(rows)),
             math.floor(min(cols)),

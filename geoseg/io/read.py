@@ -65,15 +65,22 @@ class RasterSpec:
 
     @property
     def res(self) -> tuple[float, float]:
-        """(x, y) pixel size in CRS units."""
-        return abs(self.transform.a), abs(self.transform.e)
+        """Pixel edges in CRS units: along a row (x), along a column (y); rotation-proof."""
+        t = self.transform
+        return math.hypot(t.a, t.d), math.hypot(t.b, t.e)
+
+    @property
+    def north_up(self) -> bool:
+        """Whether the geotransform has no rotation or shear terms."""
+        return self.transform.b == 0 and self.transform.d == 0
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
-        """(left, bottom, right, top) in CRS units (north-up rasters)."""
-        left, top = self.transform * (0, 0)
-        right, bottom = self.transform * (self.width, self.height)
-        return min(left, right), min(bottom, top), max(left, right), max(bottom, top)
+        """(left, bottom, right, top) in CRS units: the box around all four corners."""
+        corners = [self.transform * xy for xy in ((0, 0), (self.width, 0), (0, self.height))]
+        corners.append(self.transform * (self.width, self.height))
+        xs, ys = zip(*corners, strict=True)
+        return min(xs), min(ys), max(xs), max(ys)
 
     @property
     def pixel_size_m(self) -> float | None:
@@ -86,7 +93,10 @@ class RasterSpec:
         ps = pixel_size_m_xy(self.crs, self.transform, self.width, self.height)
         if ps is None:
             return None
-        return ps[0] * ps[1] * self.width * self.height / 1e6
+        # A pixel's area is |det| of the geotransform; rx * ry overstates it under shear.
+        t = self.transform
+        skew = abs(t.determinant) / (math.hypot(t.a, t.d) * math.hypot(t.b, t.e))
+        return ps[0] * ps[1] * skew * self.width * self.height / 1e6
 
 
 def pixel_size_m_xy(
@@ -289,10 +299,18 @@ class RasterSource:
 
     def _warped(self, resolution: float) -> WarpedVRT:
         src = self._src
-        left, bottom, right, top = _spec(src, self.path).bounds
-        width = max(1, round((right - left) / resolution))
-        height = max(1, round((top - bottom) / resolution))
-        transform = Affine((right - left) / width, 0, left, 0, -(top - bottom) / height, top)
+        spec = _spec(src, self.path)
+        if spec.north_up:
+            left, bottom, right, top = spec.bounds
+            width = max(1, round((right - left) / resolution))
+            height = max(1, round((top - bottom) / resolution))
+            transform = Affine((right - left) / width, 0, left, 0, -(top - bottom) / height, top)
+        else:
+            # The same rotated grid, its pixels scaled: same corners, same orientation.
+            rx, ry = spec.res
+            width = max(1, round(spec.width * rx / resolution))
+            height = max(1, round(spec.height * ry / resolution))
+            transform = spec.transform * Affine.scale(spec.width / width, spec.height / height)
         return WarpedVRT(
             src,
             crs=src.crs,

@@ -256,3 +256,45 @@ def test_example_work_file_runs(scene, tmp_path, cluster_address):
     assert work.mode == "grid"
     result = run_batch(work, tmp_path / "out", address=cluster_address)
     assert result.ok and result.polygons is not None and result.polygons.exists()
+
+
+def test_rotated_raster_grid_and_aoi_regions_equal_the_single_run(scene, tmp_path, cluster_address):
+    import geopandas as gpd
+    import shapely
+
+    rotated = scene.transform * rasterio.Affine.rotation(25)
+    with rasterio.open(scene.src) as ds:
+        src = write_raster(tmp_path / "rot.tif", ds.read(), transform=rotated)
+    work = load_work(
+        write_work(tmp_path / "grid.yaml", raster=str(src), region_size=100, model=str(scene.model))
+    )
+    result = run_batch(work, tmp_path / "grid", address=cluster_address)
+    assert result.ok and sorted(result.computed) == GRID_IDS
+    classes, transform = read_classes(tmp_path / "grid" / "classes.vrt")
+    # The same pixels on their own rotated grid: the same classes as the north-up single run.
+    assert transform.almost_equals(rotated, precision=1e-9)
+    np.testing.assert_array_equal(classes, scene.classes)
+    # An AOI drawn in map coordinates over rows 10-80, cols 20-100 of the rotated raster: its
+    # window covers that block (the map box around the rotated block is larger).
+    corners = [rotated * (c, r) for c in (20, 100) for r in (10, 80)]
+    box = shapely.box(*shapely.MultiPoint(corners).bounds)
+    aoi = tmp_path / "aoi.gpkg"
+    gpd.GeoDataFrame({"name": ["a"]}, geometry=[box], crs="EPSG:32633").to_file(aoi)
+    work = load_work(
+        write_work(
+            tmp_path / "aoi.yaml",
+            raster=str(src),
+            aoi="aoi.gpkg",
+            aoi_id="name",
+            model=str(scene.model),
+        )
+    )
+    result = run_batch(work, tmp_path / "aoi", address=cluster_address)
+    assert result.ok and result.computed == ["a"]
+    mosaic, t = read_classes(tmp_path / "aoi" / "classes.vrt")
+    col, row = ~rotated * (t.c, t.f)
+    r0, c0 = round(row), round(col)
+    assert r0 <= 10 and c0 <= 20 and r0 + mosaic.shape[0] >= 80 and c0 + mosaic.shape[1] >= 100
+    np.testing.assert_array_equal(
+        mosaic[10 - r0 : 80 - r0, 20 - c0 : 100 - c0], scene.classes[10:80, 20:100]
+    )
