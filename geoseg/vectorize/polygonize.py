@@ -26,6 +26,15 @@ How one strip is processed:
    (``x = c + col * a + row * b``), so the coordinates match the whole-raster
    polygons bit for bit.
 
+An open group keeps its parts' outlines (in pixel coordinates, for exact
+unions) apart from their holes (mapped to raster coordinates as soon as their
+strip is done): the outlines are unioned now and then to keep their number
+small, the holes are only collected, and copied once, into the polygon yielded
+when the group closes.  So a component that stays open for the whole raster
+(a road-connected background with every building as a hole) costs about its
+own polygon, not a multiple of it, and nothing of a yielded polygon stays
+behind in the polygonizer.
+
 Labelling and polygonizing are done in C for the whole strip; Python work is
 per polygon, not per pixel.  Streaming 256-row strips costs roughly 1.5-2x a
 single whole-raster ``shapes`` call, and memory holds one strip's labels plus
@@ -36,7 +45,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -126,12 +135,23 @@ class PolygonRecord:
         return self.confidence_sum / self.pixel_count
 
 
+# Maps pixel (col, row) coordinates, an (n, 2) array, to raster coordinates.
+_ToRaster = Callable[[npt.NDArray[np.float64]], npt.NDArray[np.float64]]
+# One piece of an open group's outline: its exterior ring in pixel coordinates and
+# its holes in raster coordinates (an object array of LinearRings, in the order
+# they go into the polygon).
+_Piece = tuple[shapely.LinearRing, npt.NDArray[np.object_]]
+# A part is one strip component, or the pieces one union of parts gave (one piece
+# unless the union left them apart).
+_Part = list[_Piece]
+
+
 @dataclass
 class _Group:
-    """A component that touches the current seam: its parts so far, in pixel space."""
+    """A component that touches the current seam: its parts so far (see ``_Piece``)."""
 
     value: int
-    parts: list[shapely.Geometry]
+    parts: list[_Part]
     pixel_count: int
     confidence_sum: float
     first_pixel: int
@@ -140,7 +160,7 @@ class _Group:
 
 @dataclass
 class _Columns:
-    """Finished components as columns, still in pixel coordinates."""
+    """Finished components as columns, geometries in raster coordinates."""
 
     first_pixel: npt.NDArray[np.int64]
     value: npt.NDArray[np.int64]
@@ -149,20 +169,22 @@ class _Columns:
     confidence_sum: npt.NDArray[np.float64]
 
     @classmethod
-    def of_strip(cls, s: _Strip, labels: npt.NDArray[np.intp]) -> _Columns:
+    def of_strip(cls, s: _Strip, labels: npt.NDArray[np.intp], to_raster: _ToRaster) -> _Columns:
         sums = np.zeros(len(labels)) if s.conf_sums is None else s.conf_sums[labels]
         return cls(
             s.first_pixels[labels],
             s.values[labels],
-            s.polygons[labels],
+            shapely.transform(s.polygons[labels], to_raster),
             s.counts[labels],
             sums,
         )
 
     @classmethod
-    def of_groups(cls, groups: list[_Group]) -> _Columns:
+    def of_groups(cls, groups: list[_Group], to_raster: _ToRaster) -> _Columns:
         geoms = np.empty(len(groups), dtype=object)
-        geoms[:] = [_union(g.parts) for g in groups]
+        for i, g in enumerate(groups):
+            geoms[i] = _polygon(g.parts, to_raster)
+            g.parts = []  # the polygon holds the holes now; let the parts go
         return cls(
             np.array([g.first_pixel for g in groups], dtype=np.int64),
             np.array([g.value for g in groups], dtype=np.int64),
@@ -364,6 +386,7 @@ def _polygonize(
     confidence: Iterable[npt.NDArray[np.floating] | npt.NDArray[np.integer]] | None,
 ) -> Iterator[PolygonRecord]:
     conf_iter = None if confidence is None else iter(confidence)
+    to_raster = _to_raster(coeffs)
     groups: dict[int, _Group] = {}
     # Group id (or -1) and class of every pixel of the previous strip's bottom row.
     seam_gids: npt.NDArray[np.int64] | None = None
@@ -393,7 +416,7 @@ def _polygonize(
             closed.extend(g for gid, g in groups.items() if gid not in linked_gids)
             for gids, labels in _link(pairs):
                 linked[labels] = True
-                merged = _merge(s, [groups[g] for g in gids], labels)
+                merged = _merge(s, [groups[g] for g in gids], labels, to_raster)
                 if s.touches_bottom[labels].any():
                     label_gid[labels] = next_gid
                     survivors[next_gid] = merged
@@ -404,7 +427,7 @@ def _polygonize(
         linked[0] = True
         for lab in np.flatnonzero(~linked & s.touches_bottom):
             label_gid[lab] = next_gid
-            survivors[next_gid] = _merge(s, [], np.array([lab]))
+            survivors[next_gid] = _merge(s, [], np.array([lab]), to_raster)
             next_gid += 1
         # Components inside the strip, touching neither seam: the bulk, handled as arrays.
         inside = np.flatnonzero(~linked & ~s.touches_bottom)
@@ -413,8 +436,7 @@ def _polygonize(
         seam_gids = label_gid[s.labels[-1]]
         seam_values = strip[-1].copy()
         yield from _records(
-            _Columns.of_strip(s, inside).concat(_Columns.of_groups(closed)),
-            coeffs,
+            _Columns.of_strip(s, inside, to_raster).concat(_Columns.of_groups(closed, to_raster)),
             conf_iter is not None,
         )
 
@@ -422,7 +444,7 @@ def _polygonize(
         raise ConfigError(
             "confidence has more arrays than there are class strips; give one per strip"
         )
-    yield from _records(_Columns.of_groups(list(groups.values())), coeffs, conf_iter is not None)
+    yield from _records(_Columns.of_groups(list(groups.values()), to_raster), conf_iter is not None)
 
 
 def _check_strip(
@@ -597,12 +619,14 @@ def _link(
     ]
 
 
-def _merge(s: _Strip, previous: list[_Group], labels: npt.NDArray[np.int64]) -> _Group:
+def _merge(
+    s: _Strip, previous: list[_Group], labels: npt.NDArray[np.int64], to_raster: _ToRaster
+) -> _Group:
     parts = [p for g in previous for p in g.parts]
-    parts.extend(s.polygons[labels].tolist())
+    parts.extend(_split(s.polygons[labels], to_raster))
     raw_parts = sum(g.raw_parts for g in previous) + len(labels)
     if len(parts) > max(_MAX_OPEN_PARTS, raw_parts // 2):
-        parts = [_union(parts)]
+        parts = [_union(parts, to_raster)]
     firsts = [g.first_pixel for g in previous] + s.first_pixels[labels].tolist()
     value = previous[0].value if previous else int(s.values[labels[0]])
     csum = sum(g.confidence_sum for g in previous)
@@ -618,33 +642,51 @@ def _merge(s: _Strip, previous: list[_Group], labels: npt.NDArray[np.int64]) -> 
     )
 
 
-def _union(parts: list[shapely.Geometry]) -> shapely.Geometry:
-    """The polygon of a group from its parts, all in pixel coordinates.
+def _split(polygons: npt.NDArray[np.object_], to_raster: _ToRaster) -> list[_Part]:
+    """One single-piece part per strip polygon: its exterior ring and its holes."""
+    rings, owner = shapely.get_rings(polygons, return_index=True)
+    exterior = np.r_[True, owner[1:] != owner[:-1]]
+    n_holes = np.bincount(owner[~exterior], minlength=len(polygons))
+    # Holes are final: map them now, so the polygon is never transformed as a whole.
+    holes = np.split(shapely.transform(rings[~exterior], to_raster), np.cumsum(n_holes)[:-1])
+    return [[(ring, h)] for ring, h in zip(rings[exterior], holes, strict=True)]
+
+
+def _union(parts: list[_Part], to_raster: _ToRaster) -> _Part:
+    """The pieces of the union of a group's parts (outlines in pixel, holes in raster space).
 
     A part's holes lie strictly inside its own strip (a hole reaching the
     strip's edge would be open, i.e. a notch of the shell), and the shells of
     a group's parts never overlap.  So only the shells are unioned and the
     parts' holes are put back unchanged: holes carry most of the vertices of a
-    large component, and the union stays cheap.
+    large component, and they are neither copied nor looked at here.
     """
-    if len(parts) == 1:
-        return parts[0]
-    polys = shapely.get_parts(np.asarray(parts, dtype=object))
-    rings, owner = shapely.get_rings(polys, return_index=True)
-    holes = rings[np.r_[False, owner[1:] == owner[:-1]]]
-    shells = shapely.polygons(shapely.get_exterior_ring(polys))
+    pieces = [piece for part in parts for piece in part]
+    rings = np.empty(len(pieces), dtype=object)
+    rings[:] = [ring for ring, _ in pieces]
+    shells = shapely.polygons(rings)
+    holes = np.concatenate([h for _, h in pieces])
     merged = shapely.get_parts(shapely.union_all(shells))
-    out = []
+    out: _Part = []
     for poly in merged:
         mine = holes
         if len(merged) > 1 and len(holes):
-            mine = holes[shapely.contains(poly, shapely.point_on_surface(shapely.polygons(holes)))]
+            inside = shapely.point_on_surface(shapely.polygons(holes))
+            mine = holes[shapely.contains(shapely.transform(poly, to_raster), inside)]
         # The seams leave collinear vertices where GDAL has none; they would move
         # off the line under a rotated transform and break bit-exact equality.
         new_holes = np.empty(len(poly.interiors), dtype=object)
         new_holes[:] = [shapely.linearrings(_drop_collinear(r.coords)) for r in poly.interiors]
+        new_holes = shapely.transform(new_holes, to_raster)
         shell = shapely.linearrings(_drop_collinear(poly.exterior.coords))
-        out.append(shapely.polygons(shell, np.concatenate([new_holes, mine])))
+        out.append((shell, np.concatenate([new_holes, mine])))
+    return out
+
+
+def _polygon(parts: list[_Part], to_raster: _ToRaster) -> shapely.Geometry:
+    """The polygon of a closed group from its parts, in raster coordinates."""
+    pieces = parts[0] if len(parts) == 1 else _union(parts, to_raster)
+    out = [shapely.polygons(shapely.transform(ring, to_raster), holes) for ring, holes in pieces]
     return out[0] if len(out) == 1 else shapely.MultiPolygon(out)
 
 
@@ -663,14 +705,7 @@ def _drop_collinear(ring: shapely.coords.CoordinateSequence) -> npt.NDArray[np.f
     return np.vstack([kept, kept[:1]])
 
 
-def _records(
-    done: _Columns,
-    coeffs: tuple[float, float, float, float, float, float],
-    with_confidence: bool,
-) -> Iterator[PolygonRecord]:
-    if len(done.first_pixel) == 0:
-        return
-    order = np.argsort(done.first_pixel, kind="stable")
+def _to_raster(coeffs: tuple[float, float, float, float, float, float]) -> _ToRaster:
     a, b, c, d, e, f = coeffs
 
     def to_raster(xy: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -678,7 +713,14 @@ def _records(
         col, row = xy[:, 0], xy[:, 1]
         return np.column_stack([c + col * a + row * b, f + col * d + row * e])
 
-    geoms = shapely.transform(done.geometry[order], to_raster)
+    return to_raster
+
+
+def _records(done: _Columns, with_confidence: bool) -> Iterator[PolygonRecord]:
+    if len(done.first_pixel) == 0:
+        return
+    order = np.argsort(done.first_pixel, kind="stable")
+    geoms = done.geometry[order]
     values = done.value[order].tolist()
     counts = done.pixel_count[order].tolist()
     sums = done.confidence_sum[order].tolist() if with_confidence else [None] * len(order)

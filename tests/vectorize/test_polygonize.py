@@ -181,6 +181,26 @@ def test_u_and_n_shapes_join_and_split_across_seams(block_rows):
     assert sorted(len(r.geometry.interiors) for r in recs) == [0, 1]
 
 
+@pytest.mark.parametrize("block_rows", [1, 3, 16])
+def test_tall_component_with_many_holes_across_many_strips(block_rows):
+    # Class 2 everywhere with 1-3 pixel blocks of class 1 on a jittered grid: one
+    # component from top to bottom with a hole per block, many holes cut by seams,
+    # and with 1-row strips more parts than _MAX_OPEN_PARTS, so the open group is
+    # unioned many times before it closes.
+    rng = np.random.default_rng(5)
+    arr = np.full((160, 37), 2, dtype=np.uint8)
+    for r0 in range(1, 158, 5):
+        for c0 in range(1, 35, 5):
+            h, w = rng.integers(1, 4, size=2)
+            arr[r0 : r0 + h, c0 : c0 + w] = 1
+    assert ndimage.label(arr == 2)[1] == 1
+    recs = list(polygonize_array(arr, ROTATED, block_rows=block_rows))
+    assert_same_polygons(recs, reference(arr, ROTATED))
+    big = recs[-1]
+    assert big.value == 2 and big.pixel_count == int((arr == 2).sum())
+    assert len(big.geometry.interiors) == ndimage.label(arr == 1)[1]
+
+
 def test_seam_across_a_straight_wall_leaves_no_extra_vertex():
     # The seam at row 8 cuts the wall x = 7 between rows 7 and 14; a left-over
     # vertex there would sit off the wall once the rotated transform is applied.
