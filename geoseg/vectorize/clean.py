@@ -248,8 +248,10 @@ def _chaikin(ring: npt.NDArray[np.float64], iterations: int) -> npt.NDArray[np.f
     return np.vstack([pts, pts[:1]])
 
 
-def smooth_polygon(polygon: Polygon, iterations: int = 3) -> Polygon | MultiPolygon | None:
-    """Chaikin corner cutting of every ring of a polygon.
+def smooth_polygon(
+    polygon: Polygon, iterations: int = 3, tolerance: float = 0.0
+) -> Polygon | MultiPolygon | None:
+    """Chaikin corner cutting of every ring of a polygon, then optional simplification.
 
     Each pass replaces every corner by two points at 1/4 and 3/4 along its
     edges, so pixel staircases turn into smooth curves; the outline moves
@@ -261,6 +263,9 @@ def smooth_polygon(polygon: Polygon, iterations: int = 3) -> Polygon | MultiPoly
         Polygon to smooth.
     iterations : int, optional
         Number of passes; each doubles the vertex count.
+    tolerance : float, optional
+        Douglas-Peucker tolerance applied to each smoothed ring (0: none); see
+        :func:`simplify_polygon` for why ring by ring.
 
     Returns
     -------
@@ -276,9 +281,74 @@ def smooth_polygon(polygon: Polygon, iterations: int = 3) -> Polygon | MultiPoly
     """
     if polygon.is_empty:
         return None
-    shell = _chaikin(np.asarray(polygon.exterior.coords), iterations)
-    holes = [_chaikin(np.asarray(r.coords), iterations) for r in polygon.interiors]
-    return polygonal(Polygon(shell, holes))
+    rings = np.empty(1 + len(polygon.interiors), dtype=object)
+    rings[:] = [
+        shapely.linearrings(_chaikin(np.asarray(r.coords), iterations))
+        for r in (polygon.exterior, *polygon.interiors)
+    ]
+    if tolerance > 0:
+        rings = shapely.simplify(rings, tolerance, preserve_topology=True)
+    return _assemble(rings)
+
+
+def simplify_polygon(polygon: Polygon, tolerance: float) -> Polygon | MultiPolygon | None:
+    """Douglas-Peucker simplification ring by ring, repairing only where rings meet.
+
+    ``shapely.simplify(polygon, preserve_topology=True)`` checks every ring
+    against every other and took 17 s on one vegetation polygon of a 4096²
+    raster with 9,000 holes; simplifying the rings one by one (each kept
+    simple) and then fixing the few holes that came to touch the shell or
+    each other takes well under a second and gives the same outlines
+    elsewhere.
+
+    Returns
+    -------
+    shapely.Polygon, shapely.MultiPolygon or None
+        Valid, or None when nothing polygonal is left.
+
+    Examples
+    --------
+    >>> from shapely import box
+    >>> stair = shapely.Polygon([(0, 0), (4, 0), (4, 1), (4.1, 1), (4.1, 4), (0, 4)])
+    >>> len(simplify_polygon(stair, 0.5).exterior.coords)
+    5
+    """
+    if polygon.is_empty:
+        return None
+    rings = np.empty(1 + len(polygon.interiors), dtype=object)
+    rings[:] = [polygon.exterior, *polygon.interiors]
+    if tolerance > 0:
+        rings = shapely.simplify(rings, tolerance, preserve_topology=True)
+    return _assemble(rings)
+
+
+def _assemble(rings: npt.NDArray[np.object_]) -> Polygon | MultiPolygon | None:
+    """A valid polygon from an exterior ring and hole rings that may have come to cross.
+
+    Holes that are valid, strictly inside the shell and touch no other hole go
+    in as they are; the few others (and the shell, when it crosses itself) are
+    repaired by overlay, which keeps the cost near linear in the vertex count
+    where :func:`shapely.make_valid` on the whole polygon is not.
+    """
+    shell = polygonal(shapely.polygons(rings[0]))
+    if shell is None:
+        return None
+    holes = shapely.polygons(rings[1:])
+    if not len(holes):
+        return shell
+    ok = shapely.is_valid(holes) & shapely.contains_properly(shell, holes)
+    a, b = shapely.STRtree(holes).query(holes, predicate="intersects")
+    touching = a != b
+    ok[a[touching]] = False
+    ok[b[touching]] = False
+    if isinstance(shell, Polygon):
+        base: BaseGeometry = Polygon(shell.exterior, [h.exterior for h in holes[ok]])
+    else:
+        base, ok[:] = shell, False
+    if not ok.all():
+        bad = shapely.make_valid(holes[~ok])
+        base = shapely.difference(base, shapely.union_all(bad))
+    return polygonal(base)
 
 
 def _fill_small_holes(polygon: Polygon, below: float) -> Polygon:
@@ -295,12 +365,9 @@ def _style_part(polygon: Polygon, params: CleanupParams) -> BaseGeometry | None:
     if params.style == "regularize":
         return regularize_polygon(polygon, simplify_tolerance=tol)
     if params.style == "smooth":
-        smooth = smooth_polygon(polygon, params.smooth_iterations)
-        if smooth is None or tol <= 0:
-            return smooth
-        return shapely.simplify(smooth, tol, preserve_topology=True)
+        return smooth_polygon(polygon, params.smooth_iterations, tol)
     if params.style == "simplify":
-        return shapely.simplify(polygon, tol, preserve_topology=True)
+        return simplify_polygon(polygon, tol)
     return polygon
 
 
