@@ -9,6 +9,9 @@ that came to meet (``geoseg/vectorize/clean.py``).  This script runs both on the
 polygons, each in a fresh process (so peak RSS is its own), and prints seconds, peak RSS,
 their ratios and how far the results differ.
 
+Then it runs the whole ``geoseg vectorize`` (polygonize, clean, write) with the clean-up in
+one process and in the default number of worker processes, side by side.
+
 Inputs: the generated scene's class raster (``geoseg.synth``; every class with its card-style
 default clean-up) and a "vegetation with holes" raster (vegetation everywhere, one building
 per 32x32 cell: one component with a hole per building).  Usage::
@@ -74,6 +77,22 @@ print(json.dumps({"seconds": seconds, "areas": areas, "counts": counts,
 """
 
 
+VECTORIZE = r"""
+import json, resource, sys, time
+from geoseg.models import load_card
+from geoseg.pipeline import VectorizeConfig, run_vectorize
+src, dst, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
+classes = load_card("default").classes  # the generated classes are the bundled model's
+t0 = time.perf_counter()
+stats = run_vectorize(
+    src, dst, VectorizeConfig(overwrite=True, workers=workers or None, classes=classes)
+)
+print(json.dumps({"seconds": time.perf_counter() - t0, "polygons": stats.polygons,
+                  "area": stats.area_m2,
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
 def make_vegetation_holes(work: Path, size: int) -> Path:
     """Vegetation (2) everywhere with one building (1) per 32x32 cell."""
     import rasterio
@@ -120,6 +139,26 @@ def main() -> None:
             f"| {name} | ratio | **{w['seconds'] / g['seconds']:.1f}x faster** | "
             f"{w['peak_mb'] / g['peak_mb']:.2f}x less | largest area difference per class "
             f"{100 * diff:.2f} % | |"
+        )
+    from geoseg.pipeline import default_cleanup_workers
+
+    n = default_cleanup_workers()
+    print()
+    print(f"`geoseg vectorize` end to end, clean-up in 1 process vs {n} (default here)")
+    print("| raster | clean-up workers | s | peak RSS MB (main process) | polygons |")
+    print("|---|---|---|---|---|")
+    for name, path in cases.items():
+        runs: dict[int, dict[str, Any]] = {}
+        for nw in (1, n):
+            runs[nw] = run_json(VECTORIZE, path, args.workdir / f"bench-{nw}.gpkg", nw)
+            print(
+                f"| {name} | {nw} | {runs[nw]['seconds']:.1f} | {runs[nw]['peak_mb']:.0f} | "
+                f"{sum(runs[nw]['polygons'].values()):,} |"
+            )
+        same = runs[1]["polygons"] == runs[n]["polygons"] and runs[1]["area"] == runs[n]["area"]
+        print(
+            f"| {name} | ratio | **{runs[1]['seconds'] / runs[n]['seconds']:.2f}x faster** | | "
+            f"same polygons and areas: {same} |"
         )
 
 

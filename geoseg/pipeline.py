@@ -7,6 +7,7 @@ input's grid.  Memory stays bounded by the raster width times the tile size.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -600,6 +601,87 @@ def parse_range(text: str | None) -> tuple[float, float] | None:
 # --- vectorization ------------------------------------------------------------------------------
 
 
+#: Most clean-up processes of one vectorization.
+MAX_CLEANUP_WORKERS = 8
+
+
+def default_cleanup_workers() -> int:
+    """Clean-up processes by default: one per usable core up to 8; 1 in a daemonic process."""
+    import multiprocessing
+
+    from geoseg.infer.backends import default_threads
+
+    if multiprocessing.current_process().daemon:
+        return 1
+    return max(1, min(default_threads(), MAX_CLEANUP_WORKERS))
+
+
+class _Cleaner:
+    """Clean batches of polygons in worker processes, handing results back in submission order.
+
+    The first full batch is cleaned in the caller and the pool starts only when
+    a second full one comes, so a raster with few polygons never starts
+    processes; at most ``2 * workers`` batches are in flight, which bounds
+    memory.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool: Any = None
+        self._submitted = 0
+        self._queue: collections.deque[tuple[Any, Any]] = collections.deque()
+
+    def submit(self, key: Any, *args: Any, full: bool = True) -> list[tuple[Any, Any]]:
+        """Queue ``clean_and_measure(*args)``; return the results now due, oldest first.
+
+        ``full``: a whole batch (the raster goes on); the pool starts at the
+        second one, never for the short batches flushed at the end.
+        """
+        if self.workers > 1 and self._pool is None and full and self._submitted:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # forkserver: a clean process, not a fork of this multi-threaded one (GDAL).
+            self._pool = ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("forkserver")
+            )
+        if self._pool is None:
+            self._queue.append((key, _Done(clean_and_measure(*args))))
+        else:
+            self._queue.append((key, self._pool.submit(clean_and_measure, *args)))
+        self._submitted += full
+        due = []
+        while self._queue and (len(self._queue) > 2 * self.workers or self._queue[0][1].done()):
+            k, fut = self._queue.popleft()
+            due.append((k, fut.result()))
+        return due
+
+    def drain(self) -> list[tuple[Any, Any]]:
+        """Every remaining result, in submission order."""
+        due = [(k, fut.result()) for k, fut in self._queue]
+        self._queue.clear()
+        return due
+
+    def close(self, *, wait: bool = True) -> None:
+        """Stop the pool, cancelling what has not started (not waiting after a failure)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=wait, cancel_futures=True)
+            self._pool = None
+
+
+@dataclass(frozen=True)
+class _Done:
+    """A result computed in the caller, shaped like a finished future."""
+
+    value: Any
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> Any:
+        return self.value
+
+
 @dataclass(frozen=True)
 class VectorizeConfig:
     """Options of one vectorization run.
@@ -622,6 +704,12 @@ class VectorizeConfig:
         Rows per polygonization strip.
     batch : int
         Polygons per class cleaned and written at once.
+    workers : int, optional
+        Processes that clean batches side by side (the polygonizer runs in the
+        caller meanwhile); default one per core up to 8, and 1 inside a
+        daemonic process (a dask worker), which may not start children.  The
+        output is the same whatever the number: batches are written in the
+        order they were formed.
     """
 
     confidence: Path | None = None
@@ -631,12 +719,17 @@ class VectorizeConfig:
     overwrite: bool = False
     block_rows: int = 512
     batch: int = 2000
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         if self.block_rows < 1:
             raise ConfigError(f"block_rows must be >= 1, got {self.block_rows}")
         if self.batch < 1:
             raise ConfigError(f"batch must be >= 1, got {self.batch}")
+        if self.workers is not None and not 1 <= self.workers <= MAX_CLEANUP_WORKERS:
+            raise ConfigError(
+                f"--workers must be from 1 to {MAX_CLEANUP_WORKERS}, got {self.workers}"
+            )
 
 
 @dataclass
@@ -916,18 +1009,31 @@ def _run_vectorize(
         iter_confidence_strips(cfg.confidence, rows=cfg.block_rows) if cfg.confidence else None
     )
 
+    cleaner = _Cleaner(cfg.workers or default_cleanup_workers())
+
     def flush(writer: VectorWriter, class_id: int) -> None:
         items = pending[class_id]
         if not items:
             return
-        cls = by_id[class_id]
-        cleaned, areas_all, perims_all = clean_and_measure(
-            [g for g, _ in items], params[class_id], spec.crs, bounds
+        due = cleaner.submit(
+            (class_id, [c for _, c in items]),
+            [g for g, _ in items],
+            params[class_id],
+            spec.crs,
+            bounds,
+            full=len(items) >= cfg.batch,
         )
+        pending[class_id] = []
+        for key, result in due:
+            write(writer, key, result)
+
+    def write(writer: VectorWriter, key: tuple[int, list[float | None]], result: Any) -> None:
+        class_id, confs = key
+        cleaned, areas_all, perims_all = result
+        cls = by_id[class_id]
         idx = [i for i, g in enumerate(cleaned) if g is not None]
-        keep = [(cleaned[i], items[i][1]) for i in idx]
-        stats.dropped += len(items) - len(keep)
-        items.clear()
+        keep = [(cleaned[i], confs[i]) for i in idx]
+        stats.dropped += len(cleaned) - len(keep)
         if not keep:
             return
         geoms = np.array([g for g, _ in keep], dtype=object)
@@ -952,19 +1058,26 @@ def _run_vectorize(
     with VectorWriter(
         dst, crs=out_crs, layers=layers, metadata=metadata, overwrite=cfg.overwrite
     ) as writer:
-        for rec in polygonize_strips(
-            strips(), spec.transform, nodata=255, skip_values=skip, confidence=confidence
-        ):
-            if rec.value not in pending:
-                continue
-            conf = rec.mean_confidence if cfg.confidence else None
-            pending[rec.value].append(
-                (rec.geometry, None if conf is None or not math.isfinite(conf) else conf)
-            )
-            if len(pending[rec.value]) >= cfg.batch:
-                flush(writer, rec.value)
-        for class_id in pending:
-            flush(writer, class_id)
+        try:
+            for rec in polygonize_strips(
+                strips(), spec.transform, nodata=255, skip_values=skip, confidence=confidence
+            ):
+                if rec.value not in pending:
+                    continue
+                conf = rec.mean_confidence if cfg.confidence else None
+                pending[rec.value].append(
+                    (rec.geometry, None if conf is None or not math.isfinite(conf) else conf)
+                )
+                if len(pending[rec.value]) >= cfg.batch:
+                    flush(writer, rec.value)
+            for class_id in pending:
+                flush(writer, class_id)
+            for key, result in cleaner.drain():
+                write(writer, key, result)
+        except BaseException:
+            cleaner.close(wait=False)
+            raise
+        cleaner.close()
         stats.outputs = sorted({str(p) for p in writer.outputs.values()})
     stats.elapsed_s = time.perf_counter() - t0
     stats.peak_rss_mb = peak_rss_mb()

@@ -188,3 +188,52 @@ def test_predict_to_gpkg_in_cli_and_qgis(tiny_model_dir, tmp_path):
     }
     rc, report = qgis.run_check(tmp_path / "scene.gpkg", expectations, home)
     assert rc == 0 and report["ok"], report
+
+
+def test_cleanup_workers_give_the_same_geopackage(tmp_path, monkeypatch):
+    """Batches cleaned in worker processes are written in the order they were formed."""
+    from geoseg.io.write_raster import RasterStripWriter
+    from tests.conftest import tiny_card
+
+    rng = np.random.default_rng(5)
+    classes = np.kron(rng.integers(0, 3, (40, 40)), np.ones((5, 5), np.int64)).astype(np.uint8)
+    card = tiny_card()
+    src = tmp_path / "cls.tif"
+    with RasterStripWriter(
+        src,
+        crs=rasterio.crs.CRS.from_epsg(32633),
+        transform=rasterio.transform.from_origin(500000, 6000000, 0.5, 0.5),
+        width=200,
+        height=200,
+        colormap={c.id: c.rgb for c in card.classes},
+        class_names=[c.name for c in card.classes],
+    ) as w:
+        w.write(0, classes)
+    import geoseg.pipeline as pipeline
+
+    pools = []
+    submit = pipeline._Cleaner.submit
+
+    def spy(self, *args, **kwargs):
+        due = submit(self, *args, **kwargs)
+        pools.append(self._pool is not None)
+        return due
+
+    monkeypatch.setattr(pipeline._Cleaner, "submit", spy)
+    outs = {}
+    for workers in (1, 2):
+        pools.clear()
+        cfg = VectorizeConfig(batch=30, workers=workers, block_rows=64)
+        outs[workers] = run_vectorize(src, tmp_path / f"w{workers}.gpkg", cfg)
+        # One worker never starts processes; two start them from the second full batch on.
+        assert pools[0] is False and any(pools) is (workers == 2)
+    assert outs[1].polygons == outs[2].polygons and sum(outs[1].polygons.values()) > 100
+    for layer, _ in pyogrio.list_layers(tmp_path / "w1.gpkg"):
+        if layer == "layer_styles":
+            continue
+        a = pyogrio.read_dataframe(tmp_path / "w1.gpkg", layer=layer)
+        b = pyogrio.read_dataframe(tmp_path / "w2.gpkg", layer=layer)
+        assert a.drop(columns="geometry").equals(b.drop(columns="geometry"))
+        assert list(a.geometry.to_wkb()) == list(b.geometry.to_wkb())
+    with pytest.raises(ConfigError, match="--workers"):
+        VectorizeConfig(workers=0)

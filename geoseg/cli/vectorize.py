@@ -53,6 +53,12 @@ def load_cleanup_config(path: Path | None) -> dict[str, Any] | None:
 @click.option(
     "--model", default=None, help="Model whose classes the raster holds, when it does not say."
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 8),
+    default=None,
+    help="Processes cleaning polygons side by side [default: 1 per core, max 8].",
+)
 @overwrite_opt
 @click.pass_context
 def vectorize(
@@ -63,6 +69,7 @@ def vectorize(
     config_path: Path | None,
     dst_crs: str | None,
     model: str | None,
+    workers: int | None,
     overwrite: bool,
 ) -> None:
     """Polygonize class raster CLASSES into one styled layer per class."""
@@ -79,6 +86,7 @@ def vectorize(
         dst_crs=dst_crs,
         classes=card_classes,
         overwrite=overwrite,
+        workers=workers,
     )
     with TileProgress("vectorize", disable=ctx.obj["quiet"] > 0, unit="row") as bar:
         stats = run_vectorize(classes, dst, cfg, progress=bar.update)
