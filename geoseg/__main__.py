@@ -2,4 +2,6 @@
 
 from geoseg.cli import main
 
-main()
+# Guarded: worker processes started with spawn/forkserver import the main module again.
+if __name__ == "__main__":
+    main()

@@ -33,6 +33,7 @@ from geoseg.errors import (
     BandError,
     ConfigError,
     GeoreferenceError,
+    GeosegError,
     GeosegWarning,
 )
 from geoseg.infer.backends import BACKENDS
@@ -606,7 +607,7 @@ MAX_CLEANUP_WORKERS = 8
 
 
 def default_cleanup_workers() -> int:
-    """Clean-up processes by default: one per usable core up to 8; 1 in a daemonic process."""
+    """Clean-up processes the CLI uses: one per usable core up to 8; 1 in a daemonic process."""
     import multiprocessing
 
     from geoseg.infer.backends import default_threads
@@ -614,6 +615,19 @@ def default_cleanup_workers() -> int:
     if multiprocessing.current_process().daemon:
         return 1
     return max(1, min(default_threads(), MAX_CLEANUP_WORKERS))
+
+
+def _usable_cleanup_workers(requested: int | None) -> int:
+    """``requested`` (default 1), or 1 in a daemonic process, which may not start children."""
+    import multiprocessing
+
+    n = requested or 1
+    if n > 1 and multiprocessing.current_process().daemon:
+        log.info(
+            "clean-up in this process: a daemonic process (a dask worker) may not start others"
+        )
+        return 1
+    return n
 
 
 class _Cleaner:
@@ -653,20 +667,42 @@ class _Cleaner:
         due = []
         while self._queue and (len(self._queue) > 2 * self.workers or self._queue[0][1].done()):
             k, fut = self._queue.popleft()
-            due.append((k, fut.result()))
+            due.append((k, _result(fut)))
         return due
 
     def drain(self) -> list[tuple[Any, Any]]:
         """Every remaining result, in submission order."""
-        due = [(k, fut.result()) for k, fut in self._queue]
+        due = [(k, _result(fut)) for k, fut in self._queue]
         self._queue.clear()
         return due
 
     def close(self, *, wait: bool = True) -> None:
-        """Stop the pool, cancelling what has not started (not waiting after a failure)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=wait, cancel_futures=True)
-            self._pool = None
+        """Stop the pool; after a failure (``wait=False``) kill the workers mid-batch too.
+
+        ``shutdown(cancel_futures=True)`` only cancels batches not yet started, and
+        the interpreter would wait at exit for those running: an interrupted or
+        failed run must not hang for the longest batch in flight.
+        """
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        if not wait:
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                with contextlib.suppress(Exception):
+                    proc.terminate()
+        pool.shutdown(wait=wait, cancel_futures=True)
+
+
+def _result(fut: Any) -> Any:
+    """A clean-up result; a worker that died (killed for memory?) is one clear error."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        return fut.result()
+    except BrokenProcessPool as exc:
+        raise GeosegError(
+            "a clean-up worker process died (out of memory?); rerun with --workers 1"
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -706,10 +742,13 @@ class VectorizeConfig:
         Polygons per class cleaned and written at once.
     workers : int, optional
         Processes that clean batches side by side (the polygonizer runs in the
-        caller meanwhile); default one per core up to 8, and 1 inside a
-        daemonic process (a dask worker), which may not start children.  The
-        output is the same whatever the number: batches are written in the
-        order they were formed.
+        caller meanwhile); default 1 (the CLI passes
+        :func:`default_cleanup_workers`: one per core up to 8), and always 1
+        inside a daemonic process (a dask worker), which may not start
+        children.  The output is the same whatever the number: batches are
+        written in the order they were formed.  More than 1 starts worker
+        processes with ``forkserver``, which imports the caller's main module
+        again: scripts need an ``if __name__ == "__main__":`` guard.
     """
 
     confidence: Path | None = None
@@ -1009,7 +1048,7 @@ def _run_vectorize(
         iter_confidence_strips(cfg.confidence, rows=cfg.block_rows) if cfg.confidence else None
     )
 
-    cleaner = _Cleaner(cfg.workers or default_cleanup_workers())
+    cleaner = _Cleaner(_usable_cleanup_workers(cfg.workers))
 
     def flush(writer: VectorWriter, class_id: int) -> None:
         items = pending[class_id]

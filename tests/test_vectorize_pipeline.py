@@ -237,3 +237,17 @@ def test_cleanup_workers_give_the_same_geopackage(tmp_path, monkeypatch):
         assert list(a.geometry.to_wkb()) == list(b.geometry.to_wkb())
     with pytest.raises(ConfigError, match="--workers"):
         VectorizeConfig(workers=0)
+
+
+def test_a_dead_cleanup_worker_is_one_clear_error():
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    from geoseg.errors import GeosegError
+    from geoseg.pipeline import _result, _usable_cleanup_workers
+
+    fut: Future = Future()
+    fut.set_exception(BrokenProcessPool("A process in the process pool was terminated abruptly"))
+    with pytest.raises(GeosegError, match="--workers 1"):
+        _result(fut)
+    assert _usable_cleanup_workers(None) == 1 and _usable_cleanup_workers(3) == 3

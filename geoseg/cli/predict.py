@@ -99,6 +99,7 @@ def predict(
     from geoseg.pipeline import (
         PredictConfig,
         VectorizeConfig,
+        default_cleanup_workers,
         parse_bands,
         parse_range,
         run_scene,
@@ -134,7 +135,11 @@ def predict(
     outputs = list(stats.outputs)
     if vector_out:
         vcfg = VectorizeConfig(
-            confidence=probabilities, cleanup=cleanup, dst_crs=dst_crs, overwrite=overwrite
+            confidence=probabilities,
+            cleanup=cleanup,
+            dst_crs=dst_crs,
+            overwrite=overwrite,
+            workers=default_cleanup_workers(),
         )
         with TileProgress("vectorize", disable=quiet, unit="row") as bar:
             vstats = run_vectorize(raster_out, dst, vcfg, progress=bar.update)

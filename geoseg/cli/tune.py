@@ -16,7 +16,12 @@ from geoseg.cli.options import device_opt, model_opt
     default=None,
     help="CPU threads for the network [default: all].",
 )
-@click.option("--tile", type=int, default=None, help="Tile edge in pixels [default: the model's].")
+@click.option(
+    "--tile",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Tile edge in pixels [default: the model's].",
+)
 @click.option(
     "--seconds",
     type=click.FloatRange(min=0, min_open=True),

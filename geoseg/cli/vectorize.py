@@ -73,7 +73,7 @@ def vectorize(
     overwrite: bool,
 ) -> None:
     """Polygonize class raster CLASSES into one styled layer per class."""
-    from geoseg.pipeline import VectorizeConfig, run_vectorize
+    from geoseg.pipeline import VectorizeConfig, default_cleanup_workers, run_vectorize
 
     card_classes = None
     if model is not None:
@@ -86,7 +86,7 @@ def vectorize(
         dst_crs=dst_crs,
         classes=card_classes,
         overwrite=overwrite,
-        workers=workers,
+        workers=workers or default_cleanup_workers(),
     )
     with TileProgress("vectorize", disable=ctx.obj["quiet"] > 0, unit="row") as bar:
         stats = run_vectorize(classes, dst, cfg, progress=bar.update)

@@ -129,6 +129,10 @@ class Tuning:
         ValueError
             If ``data`` is not a stored tuning.
         """
+        if not isinstance(data, dict):
+            raise ValueError(f"an entry must be an object, got {type(data).__name__}")
+        if data.get("backend") not in ("torch", "onnx"):
+            raise ValueError(f"unknown backend {data.get('backend')!r}")
         try:
             ms = [
                 Measurement(
@@ -140,7 +144,7 @@ class Tuning:
                 )
                 for m in data.get("measurements", [])
             ]
-            return cls(
+            tuning = cls(
                 backend=str(data["backend"]),
                 workers=int(data["workers"]),
                 mpx_s=float(data["mpx_s"]),
@@ -149,8 +153,11 @@ class Tuning:
                 tile=int(data.get("tile", 0)),
                 measured_at=str(data.get("measured_at", "")),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a stored tuning: {exc}") from exc
+        if tuning.workers < 1 or not tuning.mpx_s > 0:
+            raise ValueError(f"workers {tuning.workers} and Mpx/s {tuning.mpx_s} must be positive")
+        return tuning
 
 
 # --- where and under which key ----------------------------------------------------------------
@@ -270,8 +277,12 @@ def store_tuning(key: str, tuning: Tuning, path: Path | None = None) -> Path:
         entries[key] = tuning.to_json()
         fd, tmp = tempfile.mkstemp(prefix=".tuning-", suffix=".json", dir=path.parent)
         try:
+            # Readable by all, as a file written with open() would be (mkstemp makes it 0600).
+            os.fchmod(fd, 0o644)
             with os.fdopen(fd, "w") as fh:
                 json.dump({"format": TUNING_FORMAT, "entries": entries}, fh, indent=1)
+                fh.flush()
+                os.fsync(fh.fileno())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -5,10 +5,10 @@ reader resamples it on the fly (a warped view) and the network runs on that
 grid.  Here the resulting strips are staged in a temporary GeoTIFF, then read
 back on the input's exact grid (nearest neighbour for classes, bilinear for
 probabilities) and written strip by strip to the final COG, with nodata
-wherever the input itself is nodata.  For a north-up input (every input the
-reader resamples) the model grid has the input's extent, and GDAL's resampled
-read of the matching fractional window gives what a warped view would, much
-faster; other geometries go through a warped view.
+wherever the input itself is nodata.  For a north-up input the model grid has
+the input's extent, and GDAL's resampled read of the matching fractional
+window gives what a warped view would, much faster; rotated or sheared inputs
+(whose model grid is the input grid scaled) go through a warped view.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def _same_extent_north_up(
 ) -> bool:
     """Whether ``stage`` covers exactly the input's extent, both north-up in the same CRS.
 
-    That is how the reader builds the model grid for any north-up input
+    That is how the reader builds the model grid for a north-up input
     (:meth:`~geoseg.io.read.RasterSource._warped`); the predictions can then be
     brought back with a resampled read, which gives the warper's nearest
     classes exactly and its bilinear probabilities to within one unit of 254

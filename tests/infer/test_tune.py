@@ -148,7 +148,7 @@ def test_measurement_is_per_machine_threads_and_weights() -> None:
     )
 
 
-def test_lazy_checkpoint_finds_the_same_entry_as_its_network(tiny_model_dir: Path) -> None:
+def test_lazy_checkpoint_lookup_needs_no_network(tiny_model_dir: Path) -> None:
     lazy = load_checkpoint(tiny_model_dir, lazy=True)
     store_tuning(
         entry_key(machine_identity(HostCPU(), 2), model_key(lazy, lazy.card)), fake("torch", 1)
@@ -169,9 +169,22 @@ def test_damaged_tuning_file_is_ignored(own_cache: Path, caplog: pytest.LogCaptu
     path = store_for(model, fake("torch", 1))
     data = json.loads(path.read_text())
     (key,) = data["entries"]
-    data["entries"][key] = {"backend": "torch"}
-    path.write_text(json.dumps(data))
-    assert stored_tuning(model, card, torch.device("cpu"), 2) is None
+    good = data["entries"][key]
+    for bad in (
+        {"backend": "torch"},
+        "oops",
+        [1],
+        {**good, "backend": "tensorrt"},
+        {**good, "workers": 0},
+        {**good, "mpx_s": -1},
+    ):
+        data["entries"][key] = bad
+        path.write_text(json.dumps(data))
+        assert stored_tuning(model, card, torch.device("cpu"), 2) is None, bad
+        # And the predictor follows the rule instead of failing.
+        assert Predictor(model, card, device="cpu", threads=2).tuning is None
+    # Written readable by all (a shared cache), not 0600 as mkstemp makes files.
+    assert path.stat().st_mode & 0o044 == 0o044
 
 
 def test_concurrent_stores_keep_every_entry() -> None:
