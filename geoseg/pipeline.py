@@ -607,13 +607,9 @@ MAX_CLEANUP_WORKERS = 8
 
 
 def default_cleanup_workers() -> int:
-    """Clean-up processes the CLI uses: one per usable core up to 8; 1 in a daemonic process."""
-    import multiprocessing
-
+    """Clean-up processes the CLI asks for: one per usable core, up to 8."""
     from geoseg.infer.backends import default_threads
 
-    if multiprocessing.current_process().daemon:
-        return 1
     return max(1, min(default_threads(), MAX_CLEANUP_WORKERS))
 
 

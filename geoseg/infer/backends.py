@@ -152,6 +152,16 @@ def default_workers(threads: int) -> int:
     return max(1, min(threads, MAX_DEFAULT_WORKERS))
 
 
+def package_version(name: str) -> str:
+    """An installed distribution's version from its metadata (no import), or ``"none"``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "none"
+
+
 def onnxruntime_available() -> bool:
     """Whether ONNX Runtime and the ``onnx`` package (needed to export) import."""
     try:
@@ -381,12 +391,7 @@ def export_key_for_weights(weights_sha256: str, card: ModelCard) -> str:
 
 def _export_key(weights: dict[str, str], card: ModelCard) -> str:
     """sha256 prefix over the weights' identity and everything that shapes the graph."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        torch_version = version("torch").split("+")[0]
-    except PackageNotFoundError:
-        torch_version = "none"
+    torch_version = package_version("torch").split("+")[0]
     spec = {
         **weights,
         "architecture": card.architecture,

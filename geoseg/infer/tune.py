@@ -49,6 +49,7 @@ from geoseg.infer.backends import (
     export_key,
     export_key_for_weights,
     onnxruntime_available,
+    package_version,
 )
 
 if TYPE_CHECKING:
@@ -181,15 +182,6 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def _version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "none"
-
-
 def machine_identity(device: Device, threads: int) -> dict[str, Any]:
     """What a measurement depends on besides the model: hardware, threads, libraries.
 
@@ -200,9 +192,9 @@ def machine_identity(device: Device, threads: int) -> dict[str, Any]:
         "cpu": _cpu_name(),
         "device": device.type,
         "threads": int(threads),
-        "onnxruntime": _version("onnxruntime"),
-        "onnxruntime-gpu": _version("onnxruntime-gpu"),
-        "torch": _version("torch"),
+        "onnxruntime": package_version("onnxruntime"),
+        "onnxruntime-gpu": package_version("onnxruntime-gpu"),
+        "torch": package_version("torch"),
         "format": TUNING_FORMAT,
     }
     if device.type == "cuda":

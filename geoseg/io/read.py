@@ -77,9 +77,10 @@ class RasterSpec:
     @property
     def bounds(self) -> tuple[float, float, float, float]:
         """(left, bottom, right, top) in CRS units: the box around all four corners."""
-        corners = [self.transform * xy for xy in ((0, 0), (self.width, 0), (0, self.height))]
-        corners.append(self.transform * (self.width, self.height))
-        xs, ys = zip(*corners, strict=True)
+        xs, ys = zip(
+            *(self.transform * (c, r) for c in (0, self.width) for r in (0, self.height)),
+            strict=True,
+        )
         return min(xs), min(ys), max(xs), max(ys)
 
     @property
