@@ -80,6 +80,10 @@ class EvalConfig:
     labelled_classes : tuple of str, optional
         Classes the labels cover (default: every class but the background).
         Predictions of other classes count as background and they get no score.
+    absent_classes : tuple of str
+        Classes known to be nowhere in the images (see
+        :class:`~geoseg.training.config.SourceConfig`): their predictions count
+        as errors against the labelled background instead of as background.
     object_classes : tuple of str, optional
         Classes scored as objects (default: building/cropland/field classes).
     iou_threshold : float
@@ -102,6 +106,7 @@ class EvalConfig:
     label_type: str = "auto"
     class_map: tuple[tuple[str | int, str], ...] = ()
     labelled_classes: tuple[str, ...] | None = None
+    absent_classes: tuple[str, ...] = ()
     object_classes: tuple[str, ...] | None = None
     iou_threshold: float = 0.5
     min_object_pixels: int = 0
@@ -505,6 +510,7 @@ def evaluate(
         images=tuple(str(p) for p in images),
         labels=tuple(str(p) for p in labels),
         labelled_classes=tuple(labelled),
+        absent_classes=tuple(cfg.absent_classes),
         label_field=cfg.label_field,
         label_layer=cfg.label_layer,
         label_type=cfg.label_type,
@@ -517,7 +523,7 @@ def evaluate(
             f"{len(labels)} label rasters for {len(images)} images; pass one per image (same "
             "order) or one covering all"
         )
-    cover = np.array([n == names[0] or n in source.labelled_classes for n in names])
+    cover = np.array([n == names[0] or n in source.known_classes for n in names])
     obj_names = cfg.object_classes
     if obj_names is None:
         obj_names = tuple(n for n in names[1:] if n in OBJECT_CLASSES and cover[names.index(n)])
@@ -596,7 +602,7 @@ def evaluate(
     return EvalReport(
         model=card.name,
         classes=card.classes,
-        labelled_classes=tuple(source.labelled_classes),
+        labelled_classes=tuple(source.known_classes),
         pixel=cm.metrics(),
         objects=objects,
         images=tuple(results),
@@ -687,7 +693,7 @@ def _clean_like_vectorize(
         if not raw or spec.crs is None:
             continue
         params = cleanup_for(card.class_by_id(c), card.postprocess, None)
-        cleaned, _, _ = clean_and_measure(raw, params, spec.crs, spec.bounds)
+        cleaned, _, _, _ = clean_and_measure(raw, params, spec.crs, spec.bounds)
         pred_objects[c][start:] = [g for g in cleaned if g is not None]
 
 

@@ -37,7 +37,7 @@ from geoseg.errors import (
     GeosegWarning,
 )
 from geoseg.infer.backends import BACKENDS
-from geoseg.infer.predictor import Predictor, normalize
+from geoseg.infer.predictor import Predictor, normalize, tta_transforms
 from geoseg.infer.stream import StreamStats, Strip, stream_segment
 from geoseg.io.atomic import check_output_path
 from geoseg.io.env import gdal_env
@@ -119,6 +119,9 @@ class PredictConfig:
         Threads reading and normalising tiles, each with its own dataset handle
         (default: 1 on CPU, where the network needs the cores; up to 4 on a GPU,
         which otherwise waits for tiles).
+    tta : {"none", "flips", "d4"}
+        Test-time augmentation (see :class:`~geoseg.infer.predictor.Predictor`):
+        4 or 8 passes per tile, probabilities averaged before blending.
     """
 
     tile: int | None = None
@@ -138,8 +141,10 @@ class PredictConfig:
     compile: bool = False
     readers: int | None = None
     workers: int | None = None
+    tta: str = "none"
 
     def __post_init__(self) -> None:
+        tta_transforms(self.tta)
         if self.backend not in BACKENDS:
             raise ConfigError(
                 f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}"
@@ -300,6 +305,7 @@ def _model_tags(loaded: LoadedModel, cfg: PredictConfig, src: str) -> dict[str, 
                 "overlap": loaded.card.overlap if cfg.overlap is None else cfg.overlap,
                 "bands": list(cfg.bands) if cfg.bands else None,
                 "input_range": list(cfg.input_range) if cfg.input_range else None,
+                "tta": cfg.tta,
             }
         ),
     }
@@ -443,6 +449,7 @@ def _run_scene(
         backend=cfg.backend,
         compile=cfg.compile,
         workers=cfg.workers,
+        tta=cfg.tta,
     )
     tags = _model_tags(loaded, cfg, str(src))
     colormap = {c.id: c.rgb for c in card.classes}
@@ -850,7 +857,7 @@ def _geodesic(geoms: list[Any], crs: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def clean_and_measure(
     geoms: list[Any], params: CleanupParams, crs: Any, bounds: tuple[float, float, float, float]
-) -> tuple[list[Any], np.ndarray, np.ndarray]:
+) -> tuple[list[Any], np.ndarray, np.ndarray, np.ndarray]:
     """Clean polygons and measure them in metres, whatever the raster's extent.
 
     A raster spanning more than a UTM zone (world or continental mosaics in
@@ -861,8 +868,10 @@ def clean_and_measure(
 
     Returns
     -------
-    cleaned, areas_m2, perimeters_m
-        One entry per input (``None`` where dropped; NaN measures there).
+    cleaned, areas_m2, perimeters_m, origin
+        One entry per input (``None`` where dropped; NaN measures there), except
+        that with ``params.split_neck_m`` a polygon cut into pieces gives one
+        entry per piece; ``origin`` holds the input index of every entry.
     """
     import shapely
 
@@ -911,7 +920,44 @@ def clean_and_measure(
             if g is not None:
                 areas[k], perims[k] = a[j], p[j]
                 j += 1
-    return cleaned, areas, perims
+    origin = np.arange(n)
+    if params.split_neck_m > 0:
+        return _separate_pieces(cleaned, areas, perims, crs, bounds)
+    return cleaned, areas, perims, origin
+
+
+def _separate_pieces(
+    cleaned: list[Any],
+    areas: np.ndarray,
+    perims: np.ndarray,
+    crs: Any,
+    bounds: tuple[float, float, float, float],
+) -> tuple[list[Any], np.ndarray, np.ndarray, np.ndarray]:
+    """One entry per piece of the polygons the clean-up cut at their necks, measured again."""
+    from geoseg.vectorize import area_perimeter_m
+
+    out: list[Any] = []
+    origin: list[int] = []
+    split: list[bool] = []
+    for k, g in enumerate(cleaned):
+        parts = list(g.geoms) if g is not None and g.geom_type == "MultiPolygon" else [g]
+        out += parts
+        origin += [k] * len(parts)
+        split += [len(parts) > 1] * len(parts)
+    if len(out) == len(cleaned):
+        return cleaned, areas, perims, np.arange(len(cleaned))
+    src = np.array(origin)
+    new_areas, new_perims = areas[src].copy(), perims[src].copy()
+    redo = np.flatnonzero(split)
+    pieces = np.empty(len(redo), dtype=object)
+    pieces[:] = [out[i] for i in redo]
+    try:
+        a, p = area_perimeter_m(pieces, crs, bounds)
+    except Exception as exc:  # far-off zones: measure on the ellipsoid
+        log.debug("falling back to geodesic measures of split pieces (%s)", exc)
+        a, p = _geodesic(list(pieces), crs)
+    new_areas[redo], new_perims[redo] = a, p
+    return out, new_areas, new_perims, src
 
 
 def shapely_total_bounds(geoms: np.ndarray) -> tuple[float, float, float, float]:
@@ -1064,11 +1110,11 @@ def _run_vectorize(
 
     def write(writer: VectorWriter, key: tuple[int, list[float | None]], result: Any) -> None:
         class_id, confs = key
-        cleaned, areas_all, perims_all = result
+        cleaned, areas_all, perims_all, origin = result
         cls = by_id[class_id]
         idx = [i for i, g in enumerate(cleaned) if g is not None]
-        keep = [(cleaned[i], confs[i]) for i in idx]
-        stats.dropped += len(cleaned) - len(keep)
+        keep = [(cleaned[i], confs[origin[i]]) for i in idx]
+        stats.dropped += len(confs) - len({int(origin[i]) for i in idx})
         if not keep:
             return
         geoms = np.array([g for g, _ in keep], dtype=object)

@@ -251,3 +251,58 @@ def test_a_dead_cleanup_worker_is_one_clear_error():
     with pytest.raises(GeosegError, match="--workers 1"):
         _result(fut)
     assert _usable_cleanup_workers(None) == 1 and _usable_cleanup_workers(3) == 3
+
+
+SPLIT = {
+    "building": CleanupParams(
+        style="regularize", simplify_tolerance_m=1.0, min_area_m2=10, split_neck_m=3.0
+    ),
+    "vegetation": CleanupParams(style="none"),
+}
+
+
+def _houses(h: int, w: int) -> np.ndarray:
+    """Rows of 12 x 10 px houses; each pair in a row joined by a 2 px-wide bridge."""
+    arr = np.zeros((h, w), np.uint8)
+    for r0 in range(10, h - 20, 40):
+        for c0 in range(10, w - 40, 40):
+            arr[r0 : r0 + 12, c0 : c0 + 10] = 1
+            arr[r0 : r0 + 12, c0 + 18 : c0 + 28] = 1
+            arr[r0 + 5 : r0 + 7, c0 + 10 : c0 + 18] = 1  # the bridge: 2 m wide
+    return arr
+
+
+def test_touching_buildings_come_out_apart_whatever_the_strips(tmp_path):
+    arr = _houses(130, 130)
+    arr[60:75, 95:125] = 1  # one 30 x 15 m building: no neck, stays whole
+    src = class_raster(tmp_path, arr)
+    whole = run_vectorize(src, tmp_path / "a.gpkg", VectorizeConfig(cleanup=NO_CLEAN))
+    split = run_vectorize(src, tmp_path / "b.gpkg", VectorizeConfig(cleanup=SPLIT))
+    merged_blocks = whole.polygons["buildings"]
+    assert split.polygons["buildings"] == 2 * merged_blocks - 1  # every pair cut, not the hall
+    frame = pyogrio.read_dataframe(tmp_path / "b.gpkg", layer="buildings")
+    geoms = frame.geometry.values
+    assert all(shapely.get_num_geometries(g) == 1 for g in geoms)
+    assert not any(
+        geoms[i].intersects(geoms[j]) for i in range(len(geoms)) for j in range(i + 1, len(geoms))
+    )
+    sizes = sorted(round(a) for a in frame["area_m2"])
+    assert sizes[-1] == pytest.approx(450, abs=30) and sizes[0] > 100
+    # Cut on whole polygons: the same pieces for any strip height, batch and worker count,
+    # buildings across strip seams (every 7th row) included.
+    again = run_vectorize(
+        src, tmp_path / "c.gpkg", VectorizeConfig(cleanup=SPLIT, block_rows=7, batch=3)
+    )
+    assert again.polygons == split.polygons
+    other = pyogrio.read_dataframe(tmp_path / "c.gpkg", layer="buildings").geometry.values
+    assert sorted(shapely.to_wkb(shapely.normalize(geoms))) == sorted(
+        shapely.to_wkb(shapely.normalize(other))
+    )
+
+
+def test_split_keeps_a_building_across_a_strip_seam_whole(tmp_path):
+    arr = np.zeros((60, 60), np.uint8)
+    arr[5:50, 10:30] = 1  # 45 x 20 m, across the seams of 8-row strips
+    src = class_raster(tmp_path, arr)
+    stats = run_vectorize(src, tmp_path / "o.gpkg", VectorizeConfig(cleanup=SPLIT, block_rows=8))
+    assert stats.polygons["buildings"] == 1

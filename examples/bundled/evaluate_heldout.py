@@ -4,9 +4,10 @@ The held-out files of each source are read from the model card's provenance (the
 run's file split), and each real source is evaluated through ``geoseg evaluate``, i.e. the same
 tiled inference users run, against its own labels and only for the classes it labels:
 
-* dubai: label rasters (building, vegetation);
+* dubai: label rasters (building, vegetation; cropland declared absent, so cropland
+  predictions count as errors);
 * agoro-fields: cropland polygons;
-* spacenet-rio: building footprints.
+* spacenet-rio: building footprints; every tile when the model was not trained on the set.
 
 Usage::
 
@@ -28,8 +29,17 @@ def main() -> None:
     card = json.loads((model / "model_card.json").read_text())
     held: dict[str, list[str]] = {}
     for src in card["provenance"]["sources"]:
-        for part in src["parts"]:
+        for part in src.get("parts", []):
             held.setdefault(src["name"], []).extend(part["val_files"])
+        if "parts" not in src:  # cards before the per-part provenance
+            held[src["name"]] = list(src.get("held_out", []))
+    if "spacenet-rio" not in held:
+        held["spacenet-rio"] = sorted(
+            str(p) for p in (SHARED / "spacenet-rio" / "images").glob("*.tif")
+        )
+    for name, files in held.items():
+        folder = SHARED / name / "images"
+        held[name] = [f if Path(f).is_file() else str(folder / Path(f).name) for f in files]
     jobs = {
         "dubai": (
             [SHARED / "dubai" / "masks" / Path(f).name for f in held.get("dubai", [])],
@@ -38,6 +48,8 @@ def main() -> None:
                 "0=ignore,1=building,2=background,3=background,4=vegetation,5=background",
                 "--labelled-classes",
                 "building,vegetation",
+                "--absent-classes",
+                "cropland",
             ],
         ),
         "agoro-fields": (

@@ -80,6 +80,7 @@ _PREDICT_KEYS = frozenset(
         "amp",
         "threads",
         "resample",
+        "tta",
     }
 )
 _VECTORIZE_KEYS = frozenset({"dst_crs", "cleanup", "block_rows", "batch"})
@@ -480,7 +481,7 @@ def fingerprint(region: Region, spec: WorkSpec, model_sha256: str, predict: Pred
         "model": model_sha256,
         "predict": {
             k: getattr(predict, k)
-            for k in ("tile", "overlap", "bands", "input_range", "assume_crs", "resample")
+            for k in ("tile", "overlap", "bands", "input_range", "assume_crs", "resample", "tta")
         },
         "vectorize": vectorize_doc(spec.vectorize) if spec.mode == "rasters" else None,
     }

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from geoseg.cli.options import overwrite_opt
+from geoseg.cli.options import overwrite_opt, tta_opt
 from geoseg.cli.progress import TileProgress
 
 _UNITS = {"regions": "region", "merge": "step"}
@@ -89,6 +89,7 @@ class _StageProgress:
     show_default=True,
     help="Dashboard of the local cluster.",
 )
+@tta_opt
 @overwrite_opt
 @click.pass_context
 def batch(
@@ -102,6 +103,7 @@ def batch(
     retries: int,
     resume: bool,
     dashboard_address: str,
+    tta: str | None,
     overwrite: bool,
 ) -> None:
     """Segment the regions of REGIONS_YAML on a dask cluster, then merge them.
@@ -121,6 +123,8 @@ def batch(
     work = load_work(work_file, model=model)
     if device is not None:
         work = replace(work, predict=replace(work.predict, device=device))
+    if tta is not None:
+        work = replace(work, predict=replace(work.predict, tta=tta))
     quiet = ctx.obj["quiet"] > 0
 
     def on_cluster(info: ClusterInfo) -> None:

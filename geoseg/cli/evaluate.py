@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli.options import device_opt, model_opt, overwrite_opt
+from geoseg.cli.options import device_opt, model_opt, overwrite_opt, tta_opt
 from geoseg.cli.progress import TileProgress
 from geoseg.cli.train import expand_images
 
@@ -34,6 +34,11 @@ from geoseg.cli.train import expand_images
     "--labelled-classes",
     default=None,
     help="Classes the labels cover [default: all]; others count as background.",
+)
+@click.option(
+    "--absent-classes",
+    default=None,
+    help="Classes known to be nowhere in the images; their predictions count as errors.",
 )
 @click.option(
     "--object-classes",
@@ -73,6 +78,7 @@ from geoseg.cli.train import expand_images
 )
 @click.option("--threads", type=int, default=None, help="CPU threads for the network.")
 @device_opt
+@tta_opt
 @overwrite_opt
 @click.pass_context
 def evaluate(
@@ -85,6 +91,7 @@ def evaluate(
     label_layer: str | None,
     class_map: str | None,
     labelled_classes: str | None,
+    absent_classes: str | None,
     object_classes: str | None,
     iou_threshold: float,
     min_object_pixels: int,
@@ -96,6 +103,7 @@ def evaluate(
     bands: str | None,
     threads: int | None,
     device: str,
+    tta: str | None,
     overwrite: bool,
 ) -> None:
     """Predict images as 'geoseg predict' does and score them against labels.
@@ -124,6 +132,7 @@ def evaluate(
         label_layer=label_layer,
         class_map=tuple(parse_class_map(class_map).items()) if class_map else (),
         labelled_classes=names(labelled_classes),
+        absent_classes=names(absent_classes) or (),
         object_classes=names(object_classes),
         iou_threshold=iou_threshold,
         min_object_pixels=min_object_pixels,
@@ -135,6 +144,7 @@ def evaluate(
             device=device,
             bands=parse_bands(bands),
             threads=threads,
+            tta=tta or "none",
         ),
     )
     quiet = ctx.obj["quiet"] > 0

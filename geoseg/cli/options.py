@@ -40,6 +40,17 @@ def device_opt(f: F) -> F:
     )(f)
 
 
+def tta_opt(f: F) -> F:
+    """``--tta``: test-time augmentation (``flips``: 4 passes, ``d4``: 8 passes per tile)."""
+    return click.option(
+        "--tta",
+        type=click.Choice(["none", "flips", "d4"]),
+        default=None,
+        help="Test-time augmentation: average the tile turned and flipped (flips: 4 passes, "
+        "d4: 8) [default: none].",
+    )(f)
+
+
 def cleanup_opts(f: F) -> F:
     """``--config`` (clean-up YAML per class) and ``--dst-crs`` for vector outputs."""
     f = click.option(

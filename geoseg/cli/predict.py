@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli.options import cleanup_opts, device_opt, model_opt, overwrite_opt
+from geoseg.cli.options import cleanup_opts, device_opt, model_opt, overwrite_opt, tta_opt
 from geoseg.cli.progress import TileProgress
 
 
@@ -67,6 +67,7 @@ from geoseg.cli.progress import TileProgress
     default=None,
     help="Threads reading tiles ahead of the network [default: 1 on CPU, up to 4 on GPU].",
 )
+@tta_opt
 @cleanup_opts
 @overwrite_opt
 @click.pass_context
@@ -89,6 +90,7 @@ def predict(
     compile_model: bool,
     workers: int | None,
     readers: int | None,
+    tta: str | None,
     config_path: Path | None,
     dst_crs: str | None,
     overwrite: bool,
@@ -128,6 +130,7 @@ def predict(
         compile=compile_model,
         readers=readers,
         workers=workers,
+        tta=tta or "none",
     )
     quiet = ctx.obj["quiet"] > 0
     with TileProgress("predict", disable=quiet) as bar:

@@ -63,6 +63,28 @@ class _Progress:
             self.bar = None
 
 
+def _saved_config(run_dir: Path) -> dict[str, Any]:
+    """The config a run was started with, from its ``train_state.json``."""
+    import json
+
+    from geoseg.errors import ConfigError
+
+    state_file = run_dir / "train_state.json"
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"--resume {run_dir}: no {state_file.name} there; give the run directory of a run "
+            "that finished at least one epoch"
+        ) from exc
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--resume {run_dir}: cannot read {state_file} ({exc})") from exc
+    config = state.get("config") if isinstance(state, dict) else None
+    if not isinstance(config, dict):
+        raise ConfigError(f"--resume {run_dir}: {state_file} holds no training config")
+    return dict(config)
+
+
 @click.command()
 @click.option(
     "-c",
@@ -98,6 +120,11 @@ class _Progress:
     help="Classes the labels cover, e.g. building (default: the class map's).",
 )
 @click.option(
+    "--absent-classes",
+    default=None,
+    help="Classes known to be nowhere in the images, e.g. cropland for a city.",
+)
+@click.option(
     "--class-map", default=None, help="Label value to class: 1=building,2=background,0=ignore."
 )
 @click.option(
@@ -111,6 +138,12 @@ class _Progress:
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
     help="Local state-dict file to initialise the encoder (never downloaded).",
+)
+@click.option(
+    "--init-weights",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Start the whole network from this checkpoint (a model name's folder or a weights file).",
 )
 @click.option("--chip-size", type=int, default=None, help="Training chip edge in pixels.")
 @click.option("--pixel-size", type=float, default=None, help="Train at this pixel size in metres.")
@@ -131,7 +164,16 @@ class _Progress:
 @click.option("--amp/--no-amp", default=None, help="Mixed precision [default: on CUDA].")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch.")
 @click.option("--workers", type=int, default=None, help="DataLoader worker processes.")
-@click.option("--resume", is_flag=True, help="Continue the run in --output.")
+@click.option(
+    "--resume",
+    "resume",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[RUN_DIR]",
+    help="Continue a run from its last checkpoint: --resume RUN_DIR (its saved config), or "
+    "--resume with --config/--output.",
+)
 @overwrite_opt
 @click.pass_context
 def train(
@@ -144,12 +186,14 @@ def train(
     label_field: str | None,
     classes: str | None,
     labelled_classes: str | None,
+    absent_classes: str | None,
     class_map: str | None,
     band_names: str | None,
     name: str | None,
     arch: str | None,
     encoder: str | None,
     encoder_weights: Path | None,
+    init_weights: Path | None,
     chip_size: int | None,
     pixel_size: float | None,
     epochs: int | None,
@@ -164,7 +208,7 @@ def train(
     amp: bool | None,
     threads: int | None,
     workers: int | None,
-    resume: bool,
+    resume: str | None,
     overwrite: bool,
 ) -> None:
     """Train a segmentation model on labelled imagery (torchgeo datasets and samplers).
@@ -177,7 +221,9 @@ def train(
           --labelled-classes building --arch unet --encoder resnet18 -o run/
 
     The best checkpoint (by validation mean IoU) lands in OUTPUT/model and works
-    with 'geoseg predict --model OUTPUT/model'.
+    with 'geoseg predict --model OUTPUT/model'.  A stopped run continues where
+    it stopped (weights, optimizer, schedule and chip sampling) with
+    'geoseg train --resume OUTPUT' (add --epochs N to extend it).
     """
     import yaml
 
@@ -189,7 +235,11 @@ def train(
     all_images = expand_images(images + more_images)
     data: dict[str, Any] = {}
     base_dir = None
-    if config_path is not None:
+    if resume and config_path is None and not (all_images or labels):
+        run_dir = Path(resume)  # --resume RUN_DIR alone: the run's own config
+        data = _saved_config(run_dir)
+        data["output"] = str(run_dir)
+    elif config_path is not None:
         try:
             text = config_path.read_text(encoding="utf-8")
         except OSError as exc:
@@ -212,6 +262,8 @@ def train(
             source["label_field"] = label_field
         if labelled_classes:
             source["labelled_classes"] = [c.strip() for c in labelled_classes.split(",")]
+        if absent_classes:
+            source["absent_classes"] = [c.strip() for c in absent_classes.split(",")]
         if class_map:
             source["class_map"] = parse_class_map(class_map)
         data["sources"] = [source]
@@ -226,6 +278,7 @@ def train(
         "architecture": arch,
         "encoder": encoder,
         "encoder_weights": encoder_weights,
+        "init_weights": init_weights,
         "chip_size": chip_size,
         "pixel_size_m": pixel_size,
         "epochs": epochs,
@@ -248,7 +301,9 @@ def train(
         if val_fraction is not None:
             val["fraction"] = val_fraction
         data["validation"] = val
-    data["resume"] = resume
+    if resume and config_path is not None and output is None:
+        data["output"] = resume
+    data["resume"] = resume is not None
     data["overwrite"] = overwrite
     config = TrainConfig.from_dict(data, base_dir)
 

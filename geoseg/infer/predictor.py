@@ -40,6 +40,47 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Test-time augmentation modes: the dihedral transforms (rot90 turns ``k``,
+#: then a left-right flip or not) each runs the network on.
+TTA_MODES: dict[str, tuple[tuple[int, bool], ...]] = {
+    "none": ((0, False),),
+    "flips": ((0, False), (0, True), (2, True), (2, False)),
+    "d4": tuple((k, f) for k in range(4) for f in (False, True)),
+}
+
+
+def tta_transforms(mode: str | None) -> tuple[tuple[int, bool], ...]:
+    """The ``(quarter turns, flip)`` pairs of a test-time augmentation mode.
+
+    ``none`` is the identity alone; ``flips`` adds the left-right flip, the
+    up-down flip and the half turn (4 passes, tile shape kept); ``d4`` is all 8
+    rotations and reflections of the square (8 passes).
+
+    Raises
+    ------
+    ConfigError
+        For an unknown mode.
+
+    Examples
+    --------
+    >>> len(tta_transforms("flips")), len(tta_transforms("d4")), tta_transforms(None)
+    (4, 8, ((0, False),))
+    """
+    key = "none" if mode is None else str(mode).lower()
+    if key not in TTA_MODES:
+        raise ConfigError(f"--tta must be one of {', '.join(TTA_MODES)}, got {mode!r}")
+    return TTA_MODES[key]
+
+
+def _forward(x: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    y = np.rot90(x, k, axes=(-2, -1)) if k else x
+    return np.ascontiguousarray(y[..., ::-1] if flip else y)
+
+
+def _inverse(p: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    y = p[..., ::-1] if flip else p
+    return np.rot90(y, -k, axes=(-2, -1)) if k else y
+
 
 def resolve_device(device: str = "auto") -> torch.device:
     """Turn ``auto``/``cpu``/``cuda``/``cuda:N``/``mps`` into an available torch device.
@@ -169,6 +210,11 @@ class Predictor:
     cache_dir : str or Path, optional
         Where ONNX exports are cached (default
         :func:`~geoseg.infer.backends.cache_dir`).
+    tta : {"none", "flips", "d4"}
+        Test-time augmentation: each tile also runs flipped (``flips``, 4
+        passes) or flipped and turned (``d4``, 8 passes), every output is turned
+        back and the probabilities are averaged before blending, so memory does
+        not grow and time grows with the number of passes.
 
     Attributes
     ----------
@@ -211,9 +257,12 @@ class Predictor:
         compile: bool = False,
         cache_dir: str | Path | None = None,
         workers: int | None = None,
+        tta: str | None = "none",
     ) -> None:
         self.card = card
         self._source = model
+        self.tta = "none" if tta is None else str(tta).lower()
+        self._transforms = tta_transforms(self.tta)
         if batch_size is not None and batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
         if threads is not None and threads < 1:
@@ -257,12 +306,13 @@ class Predictor:
         self.workers: int = self.backend.workers
         self.batch_size = batch_size or (8 if gpu else 1 if self.workers > 1 else 2)
         log.info(
-            "inference on %s with %s (batch %d, threads %d, workers %d)",
+            "inference on %s with %s (batch %d, threads %d, workers %d, tta %s)",
             self.device,
             self.backend.name,
             self.batch_size,
             self.threads,
             self.workers,
+            self.tta,
         )
 
     @property
@@ -349,7 +399,21 @@ class Predictor:
                 f"the {self.backend.name} backend returns host arrays; use --backend torch "
                 "to keep probabilities on the device"
             )
-        return self.backend.run_on_device(self._check(batch))
+        x = self._check(batch)
+        if len(self._transforms) == 1:
+            return self.backend.run_on_device(x)
+        import torch
+
+        total: torch.Tensor | None = None
+        for k, flip in self._transforms:
+            p = self.backend.run_on_device(_forward(x, k, flip))
+            if flip:
+                p = p.flip(-1)
+            if k:
+                p = torch.rot90(p, -k, dims=(-2, -1))
+            total = p if total is None else total + p
+        assert total is not None
+        return total / len(self._transforms)
 
     def __call__(self, batch: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         """Class probabilities for a batch of normalised tiles.
@@ -371,7 +435,16 @@ class Predictor:
         ConfigError
             If the batch is not 4-D with the card's band count.
         """
-        return self.backend(self._check(batch))
+        x = self._check(batch)
+        if len(self._transforms) == 1:
+            return self.backend(x)
+        total: np.ndarray | None = None
+        for k, flip in self._transforms:
+            p = _inverse(self.backend(_forward(x, k, flip)), k, flip)
+            total = p.copy() if total is None else np.add(total, p, out=total)
+        assert total is not None
+        total /= np.float32(len(self._transforms))
+        return total
 
     def _check(self, batch: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         x = np.ascontiguousarray(batch, dtype=np.float32)

@@ -79,6 +79,9 @@ class ClassInfo:
         GeoPackage layer name for its polygons (default: ``name``).
     vectorize : bool
         Whether polygons are produced for this class (False for background).
+    definition : str, optional
+        What the class covers, in words (e.g. "trees, shrubs and uncultivated
+        grass"), so that users and training sources mean the same thing.
     """
 
     id: int
@@ -86,6 +89,7 @@ class ClassInfo:
     color: str
     layer: str = ""
     vectorize: bool = True
+    definition: str = ""
 
     def __post_init__(self) -> None:
         _as_int(self.id, "classes[].id", lo=0, hi=254)
@@ -112,6 +116,7 @@ class ClassInfo:
             color=_req(d, "color", "class entry"),
             layer=d.get("layer") or "",
             vectorize=bool(d.get("vectorize", True)),
+            definition=str(d.get("definition") or ""),
         )
 
 

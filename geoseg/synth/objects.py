@@ -13,25 +13,29 @@ Distances given in metres in this module are converted with the pixel size.
 Objects are drawn in layers; a later layer wins where objects overlap, and each
 layer has one class, so the class raster is the class of the topmost object:
 
-======  =====================================  ==========
-layer   materials                              class
-======  =====================================  ==========
-0       bare ground (no object): grass / dry   background
-1       meadow, bare soil, paved yards         background
-2       crop fields                            cropland
-3       canopy: forest, hedgerows, shrubs      vegetation
-4       single tree crowns                     vegetation
-5       water                                  background
-6       roads, dirt tracks                     background
-7       road markings                          background
-8       roofs                                  building
-======  =====================================  ==========
+======  ==========================================  ==========
+layer   materials                                   class
+======  ==========================================  ==========
+0       bare ground (no object): dry, sparse, sand  background
+1       meadow, lawn                                vegetation
+2       bare soil, paved yards                      background
+3       crop fields, grass parcels in farmland      cropland
+4       canopy: forest, hedgerows, shrubs           vegetation
+5       single tree crowns                          vegetation
+6       water                                       background
+7       roads, dirt tracks                          background
+8       road markings                               background
+9       roofs                                       building
+======  ==========================================  ==========
 
-Vegetation means woody plants seen from above: tree crowns, forest canopy,
-hedgerows and shrub patches.  Grass, lawns, meadows and pasture are
-background; crop fields are cropland at every growth stage, ploughed soil and
-stubble included.  Shadows (see :attr:`Layout.shadow_geoms`) only darken the
-image and never change a class.
+The classes follow geoseg's one class definition (README, "Classes"):
+*building* is a roofed structure; *vegetation* is trees, shrubs and
+uncultivated grass (tree crowns, forest canopy, hedgerows, shrub patches,
+meadows, lawns, gardens and parks); *cropland* is cultivated parcels in
+farmland at every growth stage, ploughed soil, stubble and grass leys in the
+field pattern included; *background* is everything else (dry bare ground,
+soil, sand, water, roads, paved areas).  Shadows (see
+:attr:`Layout.shadow_geoms`) only darken the image and never change a class.
 """
 
 from __future__ import annotations
@@ -85,34 +89,37 @@ class Material(IntEnum):
     ROOF_HIP = 12
     ROOF_FLAT = 13
     ROOF_METAL = 14
+    GRASS_FIELD = 15
 
 
 M = Material
 _LAYER: dict[Material, int] = {
     M.GROUND: 0,
     M.MEADOW: 1,
-    M.SOIL: 1,
-    M.PAVED: 1,
-    M.FIELD: 2,
-    M.CANOPY: 3,
-    M.CROWN: 4,
-    M.WATER: 5,
-    M.ROAD: 6,
-    M.TRACK: 6,
-    M.MARKING: 7,
-    M.ROOF_GABLE: 8,
-    M.ROOF_HIP: 8,
-    M.ROOF_FLAT: 8,
-    M.ROOF_METAL: 8,
+    M.SOIL: 2,
+    M.PAVED: 2,
+    M.FIELD: 3,
+    M.GRASS_FIELD: 3,
+    M.CANOPY: 4,
+    M.CROWN: 5,
+    M.WATER: 6,
+    M.ROAD: 7,
+    M.TRACK: 7,
+    M.MARKING: 8,
+    M.ROOF_GABLE: 9,
+    M.ROOF_HIP: 9,
+    M.ROOF_FLAT: 9,
+    M.ROOF_METAL: 9,
 }
+_ROOF_LAYER = 9
 _CLASS: dict[Material, int] = {
     m: (
         BUILDING
-        if _LAYER[m] == 8
+        if _LAYER[m] == _ROOF_LAYER
         else VEGETATION
-        if m in (M.CANOPY, M.CROWN)
+        if m in (M.CANOPY, M.CROWN, M.MEADOW)
         else CROPLAND
-        if m == M.FIELD
+        if m in (M.FIELD, M.GRASS_FIELD)
         else BACKGROUND
     )
     for m in Material
@@ -372,6 +379,7 @@ class _Generator:
         self.sun = (math.sin(azimuth), -math.cos(azimuth))
         self.shadow_px_per_m = self.k / math.tan(elevation)
         self.objs = _Objects()
+        self._yards: list[BaseGeometry] = []
         self.roads: list[_Road] = []
         self.water: list[BaseGeometry] = []
         self.buildings = _GridIndex(self.m(60.0))
@@ -906,6 +914,7 @@ class _Generator:
         inside = cell.buffer(-self.m(1.0))
         occupancy = 0.4 + 0.6 * spec.building_density
         houses: list[BaseGeometry] = []
+        self._yards = []
         frontage = [r for r in self.roads if r.main and r.line.intersects(cell)] + streets
         for road in frontage:
             for seg in _lines(road.line.intersection(cell)):
@@ -954,6 +963,7 @@ class _Generator:
             fp = self.building(plan, (px, py), angle, inside, large)
             if fp is not None and not large:
                 houses.append(fp)
+        self.lawns(houses, inside)
         self.gardens(houses, inside)
         self.scatter(cell, inside, trees=0.4, shrubs=0.5, soil=0.3, ponds=0.0)
 
@@ -971,8 +981,13 @@ class _Generator:
         rng = self.rng
         concrete = _scaled(rng, (156.0, 154.0, 148.0), 0.06)
         if large:
-            yard = footprint.buffer(self.m(rng.uniform(5.0, 12.0)), join_style="mitre")
-            self.objs.add(self.clear(yard.intersection(inside)), M.PAVED, concrete)
+            yard = self.clear(
+                footprint.buffer(self.m(rng.uniform(5.0, 12.0)), join_style="mitre").intersection(
+                    inside
+                )
+            )
+            self.objs.add(yard, M.PAVED, concrete)
+            self._yards.append(yard)
             return
         if rng.random() < 0.5:
             return
@@ -982,8 +997,28 @@ class _Generator:
         depth = setback + half_road * 0.5
         cx = anchor[0] + ux * along - vx * depth / 2
         cy = anchor[1] + uy * along - vy * depth / 2
-        drive = _rect(cx, cy, angle + math.pi / 2, depth / 2, self.m(1.5))
-        self.objs.add(drive.intersection(inside), M.PAVED, concrete)
+        drive = _rect(cx, cy, angle + math.pi / 2, depth / 2, self.m(1.5)).intersection(inside)
+        self.objs.add(drive, M.PAVED, concrete)
+        self._yards.append(drive)
+
+    def lawns(self, houses: list[BaseGeometry], inside: BaseGeometry) -> None:
+        """Mown lawns (vegetation) on most house plots, around the house, not over the drive."""
+        rng = self.rng
+        plots = [
+            fp.buffer(self.m(rng.uniform(4.0, 12.0)), join_style="mitre")
+            for fp in houses
+            if rng.random() < 0.7 * min(1.0, 2.0 * self.spec.tree_density)
+        ]
+        if not plots:
+            return
+        lawn = self.clear(shapely.union_all(plots).intersection(inside))
+        if self._yards:
+            lawn = lawn.difference(shapely.union_all(self._yards))
+        green = _mix((88, 128, 60), (118, 140, 76), rng.uniform(0.0, 1.0))
+        stripes = self.m(rng.uniform(1.0, 2.0)) if rng.random() < 0.3 else 0.0
+        for part in _polygons(lawn):
+            if part.area >= self.m(3.0) ** 2:
+                self.objs.add(part, M.MEADOW, _scaled(rng, green, 0.06), a=stripes, p0=0.04)
 
     def gardens(self, houses: list[BaseGeometry], inside: BaseGeometry) -> None:
         rng = self.rng
@@ -1123,14 +1158,14 @@ class _Generator:
         self.scatter(cell, inside, trees=0.12, shrubs=0.1, soil=0.0, ponds=0.0)
 
     def field(self, poly: BaseGeometry, theta: float, frng: np.random.Generator) -> None:
-        """One crop field (cropland) or meadow (background) with row texture parameters."""
+        """One crop field or grass ley (both cropland) with row texture parameters."""
         rng = self.rng
         rows = theta + (math.pi / 2 if frng.random() < 0.3 else 0.0)
         if frng.random() < 0.15:
             grass = _mix((92, 124, 62), (150, 148, 96), frng.uniform(0.0, 0.6))
             stripes = self.m(frng.uniform(3.0, 6.0)) if frng.random() < 0.5 else 0.0
             self.objs.add(
-                poly, M.MEADOW, _scaled(frng, grass, 0.05), angle=rows, a=stripes, p0=0.05
+                poly, M.GRASS_FIELD, _scaled(frng, grass, 0.05), angle=rows, a=stripes, p0=0.05
             )
             return
         crop = frng.choice(
@@ -1253,7 +1288,7 @@ class _Generator:
     def open_land(self, cell: BaseGeometry) -> None:
         rng = self.rng
         inside = cell.buffer(-self.m(1.0))
-        if rng.random() < 0.6:
+        if rng.random() < 0.6 * min(1.0, 2.0 * self.spec.tree_density):
             grass = _mix((96, 126, 64), (146, 144, 96), rng.uniform(0.0, 0.7))
             self.objs.add(self.clear(inside), M.MEADOW, _scaled(rng, grass, 0.05))
         self.scatter(
@@ -1308,21 +1343,6 @@ def build_layout(spec: SceneSpec) -> Layout:
     return gen.finish()
 
 
-_DRAWN_ABOVE: dict[int, tuple[Material, ...]] = {
-    BUILDING: (),
-    VEGETATION: (M.WATER, M.ROAD, M.TRACK, M.MARKING, *(m for m in Material if _LAYER[m] == 8)),
-    CROPLAND: (
-        M.CANOPY,
-        M.CROWN,
-        M.WATER,
-        M.ROAD,
-        M.TRACK,
-        M.MARKING,
-        *(m for m in Material if _LAYER[m] == 8),
-    ),
-}
-
-
 def class_regions(layout: Layout) -> dict[int, BaseGeometry]:
     """The area of each foreground class after the layer overlay, clipped to the scene.
 
@@ -1345,13 +1365,20 @@ def class_regions(layout: Layout) -> dict[int, BaseGeometry]:
     geoms = layout.geoms
     material = layout.material[1:]
     classes = layout.classes[1:]
+    layers = np.array([_LAYER[Material(int(m))] for m in material], dtype=np.int64)
     inside = shapely.intersects(geoms, scene)
-    out: dict[int, BaseGeometry] = {}
-    for cls in (BUILDING, VEGETATION, CROPLAND):
-        own = geoms[(classes == cls) & inside]
-        region = shapely.intersection(shapely.union_all(own), scene)
-        above = geoms[np.isin(material, [int(m) for m in _DRAWN_ABOVE[cls]]) & inside]
-        if len(above) and not region.is_empty:
-            region = shapely.difference(region, shapely.union_all(above))
-        out[cls] = region
-    return out
+    parts: dict[int, list[BaseGeometry]] = {BUILDING: [], VEGETATION: [], CROPLAND: []}
+    covered: BaseGeometry = Polygon()
+    # Painter's algorithm from the top layer down: what a layer shows is what no
+    # layer above it covers.  Every layer holds one class.
+    for layer in sorted(set(layers[inside].tolist()), reverse=True):
+        here = inside & (layers == layer)
+        drawn = shapely.union_all(geoms[here])
+        cls = int(classes[here][0])
+        if cls in parts:
+            parts[cls].append(shapely.difference(drawn, covered) if not covered.is_empty else drawn)
+        covered = shapely.union_all([covered, drawn])
+    return {
+        cls: shapely.intersection(shapely.union_all(p), scene) if p else Polygon()
+        for cls, p in parts.items()
+    }

@@ -46,8 +46,10 @@ _LOW_M = (160.0, 80.0, 40.0)
 _MID_M = (12.0, 6.0, 3.0)
 _FINE_M = (1.5, 0.75)
 
-_GRASS = np.array([104.0, 126.0, 70.0], F32)
-_DRY = np.array([146.0, 142.0, 98.0], F32)
+# Bare ground is background: dry, sparse grass, dust and sand, never a green sward
+# (meadows and lawns are objects of their own, and vegetation).
+_DRY = np.array([146.0, 140.0, 102.0], F32)
+_BARE = np.array([168.0, 152.0, 124.0], F32)
 _HAZE = np.array([178.0, 186.0, 200.0], F32)
 _HAZE_WEIGHT = F32(0.08)
 _SHADOW = {
@@ -123,8 +125,8 @@ def _tint(colour: NDArray[np.float32], factor: NDArray[np.float32]) -> NDArray[n
 
 
 def _ground(lay: Layout, p: _Pixels) -> NDArray[np.float32]:
-    dry = np.clip(F32(0.45) + F32(0.8) * p.low, F32(0), F32(1))
-    base = _GRASS + (_DRY - _GRASS) * dry[:, None]
+    bare = np.clip(F32(0.45) + F32(0.8) * p.low, F32(0), F32(1))
+    base = _DRY + (_BARE - _DRY) * bare[:, None]
     return _tint(base, F32(1) + F32(0.12) * p.mid + F32(0.09) * p.fine)
 
 
@@ -254,6 +256,7 @@ def _roof(lay: Layout, p: _Pixels, material: Material) -> NDArray[np.float32]:
 _SHADERS: dict[Material, Callable[[Layout, _Pixels], NDArray[np.float32]]] = {
     M.GROUND: _ground,
     M.MEADOW: _meadow,
+    M.GRASS_FIELD: _meadow,
     M.SOIL: _plain(0.06, 0.1, 0.07),
     M.PAVED: _plain(0.03, 0.03, 0.04),
     M.FIELD: _field,

@@ -7,9 +7,11 @@ every pixel depends only on its global position and the spec, so any blocking
 gives identical images, and memory stays bounded by the block size plus the
 number of objects.
 
-Classes: 0 background (grass, meadows, bare soil, roads, water, paved areas),
-1 building, 2 vegetation (tree crowns, forest, hedgerows, shrubs), 3 cropland
-(crop fields at any growth stage, ploughed and harvested included).  See
+Classes (geoseg's class definition, README "Classes"): 0 background (dry bare
+ground, soil, sand, roads, water, paved areas), 1 building (roofed structures),
+2 vegetation (tree crowns, forest, hedgerows, shrubs, meadows, lawns), 3 cropland
+(cultivated parcels in farmland at any growth stage, ploughed and harvested
+included, and grass leys in the field pattern).  See
 :mod:`geoseg.synth.objects` for the layer order that decides overlaps.
 """
 
@@ -86,8 +88,9 @@ class SceneSpec:
         0 to 1: share of land built up and how densely plots are filled
         (0: no buildings).
     tree_density : float, optional
-        0 to 1: forest share and the number of trees, hedgerows and shrubs
-        (0: no vegetation).
+        0 to 1: forest share, the number of trees, hedgerows and shrubs, and
+        how often open land is meadow and house plots have lawns (0: no
+        vegetation).
     field_fraction : float, optional
         0 to 1: share of land zoned as farmland (0: no cropland).
     road_spacing : float, optional

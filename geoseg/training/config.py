@@ -193,6 +193,7 @@ def _parse_classes(value: Any) -> tuple[ClassInfo, ...]:
                     color=d.get("color") or PALETTE[i % len(PALETTE)],
                     layer=d.get("layer") or "",
                     vectorize=bool(d.get("vectorize", i != 0)),
+                    definition=str(d.get("definition") or ""),
                 )
             )
         except ModelCardError as exc:
@@ -219,6 +220,11 @@ class SourceConfig:
         Classes this source labels.  Pixels it calls background mean "none of
         these", not "background": a tree in a cropland-only source is not taught
         to be background.  Default: the classes ``class_map`` maps to.
+    absent_classes : tuple of str
+        Classes the source states are nowhere in its images (e.g. cropland in
+        a city).  Its background then counts as a negative for them: a pixel it
+        calls background must not be any of them.  Only list a class whose
+        absence is certain over every image of the source.
     label_field : str
         Attribute of vector labels holding the class value.
     label_layer : str, optional
@@ -248,6 +254,7 @@ class SourceConfig:
     images: tuple[str, ...]
     labels: tuple[str, ...]
     labelled_classes: tuple[str, ...] = ()
+    absent_classes: tuple[str, ...] = ()
     label_field: str = "class"
     label_layer: str | None = None
     label_type: str = "auto"
@@ -354,6 +361,21 @@ class SourceConfig:
             )
         if not labelled:
             raise _fail("labelled_classes", "is empty; list at least one class this source labels")
+        absent = tuple(dict.fromkeys(self.absent_classes))
+        bad = [c for c in absent if c not in names]
+        if bad:
+            raise _fail("absent_classes", f"names unknown class(es) {bad}; classes are {names}")
+        if background in absent:
+            raise _fail(
+                "absent_classes",
+                f"must not list the background class {background!r}: it is 'none of the others'",
+            )
+        both = [c for c in absent if c in labelled]
+        if both:
+            raise _fail(
+                "absent_classes",
+                f"lists {both}, which the source labels; a class is labelled or absent, not both",
+            )
         stray = sorted({t for t in targets if t not in labelled})
         if stray:
             raise _fail(
@@ -361,7 +383,12 @@ class SourceConfig:
                 f"maps values to {stray}, which are not in labelled_classes {list(labelled)}; "
                 "add them there or map those values to 'ignore'",
             )
-        return replace(self, labelled_classes=tuple(labelled))
+        return replace(self, labelled_classes=tuple(labelled), absent_classes=absent)
+
+    @property
+    def known_classes(self) -> tuple[str, ...]:
+        """Classes whose presence the source states: labelled ones, then absent ones."""
+        return (*self.labelled_classes, *self.absent_classes)
 
     def class_lookup(self, classes: Sequence[ClassInfo]) -> dict[str | int, int]:
         """Label value -> class id (:data:`IGNORE_INDEX` for ignored values)."""
@@ -382,8 +409,9 @@ class SourceConfig:
         for key in ("images", "labels", "val_images"):
             if key in d:
                 d[key] = tuple(_resolve(p, base_dir) for p in _strs(d[key], key))
-        if "labelled_classes" in d:
-            d["labelled_classes"] = _strs(d["labelled_classes"], "labelled_classes")
+        for key in ("labelled_classes", "absent_classes"):
+            if key in d:
+                d[key] = _strs(d[key], key)
         if "class_map" in d:
             cmap = d["class_map"]
             if not isinstance(cmap, Mapping):
@@ -407,6 +435,7 @@ class SourceConfig:
             "images": list(self.images),
             "labels": list(self.labels),
             "labelled_classes": list(self.labelled_classes),
+            "absent_classes": list(self.absent_classes),
             "label_field": self.label_field,
             "label_layer": self.label_layer,
             "label_type": self.label_type,
@@ -542,6 +571,10 @@ class TrainConfig:
     encoder_weights : Path, optional
         Local state-dict file (.safetensors, or .pt/.pth read with
         ``weights_only=True``) to initialise the encoder from; never a hub.
+    init_weights : Path, optional
+        A geoseg checkpoint directory (or its ``model.safetensors``) whose weights
+        the whole network starts from (a warm start); tensors whose names or
+        shapes differ, e.g. a head for other classes, keep their initial values.
     chip_size : int
         Training chip edge in pixels (a multiple of the architecture's stride).
     pixel_size_m : float, optional
@@ -575,6 +608,10 @@ class TrainConfig:
         CPU threads for torch (default: torch's choice).
     workers : int
         DataLoader worker processes (0 reads chips in the main process).
+    cache : bool
+        Read every training and validation image once into memory and slice
+        chips from it (falls back to reading chip by chip when that would take
+        more than half of the available memory).
     resume : bool
         Continue from ``output/last`` and ``output/train_state.json``.
     overwrite : bool
@@ -592,6 +629,7 @@ class TrainConfig:
     encoder: str | None = None
     arch_params: dict[str, Any] = field(default_factory=dict)
     encoder_weights: Path | None = None
+    init_weights: Path | None = None
     chip_size: int = 256
     pixel_size_m: float | None = None
     tile_size: int | None = None
@@ -613,6 +651,7 @@ class TrainConfig:
     amp: bool | None = None
     threads: int | None = None
     workers: int = 0
+    cache: bool = True
     resume: bool = False
     overwrite: bool = False
     description: str = ""
@@ -649,8 +688,9 @@ class TrainConfig:
             raise _fail("sources", f"need unique names, got {src_names}")
         object.__setattr__(self, "sources", tuple(checked))
         object.__setattr__(self, "output", Path(self.output))
-        if self.encoder_weights is not None:
-            object.__setattr__(self, "encoder_weights", Path(self.encoder_weights))
+        for key in ("encoder_weights", "init_weights"):
+            if getattr(self, key) is not None:
+                object.__setattr__(self, key, Path(getattr(self, key)))
         if not isinstance(self.name, str) or not self.name.strip():
             raise _fail("name", f"must be a non-empty string, got {self.name!r}")
         if not isinstance(self.arch_params, dict):
@@ -763,7 +803,7 @@ class TrainConfig:
         d["classes"] = _parse_classes(d["classes"])
         if "bands" in d:
             d["bands"] = _strs(d["bands"], "bands")
-        for key in ("output", "encoder_weights"):
+        for key in ("output", "encoder_weights", "init_weights"):
             if d.get(key) is not None:
                 d[key] = Path(_resolve(str(d[key]), base_dir))
         if "input_range" in d:
@@ -809,7 +849,13 @@ class TrainConfig:
         return {
             "name": self.name,
             "classes": [
-                {"name": c.name, "color": c.color, "layer": c.layer, "vectorize": c.vectorize}
+                {
+                    "name": c.name,
+                    "color": c.color,
+                    "layer": c.layer,
+                    "vectorize": c.vectorize,
+                    "definition": c.definition,
+                }
                 for c in self.classes
             ],
             "bands": list(self.bands),
@@ -819,6 +865,7 @@ class TrainConfig:
             "encoder": self.encoder,
             "arch_params": dict(self.arch_params),
             "encoder_weights": str(self.encoder_weights) if self.encoder_weights else None,
+            "init_weights": str(self.init_weights) if self.init_weights else None,
             "chip_size": self.chip_size,
             "pixel_size_m": self.pixel_size_m,
             "tile_size": self.tile_size,
@@ -842,6 +889,7 @@ class TrainConfig:
             "amp": self.amp,
             "threads": self.threads,
             "workers": self.workers,
+            "cache": self.cache,
             "resume": self.resume,
             "overwrite": self.overwrite,
             "description": self.description,

@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "ChipCache",
     "ChipDataset",
     "ChipQuery",
     "ImageRaster",
@@ -59,6 +60,7 @@ __all__ = [
     "Part",
     "TrainingData",
     "VectorLabels",
+    "allowed_values",
     "band_statistics",
     "build_training_data",
     "expand_paths",
@@ -796,11 +798,14 @@ def build_training_data(config: TrainConfig) -> TrainingData:
                 "labels": label_files,
                 "label_kind": label_kind,
                 "labelled_classes": list(src.labelled_classes),
+                "absent_classes": list(src.absent_classes),
                 "validation": mode,
                 "parts": [p.describe() for p in source_parts],
             }
         )
-    labelled = [[names.index(c) for c in s.labelled_classes] for s in config.sources]
+    # The loss and the metrics give a class its own slot wherever the source states
+    # its presence or its absence.
+    labelled = [[names.index(c) for c in s.known_classes] for s in config.sources]
     data = TrainingData(
         config=config,
         parts=parts,
@@ -879,23 +884,130 @@ def _val_queries(parts: Sequence[Part], config: TrainConfig) -> list[ChipQuery]:
     return out
 
 
+@dataclass(frozen=True)
+class _CachedRow:
+    """One index row of a part read whole: the chips inside it are array slices."""
+
+    bounds: tuple[float, float, float, float]
+    image: np.ndarray  # (bands, H, W), uint8 when the pixels are 8-bit integers, else float32
+    valid: np.ndarray  # bool (H, W)
+    mask: np.ndarray  # uint8 (H, W) class ids, IGNORE_INDEX where ignored
+
+
+class ChipCache:
+    """Every training and validation row of every part, read once and kept in memory.
+
+    Reading a chip through torchgeo warps and merges its files and rasterizes its
+    vector labels, every time: most of an epoch went there, not into the network.
+    The rows chips are drawn from are read once instead (the same datasets, the
+    same grid), and a chip becomes a slice of them.  Only the allowed classes of a
+    row's source survive in its mask, exactly as :class:`ChipDataset` filters them.
+
+    Parameters
+    ----------
+    data : TrainingData
+    allowed : numpy.ndarray
+        bool ``(sources, 256)``: label values a source may carry.
+    """
+
+    def __init__(self, data: TrainingData, allowed: np.ndarray) -> None:
+        self.rows: list[list[_CachedRow]] = []
+        for part in data.parts:
+            rows = []
+            for index in (part.train_index, part.val_index):
+                for geom in index.geometry:
+                    rows.append(self._read(part, tuple(geom.bounds), allowed))
+            self.rows.append(rows)
+        self.nbytes = sum(
+            r.image.nbytes + r.valid.nbytes + r.mask.nbytes for rows in self.rows for r in rows
+        )
+
+    @staticmethod
+    def estimate_bytes(data: TrainingData) -> int:
+        """Bytes the cache would take with 8-bit imagery (float imagery takes 4x more)."""
+        total = 0.0
+        bands = len(data.config.bands)
+        for part in data.parts:
+            px = (_area(part.train_index) + _area(part.val_index)) / (part.res[0] * part.res[1])
+            total += px * (bands + 2)
+        return int(total)
+
+    @staticmethod
+    def _read(
+        part: Part, bounds: tuple[float, float, float, float], allowed: np.ndarray
+    ) -> _CachedRow:
+        xmin, ymin, xmax, ymax = bounds
+        rx, ry = part.res
+        sample = part.dataset[slice(xmin, xmax, rx), slice(ymin, ymax, ry)]
+        image = sample["image"].numpy()
+        valid = sample["valid"].numpy().astype(bool)
+        mask = sample["mask"].numpy().astype(np.int64)
+        h = min(image.shape[-2], valid.shape[-2], mask.shape[-2])
+        w = min(image.shape[-1], valid.shape[-1], mask.shape[-1])
+        image, valid, mask = image[:, :h, :w], valid[:h, :w], mask[:h, :w]
+        mask = np.where(valid, mask, IGNORE_INDEX)
+        mask = np.where(allowed[part.source_index][np.clip(mask, 0, 255)], mask, IGNORE_INDEX)
+        if (
+            image.size
+            and image.min() >= 0
+            and image.max() <= 255
+            and (image == np.round(image)).all()
+        ):
+            image = image.astype(np.uint8)
+        else:
+            image = image.astype(np.float32)
+        return _CachedRow(bounds, np.ascontiguousarray(image), valid, mask.astype(np.uint8))
+
+    def chip(
+        self, q: ChipQuery, part: Part, size: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """``(image, valid, mask)`` of the query, or None when no cached row holds it."""
+        xmin, ymin, xmax, ymax = q.bounds
+        rx, ry = part.res
+        tol_x, tol_y = 0.5 * rx, 0.5 * ry
+        for row in self.rows[q.part]:
+            bxmin, bymin, bxmax, bymax = row.bounds
+            if (
+                xmin < bxmin - tol_x
+                or xmax > bxmax + tol_x
+                or ymin < bymin - tol_y
+                or ymax > bymax + tol_y
+            ):
+                continue
+            c0 = round((xmin - bxmin) / rx)
+            r0 = round((bymax - ymax) / ry)
+            image = np.zeros((row.image.shape[0], size, size), dtype=np.float32)
+            valid = np.zeros((size, size), dtype=bool)
+            mask = np.full((size, size), IGNORE_INDEX, dtype=np.int64)
+            rs, cs = max(r0, 0), max(c0, 0)
+            re, ce = min(r0 + size, row.valid.shape[0]), min(c0 + size, row.valid.shape[1])
+            if re > rs and ce > cs:
+                dst = (slice(rs - r0, re - r0), slice(cs - c0, ce - c0))
+                image[:, dst[0], dst[1]] = row.image[:, rs:re, cs:ce]
+                valid[dst] = row.valid[rs:re, cs:ce]
+                mask[dst] = row.mask[rs:re, cs:ce]
+            return torch.from_numpy(image), torch.from_numpy(valid), torch.from_numpy(mask)
+        return None
+
+
 class ChipDataset(torch.utils.data.Dataset[dict[str, Any]]):
     """Chips of a list of queries as tensors the loop can batch.
 
     Each item holds ``image`` (float32 ``(bands, chip, chip)``, raw values),
     ``valid`` (bool ``(chip, chip)``), ``mask`` (int64 ``(chip, chip)`` class ids,
     255 where ignored: nodata, outside the labels or the validation clip, or a
-    class the source does not label) and ``source`` (int).
+    class the source does not label) and ``source`` (int).  With ``cache``, chips
+    are sliced from rows read once (:class:`ChipCache`) instead of read one by one.
     """
 
-    def __init__(self, data: TrainingData, queries: Sequence[ChipQuery]) -> None:
+    def __init__(
+        self, data: TrainingData, queries: Sequence[ChipQuery], cache: ChipCache | None = None
+    ) -> None:
         self.parts = data.parts
         self.queries = list(queries)
         self.chip = data.config.chip_size
-        allowed = np.zeros((len(data.labelled), 256), dtype=bool)
-        for si, ids in enumerate(data.labelled):
-            allowed[si, [0, *ids]] = True
-        self.allowed = torch.from_numpy(allowed)
+        self.cache = cache
+        self.allowed = torch.from_numpy(allowed_values(data))
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -905,12 +1017,16 @@ class ChipDataset(torch.utils.data.Dataset[dict[str, Any]]):
         part = self.parts[q.part]
         xmin, ymin, xmax, ymax = q.bounds
         rx, ry = part.res
-        sample = part.dataset[slice(xmin, xmax, rx), slice(ymin, ymax, ry)]
-        image = _fit(sample["image"].float(), self.chip, 0.0)
-        valid = _fit(sample["valid"], self.chip, False)
-        mask = _fit(sample["mask"].long(), self.chip, IGNORE_INDEX)
-        mask[~valid] = IGNORE_INDEX
-        mask[~self.allowed[part.source_index][mask.clamp(0, 255)]] = IGNORE_INDEX
+        cached = self.cache.chip(q, part, self.chip) if self.cache is not None else None
+        if cached is not None:
+            image, valid, mask = cached
+        else:
+            sample = part.dataset[slice(xmin, xmax, rx), slice(ymin, ymax, ry)]
+            image = _fit(sample["image"].float(), self.chip, 0.0)
+            valid = _fit(sample["valid"], self.chip, False)
+            mask = _fit(sample["mask"].long(), self.chip, IGNORE_INDEX)
+            mask[~valid] = IGNORE_INDEX
+            mask[~self.allowed[part.source_index][mask.clamp(0, 255)]] = IGNORE_INDEX
         if q.clip is not None:
             cxmin, cymin, cxmax, cymax = q.clip
             cols = xmin + (torch.arange(self.chip) + 0.5) * rx
@@ -920,6 +1036,14 @@ class ChipDataset(torch.utils.data.Dataset[dict[str, Any]]):
             ]
             mask[~inside] = IGNORE_INDEX
         return {"image": image, "valid": valid, "mask": mask, "source": part.source_index}
+
+
+def allowed_values(data: TrainingData) -> np.ndarray:
+    """bool ``(sources, 256)``: the class ids each source's masks may hold (0 and its known classes)."""
+    allowed = np.zeros((len(data.labelled), 256), dtype=bool)
+    for si, ids in enumerate(data.labelled):
+        allowed[si, [0, *ids]] = True
+    return allowed
 
 
 def _fit(t: torch.Tensor, size: int, fill: float | bool | int) -> torch.Tensor:

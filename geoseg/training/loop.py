@@ -40,11 +40,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainCallback", "TrainEvent", "TrainResult", "load_encoder_weights", "lr_at", "train"]
+__all__ = [
+    "TrainCallback",
+    "TrainEvent",
+    "TrainResult",
+    "load_encoder_weights",
+    "load_init_weights",
+    "lr_at",
+    "train",
+]
 
 #: Config fields that may change when a run is resumed.
 RESUMABLE_CHANGES = frozenset(
-    {"epochs", "resume", "overwrite", "device", "workers", "threads", "amp"}
+    {"epochs", "resume", "overwrite", "device", "workers", "threads", "amp", "cache"}
 )
 
 
@@ -167,6 +175,50 @@ def load_encoder_weights(model: nn.Module, path: Path) -> int:
     return len(fitting)
 
 
+def load_init_weights(model: nn.Module, path: Path) -> int:
+    """Start the whole network from another checkpoint's weights (a warm start).
+
+    ``path`` is a geoseg checkpoint directory or a weights file.  Tensors whose
+    names and shapes match are loaded (cast to the model's dtype); the rest, such
+    as a head for a different set of classes, keep their initial values.
+
+    Returns
+    -------
+    int
+        Number of tensors loaded.
+
+    Raises
+    ------
+    ConfigError
+        If no tensor fits.
+    CheckpointError
+        If the file is not plain weights.
+    """
+    from geoseg.models.checkpoint import read_state_dict
+
+    p = Path(path)
+    file = p / "model.safetensors" if p.is_dir() else p
+    state = read_state_dict(file)
+    own = model.state_dict()
+    fitting = {
+        k: v.to(own[k].dtype)
+        for k, v in state.items()
+        if k in own and tuple(own[k].shape) == tuple(v.shape)
+    }
+    if not fitting:
+        raise ConfigError(
+            f"init_weights: no tensor of {file} fits this network (its names start "
+            f"{sorted(state)[:3]}); check the architecture and encoder"
+        )
+    missing = sorted(set(own) - set(fitting))
+    if missing:
+        log.info(
+            "init weights: %d tensor(s) keep their initial values: %s", len(missing), missing[:5]
+        )
+    model.load_state_dict(fitting, strict=False)
+    return len(fitting)
+
+
 def _provenance(config: TrainConfig, data: TrainingData) -> dict[str, Any]:
     import torch
     import torchgeo
@@ -244,6 +296,7 @@ class _Batches:
             x, valid, mask = augment_batch(x, valid, mask, self.config.augment, generator)
         x = (x - self.mean) / self.std
         x = torch.where(valid[:, None], x, torch.zeros_like(x))
+        x = x.contiguous(memory_format=torch.channels_last)
         source = batch["source"].to(self.device)
         return x, mask, source
 
@@ -277,7 +330,13 @@ def train(config: TrainConfig, callback: TrainCallback | None = None) -> TrainRe
     from geoseg.infer.predictor import resolve_device
     from geoseg.models.checkpoint import load_checkpoint
     from geoseg.models.registry import build_model
-    from geoseg.training.data import ChipDataset, band_statistics, build_training_data
+    from geoseg.training.data import (
+        ChipCache,
+        ChipDataset,
+        allowed_values,
+        band_statistics,
+        build_training_data,
+    )
     from geoseg.training.losses import PartialLabelLoss, labelled_matrix
 
     emit: TrainCallback = callback or (lambda _e: None)
@@ -300,6 +359,23 @@ def train(config: TrainConfig, callback: TrainCallback | None = None) -> TrainRe
 
     emit(TrainEvent("setup", 0, config.epochs, message="indexing imagery and labels"))
     data = build_training_data(config)
+    cache = None
+    if config.cache:
+        import psutil
+
+        need = ChipCache.estimate_bytes(data)
+        room = psutil.virtual_memory().available // 2
+        if need <= room:
+            emit(TrainEvent("setup", 0, config.epochs, message="reading the images into memory"))
+            cache = ChipCache(data, allowed_values(data))
+            log.info("chip cache: %.0f MB", cache.nbytes / 1e6)
+        else:
+            log.warning(
+                "the images need about %.0f MB in memory, more than half of what is free "
+                "(%.0f MB): reading chips one by one",
+                need / 1e6,
+                room / 1e6,
+            )
     n_classes = len(config.classes)
     state: dict[str, Any] | None = run.read_state() if config.resume else None
     if state is not None:
@@ -311,7 +387,9 @@ def train(config: TrainConfig, callback: TrainCallback | None = None) -> TrainRe
         run.clear()
         emit(TrainEvent("setup", 0, config.epochs, message="estimating band statistics"))
         stats_seed = _derive(config.seed, 1 << 20)
-        stats_chips = ChipDataset(data, data.train_queries(stats_seed, count=config.stats_chips))
+        stats_chips = ChipDataset(
+            data, data.train_queries(stats_seed, count=config.stats_chips), cache
+        )
         mean, std = band_statistics(stats_chips, config.input_range)
         card = _card(config, data, mean, std)
         torch.manual_seed(config.seed)
@@ -319,7 +397,11 @@ def train(config: TrainConfig, callback: TrainCallback | None = None) -> TrainRe
         if config.encoder_weights is not None:
             n = load_encoder_weights(model, config.encoder_weights)
             log.info("initialised %d encoder tensors from %s", n, config.encoder_weights)
-    model = model.to(device).train()
+        if config.init_weights is not None:
+            n = load_init_weights(model, config.init_weights)
+            log.info("initialised %d tensors from %s", n, config.init_weights)
+    # Convolutions run faster on NHWC tensors on CPUs (oneDNN) and GPUs (tensor cores).
+    model = model.to(device).to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
@@ -353,13 +435,15 @@ def train(config: TrainConfig, callback: TrainCallback | None = None) -> TrainRe
         t0 = time.perf_counter()
         seed = _derive(config.seed, epoch)
         torch.manual_seed(seed)
-        chips = ChipDataset(data, data.train_queries(seed))
+        chips = ChipDataset(data, data.train_queries(seed), cache)
         loader = DataLoader(
             chips,
             batch_size=config.batch_size,
             shuffle=False,
             drop_last=True,
-            num_workers=config.workers,
+            # Cached chips are array slices: worker processes would only compete with
+            # the network for the cores.
+            num_workers=0 if cache is not None else config.workers,
             pin_memory=device.type == "cuda",
             worker_init_fn=_fresh_file_handles,
         )
@@ -400,7 +484,9 @@ def train(config: TrainConfig, callback: TrainCallback | None = None) -> TrainRe
         due = (epoch + 1) % config.validation.every == 0 or epoch + 1 == config.epochs
         if validate_any and due:
             row.update(
-                _validate(model, data, batches, loss_fn, labelled, config, use_amp, amp_dtype)
+                _validate(
+                    model, data, batches, loss_fn, labelled, config, use_amp, amp_dtype, cache
+                )
             )
         row["time_s"] = round(time.perf_counter() - t0, 3)
         history.append(row)
@@ -468,6 +554,7 @@ def _validate(
     config: TrainConfig,
     use_amp: bool,
     amp_dtype: torch.dtype,
+    cache: Any = None,
 ) -> dict[str, Any]:
     """Validation loss, mean IoU and per-class IoU over the validation chips."""
     import torch
@@ -477,11 +564,11 @@ def _validate(
     from geoseg.training.metrics import ConfusionMatrix
 
     device = batches.device
-    chips = ChipDataset(data, data.val_queries)
+    chips = ChipDataset(data, data.val_queries, cache)
     loader = DataLoader(
         chips,
         batch_size=config.batch_size,
-        num_workers=config.workers,
+        num_workers=0 if cache is not None else config.workers,
         worker_init_fn=_fresh_file_handles,
     )
     cm = ConfusionMatrix(config.class_names)

@@ -43,6 +43,22 @@ def test_tree_in_a_cropland_only_source_costs_little():
     assert float(full) > 20 * float(partial)
 
 
+def test_a_class_declared_absent_turns_background_into_its_negative():
+    # classes: background, vegetation, cropland; a city source labels vegetation and
+    # declares cropland absent: its background pixel predicted cropland is an error.
+    logits = pixels((0.2, 0.1, 0.7))
+    background = targets(0)
+    vegetation_only = torch.tensor([[False, True, False]])
+    city = labelled_matrix([[1, 2]], 3)  # labelled + absent classes get a slot
+    silent = partial_cross_entropy(logits, background, vegetation_only)
+    negative = partial_cross_entropy(logits, background, city)
+    assert float(silent) == pytest.approx(-math.log(0.2 + 0.7), abs=1e-6)
+    assert float(negative) == pytest.approx(-math.log(0.2), abs=1e-6)
+    logits.requires_grad_(True)
+    partial_cross_entropy(logits, background, city).backward()
+    assert logits.grad is not None and float(logits.grad[0, 2].sum()) > 0  # cropland pushed down
+
+
 def test_labelled_pixels_are_ordinary_cross_entropy():
     logits = pixels((0.1, 0.8, 0.1))
     assert float(partial_cross_entropy(logits, targets(2), CROPLAND_ONLY)) == pytest.approx(

@@ -20,7 +20,7 @@ from geoseg.evaluate import EvalConfig, evaluate
 from geoseg.models import ModelCard, build_model, load_card
 from geoseg.pipeline import PredictConfig
 from geoseg.training import TrainConfig, train
-from geoseg.training.loop import load_encoder_weights, lr_at
+from geoseg.training.loop import load_encoder_weights, load_init_weights, lr_at
 from tests.training.conftest import roof_config
 
 
@@ -113,6 +113,67 @@ def test_resume_continues_exactly(roofs, tmp_path):
         train(TrainConfig.from_dict({**part, "resume": True, "lr": 0.5}))
     with pytest.raises(ConfigError, match="nothing to resume"):
         train(TrainConfig.from_dict({**part, "output": str(tmp_path / "c"), "resume": True}))
+
+
+def test_cli_resume_run_dir_continues_exactly(roofs, tmp_path):
+    """``geoseg train --resume RUN_DIR`` takes the run's saved config and goes on exactly."""
+    base = roof_config(roofs, tmp_path / "a", epochs=2, samples_per_epoch=32)
+    straight = train(TrainConfig.from_dict(base))
+    part = {**base, "output": str(tmp_path / "b")}
+
+    def stop_after_first_epoch(event):
+        if event.kind == "epoch":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # a run killed after one of its two epochs ...
+        train(TrainConfig.from_dict(part), stop_after_first_epoch)
+    runner = CliRunner()
+    r = runner.invoke(cli, ["train", "--resume", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output  # ... goes on to the same weights as the straight run
+    a = load_file(straight.last / "model.safetensors")
+    b = load_file(tmp_path / "b" / "last" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    state = json.loads((tmp_path / "b" / "train_state.json").read_text())
+    assert [h["train_loss"] for h in state["history"]] == [
+        h["train_loss"] for h in straight.history
+    ]
+    r = runner.invoke(cli, ["train", "--resume", str(tmp_path / "nowhere")])
+    assert r.exit_code != 0 and "train_state.json" in str(r.exception or r.output)
+
+
+def test_a_run_can_start_from_another_runs_weights(roofs, tmp_path):
+    first = train(TrainConfig.from_dict(roof_config(roofs, tmp_path / "a", epochs=1)))
+    donor = load_file(first.last / "model.safetensors")
+    # A warm start for three classes from a two-class model: the body is taken, the head
+    # (another shape) keeps its fresh values.
+    cfg = roof_config(roofs, tmp_path / "b", classes=["background", "building", "vegetation"])
+    card = ModelCard.from_dict(
+        {
+            "name": "x",
+            "architecture": "tinycnn",
+            "arch_params": {"width": 12, "depth": 2},
+            "bands": ["red", "green", "blue"],
+            "classes": [
+                {"id": i, "name": n, "color": "#000000"} for i, n in enumerate(cfg["classes"])
+            ],
+        }
+    )
+    torch.manual_seed(5)
+    model = build_model(card)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    n = load_init_weights(model, first.last)
+    after = model.state_dict()
+    same = [k for k in donor if k in after and donor[k].shape == after[k].shape]
+    assert n == len(same) and 0 < n < len(after)
+    assert all(torch.equal(after[k], donor[k].to(after[k].dtype)) for k in same)
+    assert all(torch.equal(after[k], before[k]) for k in after if k not in same)
+    with pytest.raises(ConfigError, match="init_weights"):
+        load_init_weights(
+            build_model(card.replace(arch_params={"width": 5, "depth": 1})), first.last
+        )
+    # The training config takes it too, and the run starts from those weights.
+    run = train(TrainConfig.from_dict({**cfg, "init_weights": str(first.last), "epochs": 1}))
+    assert run.card.training["init_weights"] == str(first.last)
 
 
 def test_encoder_weights_come_from_a_local_file(tmp_path):

@@ -79,6 +79,9 @@ def test_errors_name_the_field(change, field):
         ({"crs": "EPSG:999999"}, "sources[0].crs"),
         ({"weight": 0}, "sources[0].weight"),
         ({"bands": [1, 2]}, "sources[0].bands"),
+        ({"absent_classes": ["tree"]}, "sources[0].absent_classes"),
+        ({"absent_classes": ["background"]}, "sources[0].absent_classes"),
+        ({"absent_classes": ["building"]}, "sources[0].absent_classes"),
     ],
 )
 def test_source_errors_name_the_field(source, field):
@@ -86,6 +89,46 @@ def test_source_errors_name_the_field(source, field):
     src.update(source)
     with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace("]", r"\]")):
         TrainConfig.from_dict(minimal(sources=[src]))
+
+
+def test_absent_classes_are_known_but_not_labelled():
+    src = {
+        "name": "city",
+        "images": "a.tif",
+        "labels": "m.tif",
+        "class_map": {1: "building", 2: "background", 4: "vegetation"},
+        "absent_classes": "cropland",
+    }
+    cfg = TrainConfig.from_dict(minimal(sources=[src]))
+    city = cfg.sources[0]
+    assert city.labelled_classes == ("building", "vegetation")
+    assert city.absent_classes == ("cropland",)
+    assert city.known_classes == ("building", "vegetation", "cropland")
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_bundled_recipe_follows_the_class_definition():
+    """Every source of the bundled model's recipe maps its labels to the one definition."""
+    path = REPO / "examples" / "bundled" / "train.yaml"
+    cfg = TrainConfig.from_yaml(path.read_text(encoding="utf-8"), path.parent)
+    by_name = {s.name: s for s in cfg.sources}
+    dubai = by_name["dubai"]
+    # Dubai: land, road, water are background; its vegetation (lawns and gardens too) is
+    # vegetation; a city has no farmland, so its background is a negative for cropland.
+    assert dict(dubai.class_map) == {
+        0: "ignore",
+        1: "building",
+        2: "background",
+        3: "background",
+        4: "vegetation",
+        5: "background",
+    }
+    assert dubai.absent_classes == ("cropland",)
+    # agoro: non-exhaustive field outlines say nothing about other classes.
+    assert by_name["agoro-fields"].known_classes == ("cropland",)
+    synth = by_name["synthetic"]
+    assert synth.known_classes == ("building", "vegetation", "cropland")
+    assert "spacenet-rio" not in by_name  # held out whole for the Rio building scores
 
 
 def test_unknown_fields_and_raster_class_maps():

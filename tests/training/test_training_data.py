@@ -9,11 +9,19 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
+import torch
 from rasterio.transform import from_origin
 
 from geoseg.errors import ConfigError
 from geoseg.training.config import TrainConfig
-from geoseg.training.data import ChipDataset, ChipQuery, band_statistics, build_training_data
+from geoseg.training.data import (
+    ChipCache,
+    ChipDataset,
+    ChipQuery,
+    allowed_values,
+    band_statistics,
+    build_training_data,
+)
 from tests.training.conftest import ORIGIN, make_scene, write_labels
 
 
@@ -295,3 +303,54 @@ def test_errors_name_the_source(tmp_path):
         build_training_data(config(paths, str(labels), source={"label_field": "kind"}))
     with pytest.raises(ConfigError, match="chip_size"):
         build_training_data(config(paths, str(labels), chip_size=128))
+
+
+def test_cached_chips_equal_chips_read_one_by_one(tmp_path):
+    paths, labels = scenes(tmp_path, 3)
+    cfg = config(paths, str(labels), validation={"split": "files", "fraction": 0.34})
+    data = build_training_data(cfg)
+    cache = ChipCache(data, allowed_values(data))
+    assert cache.nbytes > 0
+    assert all(r.image.dtype == np.uint8 for rows in cache.rows for r in rows)
+    queries = data.train_queries(3, count=24) + data.val_queries
+    direct = ChipDataset(data, queries)
+    cached = ChipDataset(data, queries, cache)
+    for i in range(len(queries)):
+        a, b = direct[i], cached[i]
+        for key in ("image", "valid", "mask"):
+            assert a[key].dtype == b[key].dtype
+            assert torch.equal(a[key], b[key]), (i, key)
+    # A chip outside every cached row falls back to a direct read.
+    far = ChipQuery(0, (0.0, 0.0, 32.0, 32.0))
+    assert cache.chip(far, data.parts[0], 32) is None
+
+
+def test_absent_classes_keep_their_slot_and_stay_out_of_the_masks(tmp_path):
+    img_path = tmp_path / "img.tif"
+    make_scene(img_path, seed=4)
+    values = np.full((96, 96), 2, dtype=np.uint8)
+    values[:40] = 1
+    with rasterio.open(
+        tmp_path / "ids.tif",
+        "w",
+        driver="GTiff",
+        width=96,
+        height=96,
+        count=1,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=from_origin(*ORIGIN, 1.0, 1.0),
+    ) as ds:
+        ds.write(values, 1)
+    cfg = config(
+        str(img_path),
+        str(tmp_path / "ids.tif"),
+        chip_size=96,
+        source={"class_map": {1: "building", 2: "background"}, "absent_classes": ["vegetation"]},
+    )
+    data = build_training_data(cfg)
+    # building is labelled, vegetation declared absent: both get a slot in the loss
+    assert data.labelled == [[1, 2]]
+    assert data.sources[0]["absent_classes"] == ["vegetation"]
+    mask = whole_image_chip(data, 96)["mask"].numpy()
+    assert (mask[:40] == 1).all() and (mask[40:] == 0).all()
