@@ -97,6 +97,11 @@ class EvalConfig:
         Edge in pixels of the overlay window.
     keep_predictions : Path, optional
         Directory to keep the class rasters in (default: a temporary one).
+    through_polygons : bool
+        Score what ``geoseg predict IMAGE -o X.gpkg`` writes: each class raster
+        is vectorized with the model card's clean-up, pixel metrics come from
+        those polygons rasterized back onto the image grid (later classes on
+        top), and object metrics from the written polygons themselves.
     predict : PredictConfig
         Options of the prediction (device, tile, batch size, bands, ...).
     """
@@ -113,6 +118,7 @@ class EvalConfig:
     strip_rows: int = 256
     sample_size: int = 384
     keep_predictions: Path | None = None
+    through_polygons: bool = False
     predict: PredictConfig = field(default_factory=PredictConfig)
 
     def __post_init__(self) -> None:
@@ -560,6 +566,9 @@ def evaluate(
             dst = outdir / f"{i:03d}_{Path(image).stem}_classes.tif"
             class_paths.append(dst)
             run_scene(image, dst, loaded, pcfg, progress=_image_progress(progress, i, n))
+            written: dict[int, list[Any]] | None = None
+            if cfg.through_polygons:
+                dst, written = _through_polygons(dst, obj_ids)
             with RasterSource(dst) as cls_src:
                 truth = _Truth(kind, label_paths, i, cls_src.spec, lookup, frames)
                 before = {c: len(pred_objects[c]) for c in obj_ids}
@@ -570,7 +579,14 @@ def evaluate(
                 finally:
                     truth.close()
                 spec = cls_src.spec
-            _clean_like_vectorize(pred_objects, before, loaded.card, spec)
+            if written is None:
+                _clean_like_vectorize(pred_objects, before, loaded.card, spec)
+            else:
+                px = abs(spec.transform.a * spec.transform.e)
+                for c in obj_ids:
+                    pred_objects[c][before[c] :] = [
+                        g for g in written[c] if g.area >= cfg.min_object_pixels * px
+                    ]
             labelled_px = int(img_cm.matrix.sum())
             if labelled_px == 0:
                 warnings.warn(
@@ -675,6 +691,49 @@ def _score_image(
         else:
             true_objects[c] += _raster_objects(truth, spec, c, cfg)
     return img_cm
+
+
+def _through_polygons(classes: Path, obj_ids: Sequence[int]) -> tuple[Path, dict[int, list[Any]]]:
+    """Vectorize a class raster as ``predict -o X.gpkg`` does and rasterize the polygons back.
+
+    Returns the rasterized copy (beside ``classes``, same grid, nodata kept) and the
+    written polygons of the object classes, in the raster's CRS.
+    """
+    import pyogrio
+
+    from geoseg.pipeline import VectorizeConfig, run_vectorize
+
+    gpkg = classes.with_suffix(".gpkg")
+    run_vectorize(classes, gpkg, VectorizeConfig(overwrite=True))
+    with rasterio.open(classes) as ds:
+        profile = ds.profile
+        original = ds.read(1)
+        tags = ds.tags()
+        crs = ds.crs
+    infos = [ClassInfo.from_dict(c) for c in json.loads(tags["GEOSEG_CLASSES"])]
+    painted = np.zeros_like(original)
+    written: dict[int, list[Any]] = {c: [] for c in obj_ids}
+    layers = {name for name, _ in pyogrio.list_layers(gpkg)}
+    for info in infos:
+        if not info.vectorize or info.layer not in layers:
+            continue
+        frame = pyogrio.read_dataframe(gpkg, layer=info.layer)
+        if frame.empty:
+            continue
+        if frame.crs is not None and crs is not None and not frame.crs.equals(crs):
+            frame = frame.to_crs(crs)
+        geoms = [g for g in frame.geometry.values if g is not None and not g.is_empty]
+        if info.id in written:
+            written[info.id] = [q for g in geoms for q in shapely.get_parts(g)]
+        rasterio.features.rasterize(
+            geoms, out=painted, transform=profile["transform"], default_value=info.id
+        )
+    painted[original == 255] = 255
+    out = classes.with_name(classes.stem + "_polygons.tif")
+    with rasterio.open(out, "w", **profile) as ds:
+        ds.write(painted, 1)
+        ds.update_tags(**tags)
+    return out, written
 
 
 def _clean_like_vectorize(

@@ -223,3 +223,27 @@ def test_bad_inputs(threshold_model, scene):
         evaluate(threshold_model, [image], [labels], EvalConfig(object_classes=("tree",)))
     with pytest.raises(ConfigError, match="iou-threshold"):
         EvalConfig(iou_threshold=0)
+
+
+def test_scores_through_the_written_polygons(threshold_model, scene, tmp_path):
+    """--through-polygons scores what 'predict -o X.gpkg' writes, rasterized back."""
+    image, labels = scene
+    direct = evaluate(threshold_model, [image], [labels], EvalConfig(predict=CPU))
+    keep = tmp_path / "kept"
+    via = evaluate(
+        threshold_model,
+        [image],
+        [labels],
+        EvalConfig(predict=CPU, through_polygons=True, keep_predictions=keep),
+    )
+    assert (keep / "000_scene_classes.gpkg").is_file()
+    with rasterio.open(keep / "000_scene_classes_polygons.tif") as ds:
+        painted = ds.read(1)
+    assert (painted[30:] == 255).all()  # nodata stays nodata
+    assert (painted[:20, :20] == 1).all()  # the square building is written square
+    # vegetation is smoothed (a 10 px square loses its corners); buildings stay as they are
+    d, v = direct.pixel.confusion, via.pixel.confusion
+    assert v[:, 1].tolist() == d[:, 1].tolist()
+    assert 0.7 * d[:, 2].sum() <= v[:, 2].sum() < d[:, 2].sum()
+    obj = via.objects[0]
+    assert (obj.tp, obj.fp, obj.fn) == (0, 1, 1)

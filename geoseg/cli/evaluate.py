@@ -78,6 +78,11 @@ from geoseg.cli.train import expand_images
 )
 @click.option("--threads", type=int, default=None, help="CPU threads for the network.")
 @device_opt
+@click.option(
+    "--through-polygons",
+    is_flag=True,
+    help="Score the polygons 'predict -o X.gpkg' writes, rasterized back (pixel metrics too).",
+)
 @tta_opt
 @overwrite_opt
 @click.pass_context
@@ -103,6 +108,7 @@ def evaluate(
     bands: str | None,
     threads: int | None,
     device: str,
+    through_polygons: bool,
     tta: str | None,
     overwrite: bool,
 ) -> None:
@@ -137,6 +143,7 @@ def evaluate(
         iou_threshold=iou_threshold,
         min_object_pixels=min_object_pixels,
         keep_predictions=out_dir / "predictions" if keep_predictions else None,
+        through_polygons=through_polygons,
         predict=PredictConfig(
             tile=tile,
             overlap=overlap,
