@@ -22,7 +22,10 @@ run along one of two perpendicular directions:
    Douglas-Peucker keeps are its outer corners;
 6. intersect consecutive lines to get the corners, rotate back, and check the
    result: an invalid polygon, or one whose area differs from the input's by
-   more than ``max_area_change``, is replaced by the minimum rotated rectangle.
+   more than ``max_area_change``, is replaced by the minimum rotated rectangle
+   when that is within ``max_area_change`` of the input's area, else by the
+   simplified outline: a large, ragged footprint (a curved row of houses that
+   merged) is never turned into a rectangle several times its size.
 
 Holes (courtyards) are squared along the same direction; a hole that collapses
 or leaves the squared shell is dropped.
@@ -333,7 +336,8 @@ def regularize_polygon(
         ``2 * simplify_tolerance`` when None.
     max_area_change : float, optional
         Largest accepted relative change of area; beyond it, or when the
-        squared polygon is invalid, the minimum rotated rectangle is returned.
+        squared polygon is invalid, the minimum rotated rectangle is returned
+        if its area is within that change too, else the simplified outline.
 
     Returns
     -------
@@ -365,7 +369,7 @@ def regularize_polygon(
 
     simple = shapely.simplify(polygon, tol, preserve_topology=True)
     if not isinstance(simple, Polygon) or simple.is_empty:
-        return _fallback(polygon)
+        return _fallback(polygon, polygon, change)
     angle = dominant_direction(simple)
     centre = polygon.centroid
     origin = (centre.x, centre.y)
@@ -374,7 +378,7 @@ def regularize_polygon(
         simple.exterior, polygon.exterior, angle, origin, edge, refine_direction=True
     )
     if shell is None:
-        return _fallback(polygon)
+        return _fallback(polygon, simple, change)
     shell_poly = Polygon(shell)
     holes = []
     # Topology-preserving simplification keeps every ring, in order.
@@ -390,13 +394,22 @@ def regularize_polygon(
         # Holes squared on their own may touch each other; keep the squared shell.
         result = shell_poly
     if not result.is_valid or abs(result.area - polygon.area) > change * polygon.area:
-        return _fallback(polygon)
+        return _fallback(polygon, simple, change)
     return result
 
 
-def _fallback(polygon: Polygon) -> Polygon:
+def _fallback(polygon: Polygon, simple: Polygon, change: float) -> Polygon:
+    """The minimum rotated rectangle when it keeps the area, else the simplified outline."""
     rect = shapely.minimum_rotated_rectangle(polygon)
-    return rect if isinstance(rect, Polygon) and rect.area > 0 else polygon
+    if (
+        isinstance(rect, Polygon)
+        and rect.area > 0
+        and abs(rect.area - polygon.area) <= change * polygon.area
+    ):
+        return rect
+    if isinstance(simple, Polygon) and simple.is_valid and not simple.is_empty:
+        return simple
+    return polygon
 
 
 def regularize_geometries(

@@ -98,10 +98,21 @@ def test_round_shape_falls_back_or_stays_right_angled():
     assert iou(square, true) > 0.8
 
 
-def test_large_area_change_falls_back_to_minimum_rotated_rectangle():
+def test_fallback_never_inflates_a_footprint():
+    # A triangle cannot be squared within 1 % of its area, and its minimum rotated
+    # rectangle doubles it: the simplified outline is kept instead.
     triangle = Polygon([(0, 0), (10, 0), (0, 10)])
-    square = regularize_polygon(triangle, simplify_tolerance=0.5, max_area_change=0.01)
-    assert square.equals(shapely.minimum_rotated_rectangle(triangle))
+    kept = regularize_polygon(triangle, simplify_tolerance=0.5, max_area_change=0.01)
+    assert kept.equals(triangle)
+    # A curved row of merged houses (an arc of 10 m squares) is not turned into the
+    # rectangle around the arc, which would be several times its area.
+    arc = shapely.union_all(
+        [affinity.rotate(box(95, -5, 105, 5), a, origin=(0, 0)) for a in np.linspace(0, 90, 16)]
+    )
+    out = regularize_polygon(arc, simplify_tolerance=1.0)
+    assert out.is_valid
+    assert abs(out.area - arc.area) <= 0.25 * arc.area
+    assert shapely.minimum_rotated_rectangle(arc).area > 3 * arc.area
 
 
 def test_dominant_direction_of_clean_shapes():
