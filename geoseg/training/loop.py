@@ -156,23 +156,7 @@ def load_encoder_weights(model: nn.Module, path: Path) -> int:
             "initialise; remove encoder_weights or choose an encoder-decoder architecture"
         )
     state = {k.removeprefix("encoder."): v for k, v in read_state_dict(path).items()}
-    own = encoder.state_dict()
-    fitting = {k: v for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
-    if not fitting:
-        raise ConfigError(
-            f"encoder_weights: no tensor of {path} fits the encoder (its names start "
-            f"{sorted(state)[:3]}, the encoder's {sorted(own)[:3]}); check the encoder name"
-        )
-    skipped = sorted(set(state) - set(fitting))
-    if skipped:
-        log.info(
-            "encoder weights: skipped %d tensor(s) that do not fit: %s", len(skipped), skipped[:5]
-        )
-    missing = sorted(set(own) - set(fitting))
-    if missing:
-        log.info("encoder weights: %d encoder tensor(s) keep their initial values", len(missing))
-    encoder.load_state_dict(fitting, strict=False)
-    return len(fitting)
+    return _load_matching(encoder, state, "encoder_weights", path, "the encoder")
 
 
 def load_init_weights(model: nn.Module, path: Path) -> int:
@@ -198,8 +182,14 @@ def load_init_weights(model: nn.Module, path: Path) -> int:
 
     p = Path(path)
     file = p / "model.safetensors" if p.is_dir() else p
-    state = read_state_dict(file)
-    own = model.state_dict()
+    return _load_matching(model, read_state_dict(file), "init_weights", file, "this network")
+
+
+def _load_matching(
+    module: nn.Module, state: Mapping[str, torch.Tensor], field: str, path: Path, what: str
+) -> int:
+    """Load the tensors of ``state`` whose names and shapes fit ``module``; log the rest."""
+    own = module.state_dict()
     fitting = {
         k: v.to(own[k].dtype)
         for k, v in state.items()
@@ -207,15 +197,16 @@ def load_init_weights(model: nn.Module, path: Path) -> int:
     }
     if not fitting:
         raise ConfigError(
-            f"init_weights: no tensor of {file} fits this network (its names start "
-            f"{sorted(state)[:3]}); check the architecture and encoder"
+            f"{field}: no tensor of {path} fits {what} (its names start {sorted(state)[:3]}, "
+            f"{what}'s {sorted(own)[:3]}); check the architecture and encoder names"
         )
+    skipped = sorted(set(state) - set(fitting))
+    if skipped:
+        log.info("%s: skipped %d tensor(s) that do not fit: %s", field, len(skipped), skipped[:5])
     missing = sorted(set(own) - set(fitting))
     if missing:
-        log.info(
-            "init weights: %d tensor(s) keep their initial values: %s", len(missing), missing[:5]
-        )
-    model.load_state_dict(fitting, strict=False)
+        log.info("%s: %d tensor(s) keep their initial values", field, len(missing))
+    module.load_state_dict(fitting, strict=False)
     return len(fitting)
 
 

@@ -90,15 +90,16 @@ def test_training_learns_roofs_and_the_checkpoint_predicts(roofs, tmp_path):
         assert (a.read(1) == 1).sum() > 500
 
 
+def stop_after_first_epoch(event):
+    """A training callback that kills the run once its first epoch is saved."""
+    if event.kind == "epoch":
+        raise KeyboardInterrupt
+
+
 def test_resume_continues_exactly(roofs, tmp_path):
     base = roof_config(roofs, tmp_path / "a", epochs=2, samples_per_epoch=32)
     straight = train(TrainConfig.from_dict(base))
     part = {**base, "output": str(tmp_path / "b")}
-
-    def stop_after_first_epoch(event):
-        if event.kind == "epoch":
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
         train(TrainConfig.from_dict(part), stop_after_first_epoch)
     resumed = train(TrainConfig.from_dict({**part, "resume": True}))
@@ -120,11 +121,6 @@ def test_cli_resume_run_dir_continues_exactly(roofs, tmp_path):
     base = roof_config(roofs, tmp_path / "a", epochs=2, samples_per_epoch=32)
     straight = train(TrainConfig.from_dict(base))
     part = {**base, "output": str(tmp_path / "b")}
-
-    def stop_after_first_epoch(event):
-        if event.kind == "epoch":
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):  # a run killed after one of its two epochs ...
         train(TrainConfig.from_dict(part), stop_after_first_epoch)
     runner = CliRunner()

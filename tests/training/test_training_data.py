@@ -43,6 +43,22 @@ def config(images: Any, labels: Any, **overrides: Any) -> TrainConfig:
     return TrainConfig.from_dict(d)
 
 
+def write_ids(path: Path, values: np.ndarray) -> None:
+    """A one-band uint8 label raster of class ids on the scenes' 1 m UTM grid."""
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=values.shape[1],
+        height=values.shape[0],
+        count=1,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=from_origin(*ORIGIN, 1.0, 1.0),
+    ) as ds:
+        ds.write(values, 1)
+
+
 def whole_image_chip(data: Any, size: int) -> dict[str, Any]:
     part = data.parts[0]
     b = tuple(part.dataset.index.total_bounds)
@@ -187,18 +203,7 @@ def test_unlabelled_classes_and_nodata_are_ignored(tmp_path):
         ds.write(data)
     values = np.full((96, 96), 2, dtype=np.uint8)  # all vegetation ...
     values[:50] = 1
-    with rasterio.open(
-        tmp_path / "ids.tif",
-        "w",
-        driver="GTiff",
-        width=96,
-        height=96,
-        count=1,
-        dtype="uint8",
-        crs="EPSG:32633",
-        transform=from_origin(*ORIGIN, 1.0, 1.0),
-    ) as ds:
-        ds.write(values, 1)
+    write_ids(tmp_path / "ids.tif", values)
     # ... in a source that only labels buildings (identity class map)
     cfg = config(str(img_path), str(tmp_path / "ids.tif"), chip_size=96, source={"nodata": 0})
     chip = whole_image_chip(build_training_data(cfg), 96)
@@ -330,18 +335,7 @@ def test_absent_classes_keep_their_slot_and_stay_out_of_the_masks(tmp_path):
     make_scene(img_path, seed=4)
     values = np.full((96, 96), 2, dtype=np.uint8)
     values[:40] = 1
-    with rasterio.open(
-        tmp_path / "ids.tif",
-        "w",
-        driver="GTiff",
-        width=96,
-        height=96,
-        count=1,
-        dtype="uint8",
-        crs="EPSG:32633",
-        transform=from_origin(*ORIGIN, 1.0, 1.0),
-    ) as ds:
-        ds.write(values, 1)
+    write_ids(tmp_path / "ids.tif", values)
     cfg = config(
         str(img_path),
         str(tmp_path / "ids.tif"),
