@@ -17,8 +17,10 @@ from geoseg.pipeline import PredictConfig, run_scene
 from tests.conftest import REPO
 
 #: Per-class IoU floors on a generated scene. A constant model scores 0 on at least two of
-#: the three classes, a broken (random) one near 0 on all; the bundled model is far above.
-FLOORS = {"building": 0.3, "vegetation": 0.3, "cropland": 0.3}
+#: the three classes, a broken (random) one near 0 on all (buildings cover ~3 % of the scene).
+#: The model of 2026-12-02 scores 0.24 / 0.58 / 0.76 here: buildings are its weak class on
+#: generated towns (it takes their streets for roofs; README, "The bundled model").
+FLOORS = {"building": 0.2, "vegetation": 0.45, "cropland": 0.6}
 
 
 def test_bundled_model_is_small_and_loads_from_package_data():
