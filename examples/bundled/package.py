@@ -54,13 +54,16 @@ def main() -> None:
         held[source] = {
             "images": r["images"],
             "labelled_classes": r["labelled_classes"],
+            # Classes a source declares absent have no true pixel: no IoU to report.
             "pixel_iou": {
-                c: m["iou"] for c, m in r["pixel"]["classes"].items() if c in r["labelled_classes"]
+                c: m["iou"]
+                for c, m in r["pixel"]["classes"].items()
+                if c in r["labelled_classes"] and m.get("recall") is not None
             },
             "pixel_dice_f1": {
                 c: m.get("dice")
                 for c, m in r["pixel"]["classes"].items()
-                if c in r["labelled_classes"]
+                if c in r["labelled_classes"] and m.get("recall") is not None
             },
             "objects": {
                 c: {k: o[k] for k in ("precision", "recall", "f1")} for c, o in r["objects"].items()
