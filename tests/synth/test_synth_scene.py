@@ -170,3 +170,33 @@ def test_block_memory_does_not_grow_with_the_scene() -> None:
     large = _peak_block_memory(8192)
     whole_scene_rgb = 3 * 8192 * 256
     assert large < small + whole_scene_rgb // 4, (small, large)
+
+
+def test_materials_follow_the_class_definition() -> None:
+    """Meadows and lawns are vegetation, grass leys in farmland cropland, bare ground background."""
+    layout = build_layout(SceneSpec(2048, 2048, seed=5, pixel_size=1.0))
+    material = layout.material[1:]
+    classes = layout.classes[1:]
+    expected = {
+        Material.MEADOW: 2,
+        Material.GRASS_FIELD: 3,
+        Material.FIELD: 3,
+        Material.CANOPY: 2,
+        Material.CROWN: 2,
+        Material.SOIL: 0,
+        Material.PAVED: 0,
+        Material.WATER: 0,
+        Material.ROAD: 0,
+    }
+    seen = set()
+    for mat, cls in expected.items():
+        picked = classes[material == mat]
+        if len(picked):
+            seen.add(mat)
+            assert set(picked.tolist()) == {cls}, mat
+    assert {Material.MEADOW, Material.FIELD, Material.PAVED} <= seen
+    assert layout.classes[0] == 0 and layout.material[0] == Material.GROUND
+    # House plots get lawns: vegetation objects that touch a roof.
+    roofs = layout.geoms[classes == 1]
+    lawns = layout.geoms[material == Material.MEADOW]
+    assert any(lawn.intersects(roof) for lawn in lawns for roof in roofs[:50])
