@@ -920,10 +920,9 @@ def clean_and_measure(
             if g is not None:
                 areas[k], perims[k] = a[j], p[j]
                 j += 1
-    origin = np.arange(n)
     if params.split_neck_m > 0:
         return _separate_pieces(cleaned, areas, perims, crs, bounds)
-    return cleaned, areas, perims, origin
+    return cleaned, areas, perims, np.arange(n)
 
 
 def _separate_pieces(

@@ -366,6 +366,11 @@ def _assemble(rings: npt.NDArray[np.object_]) -> Polygon | MultiPolygon | None:
 _SPLIT_MAX_CELLS = 2_000_000
 
 
+def _cut_width(neck: float) -> float:
+    """Width of the gap left between the pieces of a cut polygon, in metres."""
+    return min(0.2, neck / 10)
+
+
 def split_at_necks(polygon: Polygon, neck: float, gap: float | None = None) -> list[Polygon]:
     """Cut a polygon where it narrows to less than ``neck`` into separate pieces.
 
@@ -405,7 +410,7 @@ def split_at_necks(polygon: Polygon, neck: float, gap: float | None = None) -> l
 
     if neck <= 0 or polygon.is_empty:
         return [polygon]
-    gap = min(0.2, neck / 10) if gap is None else gap
+    gap = _cut_width(neck) if gap is None else gap
     minx, miny, maxx, maxy = polygon.bounds
     res = neck / 4
     cells = (maxx - minx) * (maxy - miny) / res**2
@@ -492,7 +497,7 @@ def _clean_one(geom: BaseGeometry | None, params: CleanupParams) -> Polygon | Mu
 
 def _clean_split(parts: list[Polygon], params: CleanupParams) -> Polygon | MultiPolygon | None:
     """Cut parts at their necks, style each piece, keep the pieces apart (one MultiPolygon)."""
-    gap = min(0.2, params.split_neck_m / 10)
+    gap = _cut_width(params.split_neck_m)
     kept: list[Polygon] = []
     taken: BaseGeometry | None = None
     for part in parts:
@@ -508,8 +513,7 @@ def _clean_split(parts: list[Polygon], params: CleanupParams) -> Polygon | Multi
                 styled = polygonal(styled.difference(taken.buffer(gap, join_style="mitre")))
                 if styled is None:
                     continue
-            polys = [q for q in shapely.get_parts(styled) if q.area >= max(params.min_area_m2, 0)]
-            kept += polys
+            kept += [q for q in shapely.get_parts(styled) if q.area >= params.min_area_m2]
             taken = styled if taken is None else shapely.union_all([taken, styled])
     kept = [q for q in kept if q.area > 0]
     if not kept:
