@@ -16,7 +16,6 @@ Usage (from the repository root)::
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 
@@ -62,9 +61,15 @@ def render_scenes(outdir: Path, n: int = 6, size: int = 1536) -> None:
 
 
 def main() -> None:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/bundled-inputs")
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", default="runs/bundled-inputs", type=Path)
+    parser.add_argument("--scenes", type=int, default=6, help="generated scenes (seeds 100...)")
+    args = parser.parse_args()
+    out = args.out
     print(convert_lite0(out / "efficientnet_lite0_imagenet.safetensors"))
-    render_scenes(out / "synthetic")
+    render_scenes(out / "synthetic", n=args.scenes)
     print(out / "synthetic")
 
 

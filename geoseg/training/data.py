@@ -197,6 +197,11 @@ class _MaskedRaster(RasterDataset):
     ) -> torch.Tensor:
         handles = [self._cached_load_warp_file(fp) for fp in filepaths]
         x, y, _ = self._disambiguate_slice(query)
+        # Merged as float64 with NaN for "no data": rasterio's merge otherwise fills
+        # gaps with the first file's nodata, or 0 where a file declares none, and then
+        # masks every pixel equal to that fill, so a real 0 (class 0 of a label raster
+        # without nodata, say) would be taken for a gap and silently ignored.  The
+        # files' own nodata and masks still keep their pixels out (``masked=True``).
         dest, _ = rasterio.merge.merge(
             handles,
             (x.start, y.start, x.stop, y.stop),
@@ -204,12 +209,12 @@ class _MaskedRaster(RasterDataset):
             indexes=band_indexes,
             resampling=self.resampling,
             masked=True,
+            nodata=np.nan,
+            dtype="float64",
         )
-        data = np.ma.getdata(dest).astype(np.float32)
-        valid = np.logical_not(np.ma.getmaskarray(dest).all(axis=0))
-        if np.isnan(data).any():
-            valid &= np.isfinite(data).all(axis=0)
-            np.nan_to_num(data, copy=False)
+        data = np.ma.getdata(dest)
+        valid = np.isfinite(data).all(axis=0)
+        data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
         return torch.from_numpy(np.concatenate([data, valid[None].astype(np.float32)]))
 
     def _split(self, query: Any) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:

@@ -348,3 +348,37 @@ def test_absent_classes_keep_their_slot_and_stay_out_of_the_masks(tmp_path):
     assert data.sources[0]["absent_classes"] == ["vegetation"]
     mask = whole_image_chip(data, 96)["mask"].numpy()
     assert (mask[:40] == 1).all() and (mask[40:] == 0).all()
+
+
+def test_zero_is_a_class_where_a_label_raster_declares_no_nodata(tmp_path):
+    """A 0 in a file without nodata is data: class 0 of the labels, black pixels of the image.
+
+    rasterio's merge fills and then masks a file's nodata, or 0 where it declares none,
+    which once made every background pixel of such label rasters "unlabelled".
+    """
+    img_path = tmp_path / "img.tif"
+    make_scene(img_path, seed=4)
+    with rasterio.open(img_path, "r+") as ds:
+        data = ds.read()
+        data[:, :8, :] = 0  # black pixels, but no nodata declared: real data
+        ds.write(data)
+    values = np.zeros((96, 96), dtype=np.uint8)  # 0 = background, no nodata declared
+    values[30:60, 30:60] = 1
+    write_ids(tmp_path / "ids.tif", values)
+    cfg = config(
+        str(img_path),
+        str(tmp_path / "ids.tif"),
+        chip_size=96,
+        source={"class_map": {0: "background", 1: "building"}},
+    )
+    data_ = build_training_data(cfg)
+    chip = whole_image_chip(data_, 96)
+    assert chip["valid"].all()
+    np.testing.assert_array_equal(chip["mask"].numpy(), values)
+    cached = ChipDataset(
+        data_,
+        [ChipQuery(0, tuple(data_.parts[0].dataset.index.total_bounds))],
+        cache=ChipCache(data_, allowed_values(data_)),
+    )[0]
+    np.testing.assert_array_equal(cached["mask"].numpy(), values)
+    assert cached["valid"].all()
