@@ -57,5 +57,9 @@ class BatchError(GeosegError, RuntimeError):
     """Some regions of a batch failed after their retries (the others finished)."""
 
 
+class MissingExtraError(GeosegError, ImportError):
+    """A feature needs an optional part of geoseg that is not installed (``geoseg[train]``, ...)."""
+
+
 class AllNodataWarning(GeosegWarning):
     """The input holds no valid pixel; outputs are valid but empty."""

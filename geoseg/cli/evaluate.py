@@ -120,6 +120,9 @@ def evaluate(
     Writes per-class pixel IoU, Dice/F1, precision and recall, mean IoU, object
     precision/recall/F1 (one-to-one matches at IoU >= 0.5) and a confusion matrix.
     """
+    from geoseg.extras import require
+
+    require("train", "evaluation")
     from geoseg.evaluate import EvalConfig, write_report
     from geoseg.evaluate import evaluate as run_evaluation
     from geoseg.io.atomic import check_output_path

@@ -9,19 +9,23 @@ import click
 
 
 @click.command()
-@click.argument("target", type=str)
+@click.argument("target", type=str, required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def info(target: str, as_json: bool) -> None:
-    """Describe TARGET: a raster (size, CRS, bands, nodata, pixel size) or a checkpoint."""
+def info(target: str | None, as_json: bool) -> None:
+    """Describe TARGET: a raster (size, CRS, bands, nodata, pixel size) or a checkpoint.
+
+    Without TARGET: geoseg's version, which extras are installed and the backends
+    that can run here.
+    """
     from geoseg.models.checkpoint import CARD_NAME, bundled_models, card_summary, load_card
 
-    p = Path(target)
-    if (
-        target in bundled_models()
-        or (p.is_dir() and (p / CARD_NAME).is_file())
-        or p.name == CARD_NAME
+    if target is None:
+        d = _installation()
+    elif target in bundled_models() or (
+        (Path(target).is_dir() and (Path(target) / CARD_NAME).is_file())
+        or Path(target).name == CARD_NAME
     ):
-        d = card_summary(load_card(p if target not in bundled_models() else target))
+        d = card_summary(load_card(target))
         d["kind"] = "checkpoint"
     else:
         from geoseg.io.read import describe
@@ -47,3 +51,26 @@ def info(target: str, as_json: bool) -> None:
         return
     for key, value in d.items():
         click.echo(f"{key:>14}: {value}")
+
+
+def _installation() -> dict[str, object]:
+    """What is installed: version, extras (with the pip line of a missing one), backends."""
+    from geoseg import __version__
+    from geoseg.extras import EXTRAS, missing
+    from geoseg.infer.backends import onnxruntime_available, package_version
+
+    extras = {}
+    for extra in EXTRAS:
+        gone = missing(extra)
+        extras[extra] = "installed" if not gone else f"not installed: pip install 'geoseg[{extra}]'"
+    backends = []
+    if onnxruntime_available():
+        backends.append(f"onnx (onnxruntime {package_version('onnxruntime')})")
+    if not missing("torch"):
+        backends.append(f"torch (torch {package_version('torch')})")
+    return {
+        "kind": "installation",
+        "geoseg": __version__,
+        "extras": extras,
+        "backends": backends,
+    }

@@ -1,4 +1,4 @@
-"""``geoseg models``: list architectures and bundled models; wrap plain weights."""
+"""``geoseg models``: list architectures and bundled models; wrap plain weights; ship an ONNX graph."""
 
 from __future__ import annotations
 
@@ -116,6 +116,9 @@ def wrap(
     WEIGHTS is a .safetensors file or a .pt/.pth/.ckpt state dict; it is read
     with torch.load(weights_only=True), so files needing code are refused.
     """
+    from geoseg.extras import require
+
+    require("torch", "wrapping weights")
     from geoseg.models import ModelCard, wrap_state_dict
     from geoseg.models.registry import architecture_stride
     from geoseg.pipeline import parse_range
@@ -145,3 +148,20 @@ def wrap(
     )
     out = wrap_state_dict(weights, card, dst, overwrite=overwrite)
     click.echo(f"wrote {out}")
+
+
+@models.command("export")
+@click.argument("checkpoint", type=str)
+@overwrite_opt
+def export(checkpoint: str, overwrite: bool) -> None:
+    """Export CHECKPOINT's ONNX graph into its directory (model.onnx + model.onnx.json).
+
+    A checkpoint that carries its graph runs with ONNX Runtime on the core install,
+    without PyTorch, and never exports at run time.  The graph is checked against
+    PyTorch before it is written; retraining the weights makes it stale, and a
+    stale graph is ignored (export again with --overwrite).
+    """
+    from geoseg.infer.backends import ship_onnx
+
+    graph = ship_onnx(checkpoint, overwrite=overwrite)
+    click.echo(f"wrote {graph} ({graph.stat().st_size / 1e6:.1f} MB)")

@@ -225,6 +225,9 @@ def train(
     it stopped (weights, optimizer, schedule and chip sampling) with
     'geoseg train --resume OUTPUT' (add --epochs N to extend it).
     """
+    from geoseg.extras import require
+
+    require("train", "training")
     import yaml
 
     from geoseg.errors import ConfigError

@@ -163,9 +163,8 @@ def package_version(name: str) -> str:
 
 
 def onnxruntime_available() -> bool:
-    """Whether ONNX Runtime and the ``onnx`` package (needed to export) import."""
+    """Whether ONNX Runtime imports (it runs shipped and cached graphs; exporting needs more)."""
     try:
-        import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError:
         return False
@@ -498,6 +497,9 @@ def export_onnx(model: nn.Module, card: ModelCard, path: str | Path) -> Path:
     ExportError
         If the exporter fails or the exported graph disagrees with PyTorch.
     """
+    from geoseg.extras import require
+
+    require("torch", "exporting a checkpoint to ONNX")
     import torch
 
     path = Path(path)
@@ -619,6 +621,57 @@ def cached_export(
         return path, False
     log.info("exporting %s/%s to ONNX (once per model): %s", card.architecture, card.encoder, path)
     return export_onnx(_network(model), card, path), True
+
+
+def ship_onnx(checkpoint: str | Path, *, overwrite: bool = False) -> Path:
+    """Export a checkpoint's ONNX graph into its own directory (``model.onnx`` + record).
+
+    With the graph beside the weights, the core install (no PyTorch) runs the
+    checkpoint with ONNX Runtime and nothing is exported at run time.  The graph
+    is checked against PyTorch as every export is (:func:`export_onnx`); the
+    record ``model.onnx.json`` holds the sha256 of the weights it came from and of
+    the graph, so a graph left behind by retrained weights is never used.
+
+    Raises
+    ------
+    OutputExistsError
+        If the checkpoint already has a graph and ``overwrite`` is false.
+    MissingExtraError
+        Without PyTorch (``geoseg[torch]``).
+    ExportError
+        If the export fails or disagrees with PyTorch.
+    """
+    from geoseg.errors import OutputExistsError
+    from geoseg.models.checkpoint import (
+        ONNX_META_NAME,
+        ONNX_NAME,
+        load_checkpoint,
+        resolve_model_path,
+        sha256_file,
+    )
+
+    directory = resolve_model_path(checkpoint)
+    graph, meta = directory / ONNX_NAME, directory / ONNX_META_NAME
+    if graph.exists() and not overwrite:
+        raise OutputExistsError(f"{graph} exists; pass --overwrite to export it again")
+    loaded = load_checkpoint(directory)
+    export_onnx(loaded.model, loaded.card, graph)
+    record = {
+        "weights_sha256": loaded.sha256,
+        "onnx_sha256": sha256_file(graph),
+        "inputs": "input: float32 NCHW normalised bands, dynamic N/H/W",
+        "outputs": "probs: float32 softmax over the card's classes",
+        "opset": ONNX_OPSET,
+        "format": EXPORT_FORMAT,
+        "torch": package_version("torch").split("+")[0],
+        "onnx": package_version("onnx"),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{meta.name}.", suffix=".tmp", dir=directory)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, meta)
+    return graph
 
 
 # --- ONNX Runtime -----------------------------------------------------------------------------

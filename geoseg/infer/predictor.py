@@ -17,11 +17,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from geoseg.errors import ConfigError
+from geoseg import extras
+from geoseg.errors import ConfigError, MissingExtraError
 from geoseg.infer.backends import (
+    EXPORT_FORMAT,
     Backend,
     Device,
     HostCPU,
+    OnnxBackend,
     TorchBackend,
     choose_backend,
     default_threads,
@@ -153,6 +156,13 @@ def _host_cpu_if_enough(device: str, backend: str) -> HostCPU | None:
     it costs nothing).
     """
     name = (device or "auto").lower()
+    if "torch" not in sys.modules and not extras.installed("torch"):
+        # The core install: ONNX Runtime on the CPU is all there is.
+        if backend not in ("auto", "onnx"):
+            extras.require("torch", f"--backend {backend}")
+        if name not in ("auto", "cpu"):
+            extras.require("torch", f"--device {device}")
+        return HostCPU()
     if backend not in ("auto", "onnx") or name not in ("auto", "cpu"):
         return None
     if "torch" in sys.modules or not onnxruntime_available():
@@ -328,6 +338,20 @@ class Predictor:
 
         if name == "onnx":
             src = self._source
+            workers = self._want_workers if self.device.type == "cpu" else 1
+            shipped = src.onnx_graph if isinstance(src, LoadedModel) else None
+            if shipped is not None and shipped[1].get("format") == EXPORT_FORMAT:
+                # The checkpoint's own graph, exported from these weights: no PyTorch.
+                try:
+                    return OnnxBackend(
+                        shipped[0], self.device, threads=self.threads, workers=workers
+                    )
+                except ConfigError:
+                    raise
+                except Exception as exc:
+                    log.warning(
+                        "ONNX Runtime cannot load %s (%s); exporting again", shipped[0], exc
+                    )
             # A lazy checkpoint is built only if its export is not cached yet.
             model, key = (
                 (src.model_builder, src.sha256) if isinstance(src, LoadedModel) else (src, None)
@@ -338,17 +362,25 @@ class Predictor:
                     self.card,
                     self.device,
                     threads=self.threads,
-                    workers=self._want_workers if self.device.type == "cpu" else 1,
+                    workers=workers,
                     directory=cache_dir,
                     weights_key=key,
                 )
             except Exception as exc:  # any failure to export or load: PyTorch still works
+                if not extras.installed("torch"):
+                    reason = "" if isinstance(exc, ImportError) else f" ({exc})"
+                    raise MissingExtraError(
+                        f"model {self.card.name!r} carries no ONNX graph{reason}, and exporting "
+                        "one needs PyTorch: pip install 'geoseg[torch]' (or, where PyTorch is "
+                        "installed, ship the graph with the model: geoseg models export CHECKPOINT)"
+                    ) from exc
                 log.warning(
                     "ONNX Runtime cannot run %s/%s (%s); falling back to PyTorch",
                     self.card.architecture,
                     self.card.encoder,
                     exc,
                 )
+        extras.require("torch", f"the PyTorch backend (--backend {name})")
         import torch
 
         if isinstance(self.device, HostCPU):

@@ -1,7 +1,9 @@
 """Checkpoints: safetensors weights plus a JSON model card, never pickles.
 
 A checkpoint is a directory holding ``model.safetensors`` and
-``model_card.json``.  Loading parses the card, builds the architecture from
+``model_card.json``, and optionally ``model.onnx`` with ``model.onnx.json``: its
+ONNX graph, exported from those very weights (the JSON records their sha256), so
+that ONNX Runtime runs it without PyTorch installed (the core install).  Loading parses the card, builds the architecture from
 the registry and loads tensors with safetensors, which cannot execute code.
 Plain state dicts a user already has (``.pth``/``.pt`` from smp or torchgeo)
 are read with ``torch.load(weights_only=True)`` and wrapped with a card by
@@ -13,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -29,8 +32,12 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+log = logging.getLogger(__name__)
+
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "model_card.json"
+ONNX_NAME = "model.onnx"
+ONNX_META_NAME = "model.onnx.json"
 BUNDLED_DIR = Path(__file__).parent / "bundled"
 DEFAULT_MODEL = "default"
 
@@ -97,6 +104,14 @@ class LoadedModel:
         """The same checkpoint with another network object (a copy to modify, say)."""
         return LoadedModel(model, self.card, self.sha256, self.path)
 
+    @property
+    def onnx_graph(self) -> tuple[Path, dict[str, Any]] | None:
+        """The ONNX graph shipped in the checkpoint directory and its record, or None.
+
+        Only a graph exported from these very weights counts (see :func:`shipped_onnx`).
+        """
+        return shipped_onnx(self.path, self.sha256)
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         del state["_lock"]
@@ -117,6 +132,44 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def shipped_onnx(directory: Path, weights_sha256: str) -> tuple[Path, dict[str, Any]] | None:
+    """A checkpoint's own ONNX graph, if it was exported from the weights beside it.
+
+    ``model.onnx.json`` records the sha256 of the weights file the graph came
+    from and of the graph itself; a graph whose record is missing, unreadable or
+    names other bytes is ignored with a warning (it would run other weights).
+
+    Returns
+    -------
+    (path, record) or None
+    """
+    graph, meta = directory / ONNX_NAME, directory / ONNX_META_NAME
+    if not graph.is_file():
+        return None
+    try:
+        record = json.loads(meta.read_text(encoding="utf-8"))
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        log.warning(
+            "%s has no readable %s (%s); its ONNX graph is not used", directory, meta.name, exc
+        )
+        return None
+    if record.get("weights_sha256") != weights_sha256:
+        log.warning(
+            "%s was exported from other weights than %s; it is not used "
+            "(re-export it: geoseg models export %s --overwrite)",
+            graph,
+            WEIGHTS_NAME,
+            directory,
+        )
+        return None
+    if record.get("onnx_sha256") != sha256_file(graph):
+        log.warning("%s does not match the sha256 in %s; it is not used", graph, meta.name)
+        return None
+    return graph, record
 
 
 def bundled_models() -> dict[str, Path]:

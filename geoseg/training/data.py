@@ -212,8 +212,8 @@ class _MaskedRaster(RasterDataset):
             nodata=np.nan,
             dtype="float64",
         )
-        data = np.ma.getdata(dest)
-        valid = np.isfinite(data).all(axis=0)
+        data: np.ndarray = np.ma.getdata(dest)
+        valid: np.ndarray = np.isfinite(data).all(axis=0)
         data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
         return torch.from_numpy(np.concatenate([data, valid[None].astype(np.float32)]))
 
