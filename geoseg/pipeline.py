@@ -56,6 +56,11 @@ ProgressFn = Callable[[int, int], None]
 #: Relative pixel-size difference beyond which inputs are resampled to the model's pixel size.
 RESAMPLE_TOLERANCE = 0.25
 
+#: Inputs coarser than the model's pixels by more than this factor are refused under
+#: ``resample="auto"``: upsampling adds no detail a model could see (a 1 m model on
+#: 28.5 m Landsat pixels draws "buildings" from 800x more pixels of blur, for minutes).
+MAX_UPSAMPLE = 2.5
+
 
 #: Upper bound of --readers (each holds a dataset handle and a GDAL block cache share).
 MAX_READERS = 16
@@ -95,8 +100,11 @@ class PredictConfig:
         Raw value range mapped to the model's (default: the card's).
     assume_crs : str, optional
         CRS for rasters that have none.
-    resample : {"auto", "never"}
-        Resample to the model's pixel size when they differ by more than 25 %.
+    resample : {"auto", "never", "force"}
+        ``auto``: resample to the model's pixel size when they differ by more than
+        25 %, but refuse inputs more than :data:`MAX_UPSAMPLE` times coarser than
+        the model's pixels (before any work); ``force``: resample whatever the
+        ratio; ``never``: run at the input's own pixels.
     amp : bool, optional
         Mixed precision (default: on GPUs).
     threads : int, optional
@@ -167,8 +175,8 @@ class PredictConfig:
             raise ConfigError(f"--readers must be between 1 and {MAX_READERS}, got {self.readers}")
         if self.overlap is not None and self.overlap < 0:
             raise ConfigError(f"--overlap must be >= 0, got {self.overlap}")
-        if self.resample not in ("auto", "never"):
-            raise ConfigError(f"resample must be 'auto' or 'never', got {self.resample!r}")
+        if self.resample not in ("auto", "never", "force"):
+            raise ConfigError(f"resample must be 'auto', 'never' or 'force', got {self.resample!r}")
         if self.input_range is not None:
             lo, hi = self.input_range
             if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
@@ -366,6 +374,34 @@ def crop_strips(
         out_row += b - a
 
 
+def check_upsampling(src_m: float, model_m: float, resample: str, name: str) -> None:
+    """Refuse, before any work, an input far coarser than the model's pixels.
+
+    Raises
+    ------
+    ConfigError
+        Under ``resample="auto"`` when ``src_m / model_m`` exceeds :data:`MAX_UPSAMPLE`,
+        naming both pixel sizes and the ways out.
+
+    Examples
+    --------
+    >>> check_upsampling(1.5, 1.0, "auto", "x.tif")
+    >>> check_upsampling(28.5, 1.0, "force", "x.tif")
+    >>> check_upsampling(28.5, 1.0, "auto", "x.tif")
+    Traceback (most recent call last):
+    ...
+    geoseg.errors.ConfigError: x.tif has 28.5 m pixels, 28.5x coarser than the 1 m the model was trained at: it cannot see objects at that scale, and upsampling would cost 812x the pixels; use a model trained near 28.5 m, or --resample force to run anyway
+    """
+    ratio = src_m / model_m
+    if resample == "auto" and ratio > MAX_UPSAMPLE:
+        raise ConfigError(
+            f"{name} has {src_m:.3g} m pixels, {ratio:.3g}x coarser than the {model_m:.3g} m the "
+            f"model was trained at: it cannot see objects at that scale, and upsampling would "
+            f"cost {ratio * ratio:.0f}x the pixels; use a model trained near {src_m:.3g} m, or "
+            "--resample force to run anyway"
+        )
+
+
 def run_scene(
     src: str | Path,
     dst: str | Path,
@@ -428,8 +464,9 @@ def _run_scene(
 
     resolution = None
     src_ps = spec.pixel_size_m
-    if cfg.resample == "auto" and card.pixel_size_m and src_ps:
+    if cfg.resample in ("auto", "force") and card.pixel_size_m and src_ps:
         ratio = src_ps / card.pixel_size_m
+        check_upsampling(src_ps, card.pixel_size_m, cfg.resample, str(src))
         if abs(ratio - 1) > RESAMPLE_TOLERANCE:
             resolution = spec.res[0] * card.pixel_size_m / src_ps
             stats.resampled_to_m = card.pixel_size_m

@@ -177,6 +177,37 @@ def test_resamples_to_model_pixel_size_and_back(tmp_path, make_raster):
     assert (cls[valid][:-1] == cls[valid][1:]).mean() > 0.6
 
 
+def test_inputs_far_coarser_than_the_model_are_refused_before_any_work(tmp_path, make_raster):
+    import dataclasses
+
+    import torch
+
+    from geoseg.models import build_model, save_checkpoint
+    from tests.conftest import tiny_card
+
+    card = tiny_card(pixel_size_m=1.0)
+    torch.manual_seed(1)
+    mdir = save_checkpoint(build_model(card), card, tmp_path / "m1")
+    src = make_raster(random_image(40, 30), transform=from_origin(500000, 6000000, 3.0, 3.0))
+    out = tmp_path / "o.tif"
+    with pytest.raises(
+        ConfigError, match=r"3 m pixels, 3x coarser than the 1 m .*--resample force"
+    ):
+        run_scene(src, out, mdir, CFG)
+    assert not out.exists() and list(tmp_path.glob("o.tif*")) == []
+    # Within the factor: resampled as before.
+    near = make_raster(random_image(40, 30), transform=from_origin(500000, 6000000, 2.0, 2.0))
+    assert run_scene(near, tmp_path / "n.tif", mdir, CFG).resampled_to_m == 1.0
+    # Forced: upsampled to the model's grid and written on the input's.
+    stats = run_scene(src, out, mdir, dataclasses.replace(CFG, resample="force"))
+    assert stats.resampled_to_m == 1.0
+    with rasterio.open(out) as b:
+        assert (b.width, b.height) == (30, 40)
+    # Never: run at the input's own pixels.
+    stats = run_scene(src, tmp_path / "v.tif", mdir, dataclasses.replace(CFG, resample="never"))
+    assert stats.resampled_to_m is None
+
+
 MEMORY_SCRIPT = textwrap.dedent(
     """
     import json, resource, sys

@@ -40,7 +40,16 @@ from geoseg.cli.progress import TileProgress
 )
 @click.option("--input-range", default=None, help="Raw value range LOW,HIGH mapped to the model's.")
 @click.option("--assume-crs", default=None, help="CRS for rasters that have none, e.g. EPSG:32633.")
-@click.option("--no-resample", is_flag=True, help="Never resample to the model's pixel size.")
+@click.option(
+    "--resample",
+    "resample",
+    type=click.Choice(["auto", "never", "force"]),
+    default="auto",
+    show_default=True,
+    help="Resample to the model's pixel size: auto (refuses inputs over 2.5x coarser than "
+    "the model's), never, or force.",
+)
+@click.option("--no-resample", is_flag=True, help="Same as --resample never.")
 @click.option(
     "--threads", type=int, default=None, help="CPU threads for the network [default: all]."
 )
@@ -84,6 +93,7 @@ def predict(
     probabilities: Path | None,
     input_range: str | None,
     assume_crs: str | None,
+    resample: str,
     no_resample: bool,
     threads: int | None,
     backend: str,
@@ -124,7 +134,7 @@ def predict(
         overwrite=overwrite,
         input_range=parse_range(input_range),
         assume_crs=assume_crs,
-        resample="never" if no_resample else "auto",
+        resample="never" if no_resample else resample,
         threads=threads,
         backend=backend,
         compile=compile_model,

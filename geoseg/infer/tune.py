@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from geoseg import extras
 from geoseg.errors import ConfigError
 from geoseg.infer.backends import (
     Device,
@@ -346,9 +347,10 @@ def candidates(device: Device, threads: int, *, compile: bool = False) -> list[C
 
         if "CUDAExecutionProvider" in ort.get_available_providers():
             out.append(Candidate("onnx", 1))
-    out.append(Candidate("torch"))
-    if compile:
-        out.append(Candidate("torch", 1, True))
+    if extras.installed("torch"):  # the core install has no PyTorch engine to time
+        out.append(Candidate("torch"))
+        if compile:
+            out.append(Candidate("torch", 1, True))
     return out
 
 
