@@ -913,3 +913,8 @@ def write_report(report: EvalReport, out_dir: str | Path, *, overwrite: bool = F
             fig.savefig(tmp, format="png")
         written.append(out / name)
     return written
+
+
+from geoseg._callable import forward_calls  # noqa: E402
+
+forward_calls(__name__, "evaluate")

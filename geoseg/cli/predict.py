@@ -106,58 +106,49 @@ def predict(
     overwrite: bool,
 ) -> None:
     """Segment raster SRC tile by tile into a class COG on its exact grid (and polygons)."""
+    from geoseg.api import predict as run_predict
     from geoseg.cli.vectorize import load_cleanup_config
-    from geoseg.io.atomic import check_output_path
-    from geoseg.pipeline import (
-        PredictConfig,
-        VectorizeConfig,
-        default_cleanup_workers,
-        parse_bands,
-        parse_range,
-        run_scene,
-        run_vectorize,
-    )
+    from geoseg.pipeline import parse_bands, parse_range
 
-    vector_out = dst.suffix.lower() in (".gpkg", ".fgb", ".geojson", ".json", ".parquet")
-    raster_out = dst.with_name(dst.stem + "_classes.tif") if vector_out else dst
-    if vector_out:
-        check_output_path(dst, overwrite=overwrite)
     cleanup = load_cleanup_config(config_path)
-
-    cfg = PredictConfig(
-        tile=tile,
-        overlap=overlap,
-        batch_size=batch_size,
-        device=device,
-        bands=parse_bands(bands),
-        probabilities=probabilities,
-        overwrite=overwrite,
-        input_range=parse_range(input_range),
-        assume_crs=assume_crs,
-        resample="never" if no_resample else resample,
-        threads=threads,
-        backend=backend,
-        compile=compile_model,
-        readers=readers,
-        workers=workers,
-        tta=tta or "none",
-    )
     quiet = ctx.obj["quiet"] > 0
-    with TileProgress("predict", disable=quiet) as bar:
-        stats = run_scene(src, raster_out, model, cfg, progress=bar.update)
-    outputs = list(stats.outputs)
-    if vector_out:
-        vcfg = VectorizeConfig(
-            confidence=probabilities,
+    with (
+        TileProgress("predict", disable=quiet) as bar,
+        TileProgress("vectorize", disable=quiet, unit="row") as vbar,
+    ):
+
+        def vector_progress(done: int, total: int) -> None:
+            bar.close()  # the raster stage is over
+            vbar.update(done, total)
+
+        result = run_predict(
+            src,
+            dst,
+            model,
             cleanup=cleanup,
             dst_crs=dst_crs,
+            progress=bar.update,
+            vector_progress=vector_progress,
+            tile=tile,
+            overlap=overlap,
+            batch_size=batch_size,
+            device=device,
+            bands=parse_bands(bands),
+            probabilities=probabilities,
             overwrite=overwrite,
-            workers=default_cleanup_workers(),
+            input_range=parse_range(input_range),
+            assume_crs=assume_crs,
+            resample="never" if no_resample else resample,
+            threads=threads,
+            backend=backend,
+            compile=compile_model,
+            readers=readers,
+            workers=workers,
+            tta=tta or "none",
         )
-        with TileProgress("vectorize", disable=quiet, unit="row") as bar:
-            vstats = run_vectorize(raster_out, dst, vcfg, progress=bar.update)
-        outputs += vstats.outputs
-        click.echo(vstats.summary(), err=True)
+    stats, outputs = result.stats, result.outputs
+    if result.vector_stats is not None:
+        click.echo(result.vector_stats.summary(), err=True)
     for out in outputs:
         click.echo(f"wrote {out}", err=quiet)
     click.echo(stats.summary())

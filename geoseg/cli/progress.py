@@ -34,6 +34,11 @@ class TileProgress:
     def __enter__(self) -> TileProgress:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
+        """Close the bar (again: no-op); a later update would open a new one."""
         if self._bar is not None:
             self._bar.close()
+            self._bar = None
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

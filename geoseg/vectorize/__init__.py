@@ -61,3 +61,8 @@ __all__ = [
     "smooth_polygon",
     "to_metric",
 ]
+
+
+from geoseg._callable import forward_calls
+
+forward_calls(__name__, "vectorize")
