@@ -111,7 +111,9 @@ def predict(
     dst_crs : str, optional
         CRS of the polygons (default: the raster's).
     vectorize_workers : int, optional
-        Processes cleaning polygons (default: one per core, up to 8).
+        Processes cleaning polygons (default 1; the CLI uses one per core, up to 8,
+        which starts processes with ``forkserver``: scripts then need an
+        ``if __name__ == "__main__":`` guard).
     progress, vector_progress : callable, optional
         ``progress(done, total)`` of the raster and vector stages.
     **options
@@ -135,7 +137,6 @@ def predict(
     from geoseg.pipeline import (
         PredictConfig,
         VectorizeConfig,
-        default_cleanup_workers,
         run_scene,
         run_vectorize,
     )
@@ -160,7 +161,7 @@ def predict(
             cleanup=cleanup,
             dst_crs=dst_crs,
             overwrite=cfg.overwrite,
-            workers=vectorize_workers or default_cleanup_workers(),
+            workers=vectorize_workers,
         )
         result.vector_stats = run_vectorize(raster_out, dst, vcfg, progress=vector_progress)
         result.outputs += [Path(p) for p in result.vector_stats.outputs]

@@ -108,7 +108,7 @@ def predict(
     """Segment raster SRC tile by tile into a class COG on its exact grid (and polygons)."""
     from geoseg.api import predict as run_predict
     from geoseg.cli.vectorize import load_cleanup_config
-    from geoseg.pipeline import parse_bands, parse_range
+    from geoseg.pipeline import default_cleanup_workers, parse_bands, parse_range
 
     cleanup = load_cleanup_config(config_path)
     quiet = ctx.obj["quiet"] > 0
@@ -127,6 +127,7 @@ def predict(
             model,
             cleanup=cleanup,
             dst_crs=dst_crs,
+            vectorize_workers=default_cleanup_workers(),
             progress=bar.update,
             vector_progress=vector_progress,
             tile=tile,
