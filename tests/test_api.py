@@ -84,6 +84,6 @@ def test_vectorize_and_load_model(tmp_path: Path, tiny_model_dir: Path, make_ras
 
 
 def test_unknown_options_name_themselves() -> None:
-    with pytest.raises(ConfigError, match="unknown option.*tiel") as exc:
+    with pytest.raises(ConfigError, match=r"unknown option.*tiel") as exc:
         geoseg.predict("x.tif", "y.tif", tiel=256)
     assert isinstance(exc.value, GeosegError)

@@ -198,3 +198,24 @@ register(
         lambda _e, _p: 1,
     )
 )
+
+
+# --- SegNet -----------------------------------------------------------------------------------
+
+
+def _segnet(in_channels: int, n_classes: int, encoder: str | None, **params: Any) -> nn.Module:
+    from geoseg.models.segnet import build_segnet
+
+    return build_segnet(in_channels, n_classes, encoder, **params)
+
+
+register(
+    Architecture(
+        "segnet",
+        _segnet,
+        "vgg16_bn",
+        "SegNet (Badrinarayanan et al. 2017): VGG-BN encoder, decoder unpooling with the "
+        "encoder's max-pooling indices; encoders vgg11_bn/vgg13_bn/vgg16_bn, arch_params width",
+        lambda _e, _p: 32,
+    )
+)

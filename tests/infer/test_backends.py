@@ -73,7 +73,12 @@ def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @needs_ort
 @pytest.mark.parametrize(
     ("architecture", "encoder"),
-    [("tinycnn", None), ("unet", "resnet18"), ("unet", "tu-efficientnet_lite0")],
+    [
+        ("tinycnn", None),
+        ("unet", "resnet18"),
+        ("unet", "tu-efficientnet_lite0"),
+        ("segnet", "vgg11_bn"),
+    ],
 )
 def test_onnx_agrees_with_eager_pytorch(architecture: str, encoder: str | None) -> None:
     card = card_for(architecture, encoder)

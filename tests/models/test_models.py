@@ -20,7 +20,7 @@ from geoseg.models import (
 from geoseg.models.checkpoint import CARD_NAME, WEIGHTS_NAME
 from tests.conftest import tiny_card
 
-LIGHT_ENCODER = {"fcn": "resnet50"}
+LIGHT_ENCODER = {"fcn": "resnet50", "segnet": "vgg11_bn"}
 
 
 def card_for(arch: str, bands: int = 4, classes: int = 3) -> ModelCard:
@@ -46,6 +46,7 @@ def test_registry_has_the_required_architectures():
         "linknet",
         "segformer",
         "fcn",
+        "segnet",
     }
     assert required <= set(list_models())
 
@@ -179,3 +180,39 @@ def test_lazy_checkpoint_builds_the_network_on_first_use(tmp_path, tiny_model_di
     loaded = load_checkpoint(broken, lazy=True)
     with pytest.raises(CheckpointError, match="safetensors"):
         _ = loaded.model
+
+
+def test_segnet_unpools_with_the_encoder_indices_and_takes_torchvision_vgg_weights(tmp_path):
+    torchvision = pytest.importorskip("torchvision")
+    from safetensors.torch import save_file
+
+    from geoseg.models.segnet import SegNet
+    from geoseg.training.loop import load_encoder_weights
+
+    # The decoder puts values back only where the encoder's maxima were: the last
+    # unpooling's non-zero outputs sit at the first pooling's indices.
+    net = SegNet(3, 2, "vgg11_bn", width=0.25).eval()
+    x = torch.randn(1, 3, 64, 96)
+    _, indices, sizes = net.encoder(x)
+    assert sizes[0] == (64, 96) and indices[0].shape[-2:] == (32, 48)
+    seen = []
+    stage = net.decoder[-1]  # the last decoder stage receives the last unpooling's output
+    stage.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    with torch.inference_mode():
+        net(x)
+    last = seen[-1][0]  # (C, 64, 96)
+    assert last.shape[-2:] == (64, 96)
+    for c in range(last.shape[0]):
+        nonzero = set(torch.nonzero(last[c].flatten()).flatten().tolist())
+        assert nonzero <= set(indices[0][0, c].flatten().tolist())
+    # ImageNet VGG weights from a local torchvision state dict fill the whole encoder.
+    vgg = torchvision.models.vgg11_bn(weights=None)
+    save_file(
+        {k: v.contiguous() for k, v in vgg.state_dict().items()}, str(tmp_path / "vgg.safetensors")
+    )
+    seg = SegNet(3, 4, "vgg11_bn")
+    n = load_encoder_weights(seg, tmp_path / "vgg.safetensors")
+    assert n == len(seg.encoder.state_dict())
+    torch.testing.assert_close(seg.encoder.features[0].weight, vgg.features[0].weight)
+    with pytest.raises(ValueError, match="encoder must be one of"):
+        SegNet(3, 4, "resnet18")
