@@ -112,6 +112,18 @@ def test_a_graph_of_other_weights_or_bytes_is_ignored(
     assert "does not match" in caplog.text
 
 
+def test_the_bundled_model_ships_a_graph_that_matches_its_weights() -> None:
+    loaded = load_checkpoint("default", lazy=True)
+    shipped = loaded.onnx_graph
+    assert shipped is not None, "run: geoseg models export geoseg/models/bundled/default"
+    pred = Predictor(loaded, loaded.card, device="cpu", backend="onnx")
+    assert pred.backend.path == shipped[0]  # type: ignore[attr-defined]
+    x = np.random.default_rng(2).standard_normal((1, 3, 128, 96), dtype=np.float32)
+    np.testing.assert_allclose(pred(x), reference(loaded.path, x), atol=1e-4, rtol=0)
+    size = sum(f.stat().st_size for f in loaded.path.iterdir())
+    assert size <= 40e6  # the wheel stays small
+
+
 def test_models_export_command(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     ckpt = tiny_checkpoint(tmp_path / "ck")
     cli_main(["models", "export", str(ckpt)])
