@@ -86,6 +86,10 @@ def augment_batch(
         c = _uniform(n, 1 - config.contrast, 1 + config.contrast, generator).to(device)
         b = _uniform(n, -config.brightness, config.brightness, generator).to(device)
         image = (image - 0.5) * c[:, None, None, None] + 0.5 + b[:, None, None, None]
+    if config.colour > 0:
+        bands = image.shape[1]
+        gain = _uniform(n * bands, 1 - config.colour, 1 + config.colour, generator)
+        image = (image - 0.5) * gain.view(n, bands, 1, 1).to(device) + 0.5
     return image, valid, mask
 
 

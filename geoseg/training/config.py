@@ -473,6 +473,10 @@ class AugmentConfig:
     scale : float
         Maximum relative zoom: chips are resized by a factor in
         ``[1 / (1 + scale), 1 + scale]`` and cropped or padded back.
+    colour : float
+        Maximum per-band gain change: each band of a chip is multiplied by its own
+        factor in ``1 ± colour`` (around the band's mid value), the white-balance
+        and sensor-response differences between cameras and satellites.
     """
 
     flips: bool = True
@@ -480,16 +484,20 @@ class AugmentConfig:
     brightness: float = 0.1
     contrast: float = 0.1
     scale: float = 0.0
+    colour: float = 0.0
 
     def __post_init__(self) -> None:
         _num(self.brightness, "augment.brightness", lo=0, hi=1)
         _num(self.contrast, "augment.contrast", lo=0, hi=0.9)
         _num(self.scale, "augment.scale", lo=0, hi=1)
+        _num(self.colour, "augment.colour", lo=0, hi=0.9)
 
     @classmethod
     def from_dict(cls, data: Any) -> AugmentConfig:
         if data is None or data is False:
-            return cls(flips=False, rot90=False, brightness=0.0, contrast=0.0, scale=0.0)
+            return cls(
+                flips=False, rot90=False, brightness=0.0, contrast=0.0, scale=0.0, colour=0.0
+            )
         if data is True:
             return cls()
         if not isinstance(data, Mapping):
