@@ -41,7 +41,7 @@ from geoseg.infer.predictor import Predictor, normalize, tta_transforms
 from geoseg.infer.stream import StreamStats, Strip, stream_segment
 from geoseg.io.atomic import check_output_path
 from geoseg.io.env import gdal_env
-from geoseg.io.read import RasterSource, RasterSpec, select_bands
+from geoseg.io.read import RasterSource, RasterSpec, north_up_vrt, select_bands
 from geoseg.io.write_raster import RasterStripWriter
 from geoseg.models.card import ClassInfo
 from geoseg.models.checkpoint import LoadedModel, load_checkpoint
@@ -235,6 +235,7 @@ def check_georeference(spec: RasterSpec, assume_crs: str | None) -> None:
         georeferencing.
     """
     if spec.georef in ("gcps", "rpcs"):
+        # run_scene warps GCP rasters north-up before they get here; RPCs are not handled.
         how = "ground control points" if spec.georef == "gcps" else "RPC coefficients"
         flag = "-rpc " if spec.georef == "rpcs" else ""
         raise GeoreferenceError(
@@ -435,6 +436,14 @@ def run_scene(
         existing outputs and write failures; no partial output is left behind.
     """
     with gdal_env():
+        with RasterSource(src, assume_crs=(config or PredictConfig()).assume_crs) as probe:
+            georef = probe.spec.georef
+        if georef == "gcps":
+            # No geotransform, but ground control points: run on a north-up warped grid
+            # fitted to them; the outputs are on that grid (its CRS and transform).
+            with north_up_vrt(src) as vrt:
+                log.info("%s is placed by ground control points; warped north-up to %s", src, vrt)
+                return _run_scene(vrt, dst, model, config or PredictConfig(), progress)
         return _run_scene(src, dst, model, config or PredictConfig(), progress)
 
 

@@ -208,6 +208,53 @@ def test_inputs_far_coarser_than_the_model_are_refused_before_any_work(tmp_path,
     assert stats.resampled_to_m is None
 
 
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_gcp_raster_runs_on_a_north_up_grid_like_its_geotransform_twin(
+    tmp_path, tiny_model_dir, make_raster
+):
+    from rasterio.control import GroundControlPoint
+    from rasterio.warp import reproject
+
+    img = random_image(120, 160)
+    t = from_origin(500000, 6000000, 1.0, 1.0)
+    ref = make_raster(img, transform=t)
+    # The same pixels placed by four corner GCPs instead of a geotransform.
+    gcp_path = tmp_path / "gcps.tif"
+    with rasterio.open(ref) as a:
+        profile = a.profile
+        corners = [(0, 0), (0, 160), (120, 0), (120, 160)]
+        gcps = [GroundControlPoint(r, c, *(t * (c, r))) for r, c in corners]
+        profile.pop("transform")
+        with rasterio.open(gcp_path, "w", **profile) as g:
+            g.write(a.read())
+            g.gcps = (gcps, a.crs)
+    with rasterio.open(gcp_path) as g:
+        assert g.transform.is_identity and g.gcps[0]
+    run_scene(ref, tmp_path / "ref.tif", tiny_model_dir, CFG)
+    run_scene(gcp_path, tmp_path / "gcp.tif", tiny_model_dir, CFG)
+    assert not list(tmp_path.glob("*.vrt"))  # the warped VRT was temporary
+    with rasterio.open(tmp_path / "ref.tif") as a, rasterio.open(tmp_path / "gcp.tif") as b:
+        assert b.crs == a.crs and b.transform.is_rectilinear
+        for u, v in zip(a.bounds, b.bounds, strict=True):
+            assert abs(u - v) <= 1.0  # within a pixel
+        # Put the GCP run's classes on the reference grid: they agree almost everywhere.
+        back = np.full((a.height, a.width), 255, np.uint8)
+        reproject(
+            b.read(1),
+            back,
+            src_transform=b.transform,
+            src_crs=b.crs,
+            dst_transform=a.transform,
+            dst_crs=a.crs,
+            src_nodata=255,
+            dst_nodata=255,
+        )
+        want = a.read(1)
+    both = (back != 255) & (want != 255)
+    assert both.mean() > 0.9
+    assert (back[both] == want[both]).mean() > 0.95
+
+
 MEMORY_SCRIPT = textwrap.dedent(
     """
     import json, resource, sys

@@ -6,6 +6,7 @@ opens paths.  Everything downstream receives arrays and value objects.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -448,3 +449,56 @@ def read_tags(
         except ValueError:
             cmap = {}
         return tags, cmap, src.spec
+
+
+@contextlib.contextmanager
+def north_up_vrt(path: str | Path) -> Iterator[str]:
+    """A GCP-georeferenced raster as a north-up warped VRT (a temporary file).
+
+    GDAL fits the transformation to the ground control points (a polynomial, or a
+    thin-plate spline when there are many: its choice) and warps bilinearly onto a
+    north-up grid in the GCPs' CRS at about the source's resolution.  An alpha
+    band marks the pixels the source does not cover, so they are nodata.  The VRT
+    reads the source lazily, window by window: memory stays bounded.
+
+    Yields
+    ------
+    str
+        Path of the VRT, removed on exit.
+
+    Raises
+    ------
+    GeoreferenceError
+        If the GCPs carry no CRS or GDAL cannot fit them.
+    """
+    import shutil
+    import tempfile
+
+    from rasterio.shutil import copy as rio_copy
+
+    from geoseg.errors import GeoreferenceError
+
+    src_path = str(Path(path).resolve()) if Path(path).exists() else str(path)
+    tmp = tempfile.mkdtemp(prefix="geoseg-gcps-")
+    out = Path(tmp) / (Path(str(path)).stem + ".north-up.vrt")
+    try:
+        with rasterio.open(src_path) as src:
+            gcps, gcp_crs = src.gcps
+            if not gcps or gcp_crs is None:
+                raise GeoreferenceError(
+                    f"{path} has ground control points without a CRS; set one "
+                    "(gdal_translate -a_srs EPSG:XXXX) so they can be placed on a map"
+                )
+            try:
+                with WarpedVRT(
+                    src, crs=gcp_crs, resampling=Resampling.bilinear, add_alpha=True
+                ) as vrt:
+                    rio_copy(vrt, str(out), driver="VRT")
+            except RasterioError as exc:
+                raise GeoreferenceError(
+                    f"cannot warp {path} by its {len(gcps)} ground control points ({exc}); "
+                    "check them, or warp it first: gdalwarp -r bilinear IN OUT.tif"
+                ) from exc
+        yield str(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
