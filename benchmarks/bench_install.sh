@@ -14,7 +14,7 @@ for kind in core all; do
   [ "$kind" = all ] && spec="$ROOT[all]"
   start=$(date +%s.%N)
   python3 -m venv "$env"
-  "$env/bin/pip" install -q "$spec" >/dev/null
+  "$env/bin/pip" install -q "$spec" >/dev/null 2>&1
   end=$(date +%s.%N)
   size=$(du -sm "$env" | cut -f1)
   printf '%s venv: %s MB, install %.0f s\n' "$kind" "$size" "$(echo "$end - $start" | bc)"
