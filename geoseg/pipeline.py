@@ -127,6 +127,9 @@ class PredictConfig:
         Threads reading and normalising tiles, each with its own dataset handle
         (default: 1 on CPU, where the network needs the cores; up to 4 on a GPU,
         which otherwise waits for tiles).
+    precision : {"auto", "fp32", "int8"}
+        ``int8`` runs the checkpoint's quantized ONNX graph (``geoseg models
+        quantize``); ``auto`` runs it only when its recorded accuracy check passed.
     tta : {"none", "flips", "d4"}
         Test-time augmentation (see :class:`~geoseg.infer.predictor.Predictor`):
         4 or 8 passes per tile, probabilities averaged before blending.
@@ -150,9 +153,12 @@ class PredictConfig:
     readers: int | None = None
     workers: int | None = None
     tta: str = "none"
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         tta_transforms(self.tta)
+        if self.precision not in ("auto", "fp32", "int8"):
+            raise ConfigError(f"precision must be 'auto', 'fp32' or 'int8', got {self.precision!r}")
         if self.backend not in BACKENDS:
             raise ConfigError(
                 f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}"
@@ -315,6 +321,7 @@ def _model_tags(loaded: LoadedModel, cfg: PredictConfig, src: str) -> dict[str, 
                 "bands": list(cfg.bands) if cfg.bands else None,
                 "input_range": list(cfg.input_range) if cfg.input_range else None,
                 "tta": cfg.tta,
+                "precision": cfg.precision,
             }
         ),
     }
@@ -496,8 +503,11 @@ def _run_scene(
         compile=cfg.compile,
         workers=cfg.workers,
         tta=cfg.tta,
+        precision=cfg.precision,
     )
     tags = _model_tags(loaded, cfg, str(src))
+    # What actually ran: the engine and the network's precision.
+    tags["GEOSEG_ENGINE"] = f"{predictor.backend.name} {predictor.precision}"
     colormap = {c.id: c.rgb for c in card.classes}
     names = [c.name for c in card.classes]
     counts = np.zeros(256, dtype=np.int64)

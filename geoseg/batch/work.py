@@ -81,6 +81,7 @@ _PREDICT_KEYS = frozenset(
         "threads",
         "resample",
         "tta",
+        "precision",
     }
 )
 _VECTORIZE_KEYS = frozenset({"dst_crs", "cleanup", "block_rows", "batch"})
@@ -481,7 +482,16 @@ def fingerprint(region: Region, spec: WorkSpec, model_sha256: str, predict: Pred
         "model": model_sha256,
         "predict": {
             k: getattr(predict, k)
-            for k in ("tile", "overlap", "bands", "input_range", "assume_crs", "resample", "tta")
+            for k in (
+                "tile",
+                "overlap",
+                "bands",
+                "input_range",
+                "assume_crs",
+                "resample",
+                "tta",
+                "precision",
+            )
         },
         "vectorize": vectorize_doc(spec.vectorize) if spec.mode == "rasters" else None,
     }

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from geoseg.cli.options import overwrite_opt, tta_opt
+from geoseg.cli.options import overwrite_opt, precision_opt, tta_opt
 from geoseg.cli.progress import TileProgress
 
 _UNITS = {"regions": "region", "merge": "step"}
@@ -90,6 +90,7 @@ class _StageProgress:
     help="Dashboard of the local cluster.",
 )
 @tta_opt
+@precision_opt
 @overwrite_opt
 @click.pass_context
 def batch(
@@ -104,6 +105,7 @@ def batch(
     resume: bool,
     dashboard_address: str,
     tta: str | None,
+    precision: str | None,
     overwrite: bool,
 ) -> None:
     """Segment the regions of REGIONS_YAML on a dask cluster, then merge them.
@@ -125,6 +127,8 @@ def batch(
         work = replace(work, predict=replace(work.predict, device=device))
     if tta is not None:
         work = replace(work, predict=replace(work.predict, tta=tta))
+    if precision is not None:
+        work = replace(work, predict=replace(work.predict, precision=precision))
     quiet = ctx.obj["quiet"] > 0
 
     def on_cluster(info: ClusterInfo) -> None:

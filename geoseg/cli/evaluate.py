@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli.options import device_opt, model_opt, overwrite_opt, tta_opt
+from geoseg.cli.options import device_opt, model_opt, overwrite_opt, precision_opt, tta_opt
 from geoseg.cli.progress import TileProgress
 from geoseg.cli.train import expand_images
 
@@ -84,6 +84,7 @@ from geoseg.cli.train import expand_images
     help="Score the polygons 'predict -o X.gpkg' writes, rasterized back (pixel metrics too).",
 )
 @tta_opt
+@precision_opt
 @overwrite_opt
 @click.pass_context
 def evaluate(
@@ -110,6 +111,7 @@ def evaluate(
     device: str,
     through_polygons: bool,
     tta: str | None,
+    precision: str | None,
     overwrite: bool,
 ) -> None:
     """Predict images as 'geoseg predict' does and score them against labels.
@@ -155,6 +157,7 @@ def evaluate(
             bands=parse_bands(bands),
             threads=threads,
             tta=tta or "none",
+            precision=precision or "auto",
         ),
     )
     quiet = ctx.obj["quiet"] > 0

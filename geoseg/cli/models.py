@@ -165,3 +165,75 @@ def export(checkpoint: str, overwrite: bool) -> None:
 
     graph = ship_onnx(checkpoint, overwrite=overwrite)
     click.echo(f"wrote {graph} ({graph.stat().st_size / 1e6:.1f} MB)")
+
+
+@models.command("quantize")
+@click.argument("checkpoint", type=str)
+@click.option(
+    "-o",
+    "--output",
+    "dst",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write a copy of CHECKPOINT here with the int8 graph [default: into CHECKPOINT].",
+)
+@click.option(
+    "--calibration",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Raster(s) of imagery like the model's to calibrate on [default: generated scenes].",
+)
+@click.option(
+    "--check",
+    "check_rasters",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Raster(s) for the accuracy check [default: other generated scenes, with truth].",
+)
+@click.option("--tiles", type=int, default=16, show_default=True, help="Calibration tiles.")
+@overwrite_opt
+def quantize(
+    checkpoint: str,
+    dst: Path | None,
+    calibration: tuple[Path, ...],
+    check_rasters: tuple[Path, ...],
+    tiles: int,
+    overwrite: bool,
+) -> None:
+    """Add a statically quantized int8 ONNX graph to CHECKPOINT, checked against float32.
+
+    The check (class agreement with float32 >= 99 %, per-class IoU within 0.01 where the
+    check tiles have truth) is recorded in model.int8.onnx.json; --precision auto runs
+    the int8 graph only when it passed, --precision int8 always.
+    """
+    import shutil
+
+    from geoseg.errors import OutputExistsError
+    from geoseg.infer.quantize import quantize_checkpoint
+    from geoseg.models.checkpoint import resolve_model_path
+
+    src = resolve_model_path(checkpoint)
+    target = src
+    if dst is not None:
+        if dst.exists() and not overwrite:
+            raise OutputExistsError(f"{dst} exists; pass --overwrite to replace it")
+        if dst.exists():
+            shutil.rmtree(dst)
+        shutil.copytree(src, dst)
+        target = dst
+    graph, result = quantize_checkpoint(
+        target,
+        calibration=calibration,
+        check=check_rasters,
+        tiles=tiles,
+        overwrite=overwrite or dst is not None,
+    )
+    verdict = "passed" if result.passed else "FAILED (auto keeps float32)"
+    drops = ", ".join(
+        f"{k} {result.iou_fp32[k]:.3f}->{result.iou_int8.get(k, float('nan')):.3f}"
+        for k in result.iou_fp32
+    )
+    click.echo(
+        f"wrote {graph} ({graph.stat().st_size / 1e6:.1f} MB); check on {result.tiles} tiles: "
+        f"agreement {result.agreement:.4f}{'; IoU ' + drops if drops else ''}: {verdict}"
+    )

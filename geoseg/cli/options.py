@@ -40,6 +40,18 @@ def device_opt(f: F) -> F:
     )(f)
 
 
+def precision_opt(f: F) -> F:
+    """``--precision``: the float32 graph, the checkpoint's int8 graph, or auto."""
+    return click.option(
+        "--precision",
+        type=click.Choice(["auto", "fp32", "int8"]),
+        default=None,
+        help="Network precision on the CPU (ONNX Runtime): int8 runs the checkpoint's "
+        "quantized graph (geoseg models quantize); auto does only when its accuracy check "
+        "passed [default: auto].",
+    )(f)
+
+
 def tta_opt(f: F) -> F:
     """``--tta``: test-time augmentation (``flips``: 4 passes, ``d4``: 8 passes per tile)."""
     return click.option(

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli.options import cleanup_opts, device_opt, model_opt, overwrite_opt, tta_opt
+from geoseg.cli.options import (
+    cleanup_opts,
+    device_opt,
+    model_opt,
+    overwrite_opt,
+    precision_opt,
+    tta_opt,
+)
 from geoseg.cli.progress import TileProgress
 
 
@@ -50,6 +57,7 @@ from geoseg.cli.progress import TileProgress
     "the model's), never, or force.",
 )
 @click.option("--no-resample", is_flag=True, help="Same as --resample never.")
+@precision_opt
 @click.option(
     "--threads", type=int, default=None, help="CPU threads for the network [default: all]."
 )
@@ -101,6 +109,7 @@ def predict(
     workers: int | None,
     readers: int | None,
     tta: str | None,
+    precision: str | None,
     config_path: Path | None,
     dst_crs: str | None,
     overwrite: bool,
@@ -146,6 +155,7 @@ def predict(
             readers=readers,
             workers=workers,
             tta=tta or "none",
+            precision=precision or "auto",
         )
     stats, outputs = result.stats, result.outputs
     if result.vector_stats is not None:

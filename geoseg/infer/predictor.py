@@ -268,9 +268,15 @@ class Predictor:
         cache_dir: str | Path | None = None,
         workers: int | None = None,
         tta: str | None = "none",
+        precision: str = "auto",
     ) -> None:
         self.card = card
         self._source = model
+        if precision not in ("auto", "fp32", "int8"):
+            raise ConfigError(f"--precision must be auto, fp32 or int8, got {precision!r}")
+        self._want_precision = precision
+        #: The precision of the network that runs: ``fp32`` or ``int8``.
+        self.precision = "fp32"
         self.tta = "none" if tta is None else str(tta).lower()
         self._transforms = tta_transforms(self.tta)
         if batch_size is not None and batch_size < 1:
@@ -336,9 +342,18 @@ class Predictor:
     def _make_backend(self, name: str, compile: bool, cache_dir: str | Path | None) -> Backend:
         from geoseg.models.checkpoint import LoadedModel
 
+        if self._want_precision == "int8" and (name != "onnx" or self.device.type != "cpu"):
+            raise ConfigError(
+                "--precision int8 runs on the CPU with ONNX Runtime; drop --backend torch / "
+                "--device, or use --precision fp32"
+            )
         if name == "onnx":
             src = self._source
             workers = self._want_workers if self.device.type == "cpu" else 1
+            int8 = self._int8_graph()
+            if int8 is not None:
+                self.precision = "int8"
+                return OnnxBackend(int8, self.device, threads=self.threads, workers=workers)
             shipped = src.onnx_graph if isinstance(src, LoadedModel) else None
             if shipped is not None and shipped[1].get("format") == EXPORT_FORMAT:
                 # The checkpoint's own graph, exported from these weights: no PyTorch.
@@ -399,6 +414,27 @@ class Predictor:
             compile=compile,
             threads=self.threads,
         )
+
+    def _int8_graph(self) -> Path | None:
+        """The int8 graph to run, per ``precision``; raises if ``int8`` has none."""
+        from geoseg.infer.quantize import int8_graph
+        from geoseg.models.checkpoint import LoadedModel
+
+        if self._want_precision == "fp32" or self.device.type != "cpu":
+            return None
+        src = self._source
+        found = int8_graph(src.path, src.sha256) if isinstance(src, LoadedModel) else None
+        if self._want_precision == "int8":
+            if found is None:
+                raise ConfigError(
+                    f"model {self.card.name!r} has no int8 graph; make one with "
+                    "'geoseg models quantize CHECKPOINT', or use --precision fp32"
+                )
+            return found[0]
+        if found is not None and found[1].get("check", {}).get("passed") is True:
+            log.info("precision auto: int8, its accuracy check passed (%s)", found[0])
+            return found[0]
+        return None
 
     @property
     def n_classes(self) -> int:
