@@ -7,9 +7,9 @@ exact commands, validation metrics of the run and held-out metrics from
 
 Usage (package, score the packaged model through its own clean-up, package with the scores)::
 
-    python examples/bundled/package.py runs/bundled-ft/model
+    python examples/bundled/package.py runs/bundled-ft3/model
     python examples/bundled/evaluate_heldout.py geoseg/models/bundled/default runs/bundled-eval
-    python examples/bundled/package.py runs/bundled-ft/model runs/bundled-eval/heldout.json
+    python examples/bundled/package.py runs/bundled-ft3/model runs/bundled-eval/heldout.json
 
 The packaged checkpoint also carries its ONNX graph (``geoseg models export``), so the core
 install runs it without PyTorch.
@@ -46,9 +46,11 @@ COMMANDS = [
     "mkdir -p runs/bundled-stage1 && cp -r runs/bundled/model runs/bundled-stage1/model",
     "# stage 2: warm start from stage 1, 12 generated scenes, 384 px chips",
     "geoseg train --config examples/bundled/finetune.yaml",
-    "python examples/bundled/package.py runs/bundled-ft/model",
+    "# stage 3: warm start from stage 2, per-band colour gain augmentation, lr 2.5e-4",
+    "geoseg train --config examples/bundled/finetune_colour.yaml",
+    "python examples/bundled/package.py runs/bundled-ft3/model",
     "python examples/bundled/evaluate_heldout.py geoseg/models/bundled/default runs/bundled-eval",
-    "python examples/bundled/package.py runs/bundled-ft/model runs/bundled-eval/heldout.json",
+    "python examples/bundled/package.py runs/bundled-ft3/model runs/bundled-eval/heldout.json",
 ]
 
 
@@ -122,7 +124,8 @@ def main() -> None:
             "sources": sources,
             "commands": COMMANDS,
             "weights_dtype": "float16",
-            "init_weights": "stage 1: examples/bundled/train.yaml (24 x 400 chips of 256 px)",
+            "init_weights": "stage 2 (examples/bundled/finetune.yaml), itself from stage 1 "
+            "(examples/bundled/train.yaml)",
         },
         metrics={"validation_during_training": card.metrics, "held_out_real": held},
         postprocess={
