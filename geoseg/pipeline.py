@@ -450,7 +450,13 @@ def run_scene(
             # fitted to them; the outputs are on that grid (its CRS and transform).
             with north_up_vrt(src) as vrt:
                 log.info("%s is placed by ground control points; warped north-up to %s", src, vrt)
-                return _run_scene(vrt, dst, model, config or PredictConfig(), progress)
+                try:
+                    return _run_scene(vrt, dst, model, config or PredictConfig(), progress)
+                except GeosegError as exc:
+                    # Messages name the user's file, not the temporary VRT.
+                    if vrt in str(exc):
+                        raise type(exc)(str(exc).replace(vrt, str(src))) from exc
+                    raise
         return _run_scene(src, dst, model, config or PredictConfig(), progress)
 
 
