@@ -38,6 +38,10 @@ def _cmd(src, out, model, *extra):
     ]
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _limit_file_size(nbytes):
     def preexec():
         # Writes past the limit fail with EFBIG instead of killing the process with SIGXFSZ.
@@ -106,6 +110,9 @@ def test_signal_mid_run_leaves_nothing(tiny_model_dir, tmp_path, sig, code, suff
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # As from a terminal: a suite started in the background (``pytest &``) runs with
+        # SIGINT ignored, which its children would inherit.
+        preexec_fn=_default_sigint,
     )
     deadline = time.monotonic() + 60
     while not _temps(outdir) and time.monotonic() < deadline and proc.poll() is None:
