@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,9 @@ from geoseg.models.registry import architecture_stride
 needs_ort = pytest.mark.skipif(
     not backends.onnxruntime_available(), reason="onnxruntime and onnx not installed"
 )
+
+
+pytestmark = pytest.mark.usefixtures("onnx_cache")
 
 
 def card_for(architecture: str, encoder: str | None = None, bands: int = 3) -> ModelCard:
@@ -59,15 +61,6 @@ def reference(model: nn.Module, x: np.ndarray) -> np.ndarray:
 
 def tiles(n: int, bands: int, h: int, w: int, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, bands, h, w), dtype=np.float32)
-
-
-@pytest.fixture(autouse=True)
-def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Exports go to a per-module directory, never the user's cache."""
-    root = tmp_path_factory.mktemp("geoseg-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GEOSEG_CACHE_DIR", str(root))
-        yield root / "onnx"
 
 
 @needs_ort

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,17 +21,13 @@ from geoseg.pipeline import PredictConfig, run_scene
 from geoseg.synth import SceneSpec, write_scene
 from tests.conftest import tiny_card
 
-pytestmark = pytest.mark.skipif(
-    not backends.onnxruntime_available() or bool(missing("torch")),
-    reason="needs onnxruntime and geoseg[torch]",
-)
-
-
-@pytest.fixture(autouse=True)
-def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GEOSEG_CACHE_DIR", str(tmp_path_factory.mktemp("geoseg-cache")))
-        yield
+pytestmark = [
+    pytest.mark.usefixtures("onnx_cache"),
+    pytest.mark.skipif(
+        not backends.onnxruntime_available() or bool(missing("torch")),
+        reason="needs onnxruntime and geoseg[torch]",
+    ),
+]
 
 
 @pytest.fixture(scope="module")

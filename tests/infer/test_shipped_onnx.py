@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,19 +24,13 @@ from geoseg.models.checkpoint import (
     save_checkpoint,
 )
 
-pytestmark = pytest.mark.skipif(
-    not backends.onnxruntime_available() or bool(missing("torch")),
-    reason="needs onnxruntime and geoseg[torch]",
-)
-
-
-@pytest.fixture(autouse=True)
-def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Exports go to a per-module directory, never the user's cache."""
-    root = tmp_path_factory.mktemp("geoseg-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GEOSEG_CACHE_DIR", str(root))
-        yield root / "onnx"
+pytestmark = [
+    pytest.mark.usefixtures("onnx_cache"),
+    pytest.mark.skipif(
+        not backends.onnxruntime_available() or bool(missing("torch")),
+        reason="needs onnxruntime and geoseg[torch]",
+    ),
+]
 
 
 def tiny_checkpoint(path: Path, seed: int = 0) -> Path:
