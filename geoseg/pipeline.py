@@ -585,6 +585,7 @@ def _run_scene(
             stats=stream_stats,
             blend_device=blend_device,
             workers=predictor.workers,
+            contact_class=card.contact_class,
         )
         if cfg.region is not None:
             strips = crop_strips(strips, cfg.region, grid.origin)

@@ -137,6 +137,7 @@ def _segment_block(
         card.n_classes,
         batch_size=predictor.batch_size,
         workers=predictor.workers,
+        contact_class=card.contact_class,
     )
     out = np.full((core.height, core.width), CLASS_NODATA, dtype=np.uint8)
     for strip in crop_strips(strips, core, grid.origin):

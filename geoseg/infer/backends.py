@@ -248,12 +248,14 @@ class TorchBackend:
         channels_last: bool = True,
         compile: bool = False,
         threads: int | None = None,
+        n_classes: int | None = None,
     ) -> None:
         import torch
 
         if device.type == "cpu":
             torch.set_num_threads(threads or default_threads())
         self.device = device
+        self.n_classes = n_classes
         self.amp = amp
         self.amp_dtype = amp_dtype or torch.bfloat16
         self.channels_last = channels_last
@@ -309,7 +311,7 @@ class TorchBackend:
         else:
             logits = self._forward(x)
         # Softmax in fp32 whatever autocast produced; NCHW so numpy sees the layout it expects.
-        return torch.softmax(logits.float(), dim=1).contiguous()
+        return output_probabilities(logits, self.n_classes).contiguous()
 
     def run_on_device(self, batch: np.ndarray) -> torch.Tensor:
         """Probabilities left on the model's device, float32 ``(N, classes, H, W)``.
@@ -400,6 +402,7 @@ def _export_key(weights: dict[str, str], card: ModelCard) -> str:
         "n_classes": card.n_classes,
         "inputs": "float32 NCHW, dynamic N/H/W",
         "outputs": "float32 softmax",
+        **({"contact_class": card.contact_class} if card.contact_class is not None else {}),
         "opset": ONNX_OPSET,
         "format": EXPORT_FORMAT,
         "torch": torch_version,
@@ -424,9 +427,26 @@ def _example_size(stride: int) -> int:
     return stride * max(1, -(-64 // stride))
 
 
-def with_softmax(model: nn.Module) -> nn.Module:
-    """``model`` followed by a float32 softmax over classes (the graph that gets exported)."""
+def output_probabilities(logits: torch.Tensor, n_classes: int | None = None) -> torch.Tensor:
+    """float32 probabilities of ``(N, outputs, H, W)`` logits.
+
+    A softmax over the first ``n_classes`` channels (all of them when None);
+    the channels after the classes (a contact output, see
+    :attr:`geoseg.models.card.ModelCard.contact_class`) are independent
+    yes/no outputs and go through a sigmoid.
+    """
     import torch
+
+    logits = logits.float()
+    if n_classes is None or n_classes >= logits.shape[1]:
+        return torch.softmax(logits, dim=1)
+    return torch.cat(
+        [torch.softmax(logits[:, :n_classes], dim=1), torch.sigmoid(logits[:, n_classes:])], dim=1
+    )
+
+
+def with_softmax(model: nn.Module, n_classes: int | None = None) -> nn.Module:
+    """``model`` followed by :func:`output_probabilities` (the graph that gets exported)."""
     from torch import nn
 
     class Probabilities(nn.Module):
@@ -435,7 +455,7 @@ def with_softmax(model: nn.Module) -> nn.Module:
             self.inner = inner
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.softmax(self.inner(x).float(), dim=1)
+            return output_probabilities(self.inner(x), n_classes)
 
     return Probabilities(model).eval()
 
@@ -517,7 +537,7 @@ def export_onnx(model: nn.Module, card: ModelCard, path: str | Path) -> Path:
             # needs onnxscript, which geoseg does not depend on.  When torch drops the old
             # exporter this raises and the predictor falls back to PyTorch.
             warnings.simplefilter("ignore")
-            wrapped = with_softmax(cpu_model)
+            wrapped = with_softmax(cpu_model, card.n_classes)
             try:
                 with torch.inference_mode(False), torch.no_grad():
                     torch.onnx.export(
@@ -660,7 +680,12 @@ def ship_onnx(checkpoint: str | Path, *, overwrite: bool = False) -> Path:
         "weights_sha256": loaded.sha256,
         "onnx_sha256": sha256_file(graph),
         "inputs": "input: float32 NCHW normalised bands, dynamic N/H/W",
-        "outputs": "probs: float32 softmax over the card's classes",
+        "outputs": "probs: float32 softmax over the card's classes"
+        + (
+            ", then the sigmoid of the contact output"
+            if loaded.card.contact_class is not None
+            else ""
+        ),
         "opset": ONNX_OPSET,
         "format": EXPORT_FORMAT,
         "torch": package_version("torch").split("+")[0],

@@ -101,6 +101,10 @@ def tile_weights(grid: TileGrid, tile: Tile, margin: int | None = None) -> np.nd
 #: Class value of pixels no valid input reached (nodata in the class raster).
 CLASS_NODATA = 255
 
+#: Contact probability above which a pixel of a model's ``contact_class`` is carved
+#: out (becomes background), separating touching objects.
+CONTACT_THRESHOLD = 0.5
+
 
 def argmax_classes(scores: np.ndarray) -> np.ndarray:
     """``argmax`` over the first axis of ``(classes, H, W)`` scores, as uint8.
@@ -163,6 +167,15 @@ class StreamingBlender:
         True).  Without them a block's classes come from the weighted sums
         directly (dividing every class by the same positive weight sum does
         not change which is largest), which saves a pass over every class.
+    contact_class : int, optional
+        For a model with a contact output (one more channel after the
+        classes: the probability that a pixel lies where two objects of this
+        class meet): the blended contact probability is carried like a class,
+        and pixels of ``contact_class`` whose contact probability exceeds
+        :data:`CONTACT_THRESHOLD` become background (0), so that touching
+        objects come out as separate polygons.  Carving is per pixel, after
+        blending, so tiles and strips change nothing.  Returned probabilities
+        hold the classes only.
     """
 
     def __init__(
@@ -172,18 +185,22 @@ class StreamingBlender:
         *,
         margin: int | None = None,
         probabilities: bool = True,
+        contact_class: int | None = None,
     ) -> None:
         self.grid = grid
         self.n_classes = n_classes
+        self.contact_class = contact_class
+        #: Input channels per tile: the classes, then the contact output if any.
+        self.n_channels = n_classes + (contact_class is not None)
         self.margin = default_margin(grid.overlap) if margin is None else margin
         self.probabilities = probabilities
         th, tw = grid.tile_h, grid.tile_w
-        # One tile-sized buffer for the current tile row (channels: classes, then weight sum).
-        self._buf = self._zeros((n_classes + 1, th, tw))
+        # One tile-sized buffer for the current tile row (channels: inputs, then weight sum).
+        self._buf = self._zeros((self.n_channels + 1, th, tw))
         self._buf_col = 0  # raster column of self._buf[..., 0]
         # Rows of the current tile row already touched by the previous tile row.
-        self._carry = self._zeros((n_classes + 1, 0, grid.width))
-        self._next_carry = self._zeros((n_classes + 1, 0, grid.width))
+        self._carry = self._zeros((self.n_channels + 1, 0, grid.width))
+        self._next_carry = self._zeros((self.n_channels + 1, 0, grid.width))
         self._expected = 0  # index of the next tile in row-major order
         self._scratch: np.ndarray | None = None  # numpy path: one tile plane, reused
 
@@ -199,7 +216,7 @@ class StreamingBlender:
         buf = self._buf
         # Each class times the weights into one reused scratch plane, then added: no temporaries.
         scratch = self._scratch_for(probs)
-        for c in range(self.n_classes):
+        for c in range(self.n_channels):
             np.multiply(probs[c], w, out=scratch)
             buf[c] += scratch
         buf[-1] += w
@@ -222,8 +239,13 @@ class StreamingBlender:
         """Classes, optional normalised probabilities and coverage of finished sums."""
         wsum = final[-1]
         covered = wsum > 0
-        sums = final[:-1]
+        sums = final[: self.n_classes]
         classes = argmax_classes(sums)
+        if self.contact_class is not None:
+            # contact / wsum > threshold, without dividing (wsum > 0 wherever it can hold).
+            carve = final[self.n_classes] > wsum * np.float32(CONTACT_THRESHOLD)
+            carve &= classes == self.contact_class
+            classes[carve] = 0
         classes[~covered] = CLASS_NODATA
         probs = None
         if self.probabilities:
@@ -280,7 +302,7 @@ class StreamingBlender:
             0 if row == grid.shape[0] - 1 else self._row_start + grid.tile_h - grid.final_row(row)
         )
         rows_next = max(rows_next, 0)
-        self._next_carry = self._zeros((self.n_classes + 1, rows_next, grid.width))
+        self._next_carry = self._zeros((self.n_channels + 1, rows_next, grid.width))
         self._buf[:] = 0
         self._buf_col = 0
 
@@ -332,12 +354,19 @@ class TorchBlender(StreamingBlender):
         device: Any,
         margin: int | None = None,
         probabilities: bool = True,
+        contact_class: int | None = None,
     ) -> None:
         import torch
 
         self.device = torch.device(device)
         self._weights: dict[tuple[bool, bool, bool, bool], Any] = {}
-        super().__init__(grid, n_classes, margin=margin, probabilities=probabilities)
+        super().__init__(
+            grid,
+            n_classes,
+            margin=margin,
+            probabilities=probabilities,
+            contact_class=contact_class,
+        )
 
     def _zeros(self, shape: tuple[int, ...]) -> Any:
         import torch
@@ -371,8 +400,13 @@ class TorchBlender(StreamingBlender):
 
         wsum = final[-1]
         covered = wsum > 0
-        sums = final[:-1]
+        sums = final[: self.n_classes]
         classes = torch.argmax(sums, dim=0).to(torch.uint8)
+        if self.contact_class is not None:
+            carve = (final[self.n_classes] > wsum * CONTACT_THRESHOLD) & (
+                classes == self.contact_class
+            )
+            classes[carve] = 0
         classes[~covered] = CLASS_NODATA
         probs = None
         if self.probabilities:

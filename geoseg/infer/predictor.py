@@ -413,6 +413,7 @@ class Predictor:
             channels_last=self.channels_last,
             compile=compile,
             threads=self.threads,
+            n_classes=self.card.n_classes,
         )
 
     def _int8_graph(self) -> Path | None:
@@ -496,7 +497,9 @@ class Predictor:
         Returns
         -------
         numpy.ndarray
-            float32 ``(N, classes, H, W)`` softmax probabilities.
+            float32 ``(N, outputs, H, W)``: softmax probabilities of the classes,
+            then, for a model with a contact output (``card.contact_class``),
+            the contact probability.
 
         Raises
         ------

@@ -139,8 +139,8 @@ def check_int8(
     pb_all: list[np.ndarray] = []
     for chip, truth in tiles:
         x = _normalise(card, chip)[None]
-        pa = a.run(["probs"], {"input": x})[0][0].argmax(0)
-        pb = b.run(["probs"], {"input": x})[0][0].argmax(0)
+        pa = a.run(["probs"], {"input": x})[0][0][:n].argmax(0)
+        pb = b.run(["probs"], {"input": x})[0][0][:n].argmax(0)
         agree += int((pa == pb).sum())
         total += pa.size
         if truth is not None:

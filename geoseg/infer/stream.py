@@ -230,6 +230,7 @@ def stream_segment(
     stats: StreamStats | None = None,
     blend_device: Any = None,
     workers: int = 1,
+    contact_class: int | None = None,
 ) -> Iterator[Strip]:
     """Segment a raster tile by tile and yield finished strips top to bottom.
 
@@ -250,7 +251,7 @@ def stream_segment(
         a numpy array, or a torch tensor on ``blend_device``.  It runs in its
         own thread(s): see ``workers``.
     n_classes : int
-        Number of classes ``predict`` returns.
+        Number of classes ``predict`` returns (before the contact output, if any).
     batch_size : int
         Tiles per ``predict`` call.
     probabilities, exact_probabilities : bool
@@ -271,6 +272,10 @@ def stream_segment(
         ``predict`` calls that may run at once, from different threads (it must
         be thread-safe when above 1; see
         :attr:`geoseg.infer.predictor.Predictor.workers`).
+    contact_class : int, optional
+        ``predict`` returns one more channel, the contact output of a model
+        that separates touching objects of this class (see
+        :class:`~geoseg.infer.blend.StreamingBlender`).
 
     Yields
     ------
@@ -284,10 +289,21 @@ def stream_segment(
         from geoseg.infer.blend import TorchBlender
 
         blender = TorchBlender(
-            grid, n_classes, device=blend_device, margin=margin, probabilities=want_probs
+            grid,
+            n_classes,
+            device=blend_device,
+            margin=margin,
+            probabilities=want_probs,
+            contact_class=contact_class,
         )
     else:
-        blender = StreamingBlender(grid, n_classes, margin=margin, probabilities=want_probs)
+        blender = StreamingBlender(
+            grid,
+            n_classes,
+            margin=margin,
+            probabilities=want_probs,
+            contact_class=contact_class,
+        )
     assembler = _StripAssembler(grid, n_classes, probabilities, exact_probabilities)
     reads = [read] if callable(read) else list(read)
     if not reads:

@@ -126,6 +126,13 @@ class ModelCard:
 
     Normalisation: a raw value ``x`` of band ``i`` becomes
     ``((x - lo) / (hi - lo) - mean[i]) / std[i]`` with ``(lo, hi) = input_range``.
+
+    ``contact_class`` (None for most models, and for every card written before
+    it existed) names the class whose touching objects the model separates:
+    such a network has one more output channel after the classes, the logit of
+    "this pixel lies where two objects of that class meet" (see
+    :mod:`geoseg.training.contact`).  Prediction carves those pixels out of the
+    class so that touching buildings become separate polygons.
     """
 
     name: str
@@ -148,6 +155,7 @@ class ModelCard:
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     postprocess: dict[str, Any] = field(default_factory=dict)
+    contact_class: int | None = None
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -193,12 +201,19 @@ class ModelCard:
         _as_int(self.nodata_class, "nodata_class", lo=0, hi=255)
         if self.nodata_class in ids:
             raise ModelCardError(f"nodata_class {self.nodata_class} collides with a class id")
+        if self.contact_class is not None:
+            _as_int(self.contact_class, "contact_class", lo=1, hi=len(ids) - 1)
         _as_int(self.format_version, "format_version", lo=1, hi=FORMAT_VERSION)
 
     @property
     def n_classes(self) -> int:
-        """Number of model outputs."""
+        """Number of classes (the class probabilities the network outputs)."""
         return len(self.classes)
+
+    @property
+    def n_outputs(self) -> int:
+        """Number of network output channels: the classes, then the contact output if any."""
+        return len(self.classes) + (self.contact_class is not None)
 
     @property
     def in_channels(self) -> int:
@@ -251,6 +266,8 @@ class ModelCard:
                 raise ModelCardError(f"input_range must be [low, high], got {d['input_range']!r}")
             if d.get("pixel_size_m") is not None:
                 kwargs["pixel_size_m"] = _as_float(d["pixel_size_m"], "pixel_size_m", positive=True)
+            if d.get("contact_class") is not None:
+                kwargs["contact_class"] = _as_int(d["contact_class"], "contact_class")
             for key in ("tile_size", "overlap", "stride", "nodata_class", "format_version"):
                 if key in d:
                     kwargs[key] = _as_int(d[key], key)

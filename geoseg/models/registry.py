@@ -70,7 +70,7 @@ def build_model(card: ModelCard) -> nn.Module:
     arch = get_architecture(card.architecture)
     encoder = card.encoder or arch.default_encoder
     try:
-        model = arch.builder(card.in_channels, card.n_classes, encoder, **card.arch_params)
+        model = arch.builder(card.in_channels, card.n_outputs, encoder, **card.arch_params)
     except (KeyError, ValueError, TypeError) as exc:
         raise ModelCardError(
             f"cannot build {card.architecture!r} with encoder {encoder!r} and "

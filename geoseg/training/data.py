@@ -46,6 +46,7 @@ from torchgeo.samplers import GridGeoSampler, RandomGeoSampler
 from geoseg.errors import ConfigError, GeoreferenceError, RasterReadError
 from geoseg.io.read import EARTH_RADIUS_M
 from geoseg.training.config import IGNORE_INDEX, SourceConfig, TrainConfig
+from geoseg.training.contact import CONTACT_FLAG, contact_pixels, encode_contact
 
 log = logging.getLogger(__name__)
 
@@ -373,6 +374,12 @@ class VectorLabels(VectorDataset):
         Area (in ``crs``) within which the labels are complete.
     where : str
         Config field path for error messages.
+    contact_class : int, optional
+        Class id whose polygons are objects to keep apart: pixels where two of
+        them meet get :data:`~geoseg.training.contact.CONTACT_FLAG` added to
+        their class id (:mod:`geoseg.training.contact`).
+    contact_radius : int
+        Neighbourhood radius of the contact target, in pixels.
     """
 
     def __init__(
@@ -386,8 +393,12 @@ class VectorLabels(VectorDataset):
         layer: str | None = None,
         extent: shapely.Geometry | None = None,
         where: str = "labels",
+        contact_class: int | None = None,
+        contact_radius: int = 1,
     ) -> None:
         super().__init__(paths=list(paths), crs=crs, res=res, label_name=label_field, layer=layer)
+        self.contact_class = contact_class
+        self.contact_radius = contact_radius
         self._geoms: list[np.ndarray] = []
         self._ids: list[np.ndarray] = []
         self._trees: list[shapely.STRtree] = []
@@ -424,6 +435,16 @@ class VectorLabels(VectorDataset):
             )
         else:
             mask = np.zeros((height, width), dtype=np.uint8)
+        objects = [g for g, c in shapes if c == self.contact_class]
+        if objects:
+            ids = rasterio.features.rasterize(
+                zip(objects, range(1, len(objects) + 1), strict=True),
+                out_shape=(height, width),
+                transform=transform,
+                fill=0,
+                dtype="int32",
+            )
+            mask = encode_contact(mask, contact_pixels(ids, self.contact_radius))
         return {"crs": self.crs, "bounds": query, "mask": torch.from_numpy(mask.astype(np.int64))}
 
 
@@ -582,6 +603,8 @@ class TrainingData:
     labelled: list[list[int]]
     pixel_size_m: float
     sources: list[dict[str, Any]] = field(default_factory=list)
+    #: Per source: whether its masks carry the contact target (config.contact_class).
+    contact_known: list[bool] = field(default_factory=list)
 
     def train_queries(self, seed: int, count: int | None = None) -> list[ChipQuery]:
         """Random training chips for one epoch (``samples_per_epoch`` by default).
@@ -700,6 +723,14 @@ def build_training_data(config: TrainConfig) -> TrainingData:
     summaries: list[dict[str, Any]] = []
     names = config.class_names
     val_cfg = config.validation
+    contact_ids = [
+        names.index(config.contact_class)
+        if config.contact_class is not None
+        and src.kind == "vector"
+        and config.contact_class in src.labelled_classes
+        else None
+        for src in config.sources
+    ]
     for si, src in enumerate(config.sources):
         where = f"sources[{si}] ({src.name})"
         files = expand_paths(src.images, f"{where}.images")
@@ -759,6 +790,8 @@ def build_training_data(config: TrainConfig) -> TrainingData:
                     layer=src.label_layer,
                     extent=extent,
                     where=f"{where}.labels",
+                    contact_class=contact_ids[si],
+                    contact_radius=config.contact_radius,
                 )
             else:
                 labels = LabelRaster(label_files, lookup=lookup, crs=images.crs, res=images.res)
@@ -818,6 +851,7 @@ def build_training_data(config: TrainConfig) -> TrainingData:
         labelled=labelled,
         pixel_size_m=config.pixel_size_m or float(np.mean([p.pixel_size_m for p in parts])),
         sources=summaries,
+        contact_known=[c is not None for c in contact_ids],
     )
     return data
 
@@ -951,7 +985,9 @@ class ChipCache:
         w = min(image.shape[-1], valid.shape[-1], mask.shape[-1])
         image, valid, mask = image[:, :h, :w], valid[:h, :w], mask[:h, :w]
         mask = np.where(valid, mask, IGNORE_INDEX)
-        mask = np.where(allowed[part.source_index][np.clip(mask, 0, 255)], mask, IGNORE_INDEX)
+        # Class ids without the contact flag (geoseg.training.contact) decide what is allowed.
+        cls = np.where(mask == IGNORE_INDEX, IGNORE_INDEX, mask % CONTACT_FLAG)
+        mask = np.where(allowed[part.source_index][np.clip(cls, 0, 255)], mask, IGNORE_INDEX)
         if (
             image.size
             and image.min() >= 0
@@ -1031,7 +1067,8 @@ class ChipDataset(torch.utils.data.Dataset[dict[str, Any]]):
             valid = _fit(sample["valid"], self.chip, False)
             mask = _fit(sample["mask"].long(), self.chip, IGNORE_INDEX)
             mask[~valid] = IGNORE_INDEX
-            mask[~self.allowed[part.source_index][mask.clamp(0, 255)]] = IGNORE_INDEX
+            cls = torch.where(mask == IGNORE_INDEX, mask, mask % CONTACT_FLAG)
+            mask[~self.allowed[part.source_index][cls.clamp(0, 255)]] = IGNORE_INDEX
         if q.clip is not None:
             cxmin, cymin, cxmax, cymax = q.clip
             cols = xmin + (torch.arange(self.chip) + 0.5) * rx

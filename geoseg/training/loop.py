@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +29,7 @@ import numpy as np
 from geoseg import __version__
 from geoseg.errors import CheckpointError, ConfigError
 from geoseg.models.card import ModelCard
-from geoseg.training.config import TrainConfig
+from geoseg.training.config import IGNORE_INDEX, TrainConfig
 from geoseg.training.rundir import RunDir
 
 if TYPE_CHECKING:
@@ -159,12 +159,17 @@ def load_encoder_weights(model: nn.Module, path: Path) -> int:
     return _load_matching(encoder, state, "encoder_weights", path, "the encoder")
 
 
-def load_init_weights(model: nn.Module, path: Path) -> int:
+def load_init_weights(model: nn.Module, path: Path, shared_outputs: int | None = None) -> int:
     """Start the whole network from another checkpoint's weights (a warm start).
 
     ``path`` is a geoseg checkpoint directory or a weights file.  Tensors whose
     names and shapes match are loaded (cast to the model's dtype); the rest, such
     as a head for a different set of classes, keep their initial values.
+
+    ``shared_outputs`` (the number of classes, when the checkpoint has the same
+    classes and the new network adds a contact output after them): the head's
+    first ``shared_outputs`` outputs are taken from the checkpoint and only the
+    added ones start fresh.
 
     Returns
     -------
@@ -182,11 +187,18 @@ def load_init_weights(model: nn.Module, path: Path) -> int:
 
     p = Path(path)
     file = p / "model.safetensors" if p.is_dir() else p
-    return _load_matching(model, read_state_dict(file), "init_weights", file, "this network")
+    return _load_matching(
+        model, read_state_dict(file), "init_weights", file, "this network", shared_outputs
+    )
 
 
 def _load_matching(
-    module: nn.Module, state: Mapping[str, torch.Tensor], field: str, path: Path, what: str
+    module: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    field: str,
+    path: Path,
+    what: str,
+    shared_outputs: int | None = None,
 ) -> int:
     """Load the tensors of ``state`` whose names and shapes fit ``module``; log the rest."""
     own = module.state_dict()
@@ -195,6 +207,30 @@ def _load_matching(
         for k, v in state.items()
         if k in own and tuple(own[k].shape) == tuple(v.shape)
     }
+    # A head with more outputs (a contact output added after the classes) keeps the
+    # trained rows of the outputs it shares with the checkpoint; the new ones start fresh.
+    # The head is the last layer whose tensors differ from the checkpoint's only in their
+    # first (output) dimension.
+    grows = [
+        k
+        for k, mine in own.items()
+        if k not in fitting
+        and k in state
+        and state[k].ndim == mine.ndim >= 1
+        and tuple(state[k].shape[1:]) == tuple(mine.shape[1:])
+        and state[k].shape[0] == shared_outputs < mine.shape[0]
+    ]
+    if grows:
+        layer = grows[-1].rsplit(".", 1)[0]
+        for k in grows:
+            if k.rsplit(".", 1)[0] != layer:
+                continue
+            grown = own[k].clone()
+            grown[: state[k].shape[0]] = state[k].to(grown.dtype)
+            fitting[k] = grown
+            log.info(
+                "%s: %s keeps %d of its %d outputs", field, k, state[k].shape[0], grown.shape[0]
+            )
     if not fitting:
         raise ConfigError(
             f"{field}: no tensor of {path} fits {what} (its names start {sorted(state)[:3]}, "
@@ -208,6 +244,21 @@ def _load_matching(
         log.info("%s: %d tensor(s) keep their initial values", field, len(missing))
     module.load_state_dict(fitting, strict=False)
     return len(fitting)
+
+
+def _shared_outputs(config: TrainConfig, card: ModelCard) -> int | None:
+    """Class outputs a warm start shares with a new contact head (see :func:`load_init_weights`)."""
+    from geoseg.models.checkpoint import CARD_NAME, load_card
+
+    if card.contact_class is None or config.init_weights is None:
+        return None
+    donor = Path(config.init_weights)
+    if not (donor / CARD_NAME).is_file():
+        return None
+    theirs = load_card(donor)
+    if [c.name for c in theirs.classes] != [c.name for c in card.classes]:
+        return None
+    return card.n_classes
 
 
 def _provenance(config: TrainConfig, data: TrainingData) -> dict[str, Any]:
@@ -235,6 +286,11 @@ def _card(
         arch_params=dict(config.arch_params),
         bands=config.bands,
         classes=config.classes,
+        contact_class=(
+            config.class_names.index(config.contact_class)
+            if config.contact_class is not None
+            else None
+        ),
         input_range=config.input_range,
         mean=mean,
         std=std,
@@ -389,7 +445,7 @@ def train(config: TrainConfig, callback: TrainCallback | None = None) -> TrainRe
             n = load_encoder_weights(model, config.encoder_weights)
             log.info("initialised %d encoder tensors from %s", n, config.encoder_weights)
         if config.init_weights is not None:
-            n = load_init_weights(model, config.init_weights)
+            n = load_init_weights(model, config.init_weights, _shared_outputs(config, card))
             log.info("initialised %d tensors from %s", n, config.init_weights)
     # Convolutions run faster on NHWC tensors on CPUs (oneDNN) and GPUs (tensor cores).
     model = model.to(device).to(memory_format=torch.channels_last).train()
@@ -410,6 +466,7 @@ def train(config: TrainConfig, callback: TrainCallback | None = None) -> TrainRe
         config.loss, class_weights=config.class_weights, gamma=config.focal_gamma
     ).to(device)
     labelled = labelled_matrix(data.labelled, n_classes).to(device)
+    objective = _Objective(loss_fn, labelled, n_classes, config, data.contact_known, device)
     batches = _Batches(config, card, device)
 
     steps = config.samples_per_epoch // config.batch_size
@@ -449,7 +506,7 @@ def train(config: TrainConfig, callback: TrainCallback | None = None) -> TrainRe
             x, mask, source = batches(batch, generator)
             with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
                 logits = model(x)
-            loss, _ = loss_fn(logits.float(), mask, labelled[source])
+            loss = objective(logits, mask, source)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -475,9 +532,7 @@ def train(config: TrainConfig, callback: TrainCallback | None = None) -> TrainRe
         due = (epoch + 1) % config.validation.every == 0 or epoch + 1 == config.epochs
         if validate_any and due:
             row.update(
-                _validate(
-                    model, data, batches, loss_fn, labelled, config, use_amp, amp_dtype, cache
-                )
+                _validate(model, data, batches, objective, config, use_amp, amp_dtype, cache)
             )
         row["time_s"] = round(time.perf_counter() - t0, 3)
         history.append(row)
@@ -540,14 +595,13 @@ def _validate(
     model: nn.Module,
     data: TrainingData,
     batches: _Batches,
-    loss_fn: nn.Module,
-    labelled: torch.Tensor,
+    objective: _Objective,
     config: TrainConfig,
     use_amp: bool,
     amp_dtype: torch.dtype,
     cache: Any = None,
 ) -> dict[str, Any]:
-    """Validation loss, mean IoU and per-class IoU over the validation chips."""
+    """Validation loss, mean IoU and per-class IoU (and contact F1) over the validation chips."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -564,23 +618,85 @@ def _validate(
     )
     cm = ConfusionMatrix(config.class_names)
     total, n = 0.0, 0
+    counts = np.zeros(3, np.int64)  # contact true positives, false positives, false negatives
+    k = objective.n_classes
     model.eval()
     with torch.inference_mode():
         for batch in loader:
             x, mask, source = batches(batch, None)
             with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
                 logits = model(x)
-            loss, _ = loss_fn(logits.float(), mask, labelled[source])
+            loss = objective(logits, mask, source)
             total += float(loss) * len(x)
             n += len(x)
-            pred = logits.argmax(1).cpu().numpy()
-            truth = mask.cpu().numpy()
-            rows = labelled[source].cpu().numpy()
+            classes, contact, known = objective.split(mask, source)
+            pred = logits[:, :k].argmax(1).cpu().numpy()
+            truth = classes.cpu().numpy()
+            rows = objective.labelled[source].cpu().numpy()
             for i in range(len(pred)):
                 cm.update(truth[i], pred[i], rows[i])
+            if known is not None and contact is not None:
+                hit = (logits[:, k] > 0) & known
+                counts += [
+                    int((hit & contact).sum()),
+                    int((hit & ~contact).sum()),
+                    int((~hit & contact & known).sum()),
+                ]
     model.train()
     m = cm.metrics()
     out: dict[str, Any] = {"val_loss": total / max(1, n), "val_miou": m.mean_iou}
     for c in m.classes:
         out[f"val_iou_{c.name}"] = c.iou
+    if objective.contact_known is not None and counts.sum():
+        tp, fp, fn = (int(v) for v in counts)
+        out["val_contact_f1"] = 2 * tp / max(1, 2 * tp + fp + fn)
     return out
+
+
+class _Objective:
+    """The training loss: partial-label class loss, plus the contact loss when configured."""
+
+    def __init__(
+        self,
+        loss_fn: nn.Module,
+        labelled: torch.Tensor,
+        n_classes: int,
+        config: TrainConfig,
+        contact_known: Sequence[bool],
+        device: torch.device,
+    ) -> None:
+        import torch
+
+        self.loss_fn = loss_fn
+        self.labelled = labelled
+        self.n_classes = n_classes
+        self.weight = config.contact_weight
+        self.contact_known = (
+            torch.tensor(list(contact_known), dtype=torch.bool, device=device)
+            if config.contact_class is not None
+            else None
+        )
+
+    def split(
+        self, mask: torch.Tensor, source: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Class target, contact target and where the contact state is known."""
+        from geoseg.training.contact import split_contact
+
+        if self.contact_known is None:
+            return mask, None, None
+        classes, contact = split_contact(mask)
+        known = (classes != IGNORE_INDEX) & self.contact_known[source][:, None, None]
+        return classes, contact, known
+
+    def __call__(
+        self, logits: torch.Tensor, mask: torch.Tensor, source: torch.Tensor
+    ) -> torch.Tensor:
+        from geoseg.training.losses import contact_loss
+
+        classes, contact, known = self.split(mask, source)
+        k = self.n_classes
+        loss, _ = self.loss_fn(logits[:, :k].float(), classes, self.labelled[source])
+        if contact is not None and known is not None:
+            loss = loss + self.weight * contact_loss(logits[:, k], contact, known)
+        return loss

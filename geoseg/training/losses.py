@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PartialLabelLoss",
+    "contact_loss",
     "labelled_matrix",
     "merged_log_probs",
     "partial_cross_entropy",
@@ -319,3 +320,45 @@ class PartialLabelLoss(nn.Module):
             total = total + weight * value
             parts[name] = float(value.detach())
         return total, parts
+
+
+def contact_loss(logit: Tensor, target: Tensor, known: Tensor) -> Tensor:
+    """Binary cross-entropy plus soft Dice of the contact output, over known pixels.
+
+    Contact pixels are rare (a few per cent of an object's pixels at most), so
+    the Dice term, computed over all known pixels of the batch at once, keeps
+    the output from settling on "never".
+
+    Parameters
+    ----------
+    logit : torch.Tensor
+        float ``(N, H, W)``: the contact logits.
+    target : torch.Tensor
+        bool ``(N, H, W)``: contact pixels (:mod:`geoseg.training.contact`).
+    known : torch.Tensor
+        bool ``(N, H, W)``: pixels whose contact state the source knows.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar; 0 (with a gradient path) when no pixel is known.
+
+    Examples
+    --------
+    >>> import torch
+    >>> t = torch.zeros(1, 2, 2, dtype=torch.bool)
+    >>> t[0, 0, 0] = True
+    >>> good = torch.where(t, 8.0, -8.0)
+    >>> bad = -good
+    >>> known = torch.ones_like(t)
+    >>> bool(contact_loss(good, t, known) < 0.01 < contact_loss(bad, t, known))
+    True
+    """
+    if not bool(known.any()):
+        return logit.sum() * 0.0
+    x = logit.float()[known]
+    y = target[known].float()
+    bce = nn.functional.binary_cross_entropy_with_logits(x, y)
+    p = torch.sigmoid(x)
+    dice = 1.0 - (2.0 * (p * y).sum() + 1.0) / (p.sum() + y.sum() + 1.0)
+    return bce + dice
