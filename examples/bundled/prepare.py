@@ -5,7 +5,9 @@
    to the key names of segmentation-models-pytorch's ``tu-efficientnet_lite0`` encoder
    (timm's ``efficientnet_lite0``): the two state dicts list the same tensors in the same
    order, so names are mapped one to one and every shape is checked.
-2. Renders generated sample scenes (all four classes labelled exactly) at 1 m pixels.
+2. Renders generated sample scenes (all four classes labelled exactly) at 1 m pixels: the
+   image, its class raster and its polygons with one polygon per building (``polygons/``),
+   from which training learns where buildings touch.
 
 Usage (from the repository root)::
 
@@ -48,9 +50,10 @@ def convert_lite0(dst: Path) -> Path:
 
 def render_scenes(outdir: Path, n: int = 6, size: int = 1536) -> None:
     from geoseg.synth import SceneSpec, write_scene
+    from geoseg.synth.write import scene_polygons
 
-    (outdir / "images").mkdir(parents=True, exist_ok=True)
-    (outdir / "labels").mkdir(parents=True, exist_ok=True)
+    for sub in ("images", "labels", "polygons"):
+        (outdir / sub).mkdir(parents=True, exist_ok=True)
     for seed in range(100, 100 + n):
         spec = SceneSpec(
             size, size, pixel_size=1.0, seed=seed, origin=(500000.0 + seed * 5000, 5500000.0)
@@ -58,6 +61,9 @@ def render_scenes(outdir: Path, n: int = 6, size: int = 1536) -> None:
         img = outdir / "images" / f"scene_{seed}.tif"
         if not img.exists():
             write_scene(spec, img, outdir / "labels" / f"scene_{seed}.tif")
+        polygons = outdir / "polygons" / f"scene_{seed}.gpkg"
+        if not polygons.exists():
+            scene_polygons(spec, instances=True).to_file(polygons, layer="labels")
 
 
 def main() -> None:

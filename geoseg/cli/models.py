@@ -25,8 +25,14 @@ def models(ctx: click.Context) -> None:
     for name, path in bundled.items():
         card = load_card(path)
         classes = ", ".join(c.name for c in card.classes)
+        separates = (
+            f"  separates touching {card.class_by_id(card.contact_class).name}s"
+            if card.contact_class is not None
+            else ""
+        )
         click.echo(
-            f"  {name:<12} {card.architecture}/{card.encoder}  bands={','.join(card.bands)}  classes={classes}"
+            f"  {name:<12} {card.architecture}/{card.encoder}  bands={','.join(card.bands)}  "
+            f"classes={classes}{separates}"
         )
     click.echo("Architectures (for --arch in 'geoseg models wrap' and training configs):")
     for name in list_models():

@@ -8,6 +8,13 @@ Classes: 0 background (grass, meadows, bare soil, roads, paved areas, water),
 1 building, 2 vegetation (woody plants: tree crowns, forest, hedgerows,
 shrubs), 3 cropland (crop fields at any growth stage).
 
+Towns hold detached houses as well as attached ones: terraced rows and
+compact clusters of houses that share walls, each house a building of its own.
+``scene_polygons(spec, instances=True)`` gives one ground-truth polygon per
+building instance, so touching buildings stay apart
+(:func:`geoseg.synth.objects.building_instances` does the same in pixel
+coordinates).
+
 >>> from geoseg.synth import SceneSpec, generate_arrays
 >>> image, classes = generate_arrays(SceneSpec(128, 128, seed=7))
 >>> image.shape, set(classes.ravel().tolist()) <= {0, 1, 2, 3}

@@ -36,6 +36,15 @@ farmland at every growth stage, ploughed soil, stubble and grass leys in the
 field pattern included; *background* is everything else (dry bare ground,
 soil, sand, water, roads, paved areas).  Shadows (see
 :attr:`Layout.shadow_geoms`) only darken the image and never change a class.
+
+Towns mix detached houses (kept at least about 3.5 m apart) with *attached*
+buildings that share side walls exactly: terraced rows of 3 to 10 houses along
+some street frontages (European row houses, or packed informal settlements of
+small, irregular houses) and small compact clusters of touching houses.  Every
+house of a row or cluster is a building of its own, with its own roof material,
+colour and height; :attr:`Layout.instance` numbers the buildings and
+:func:`building_instances` gives each one's visible outline, so touching
+buildings can be told apart in the ground truth.
 """
 
 from __future__ import annotations
@@ -65,6 +74,8 @@ __all__ = [
     "Layout",
     "Material",
     "build_layout",
+    "building_instance_map",
+    "building_instances",
     "class_regions",
 ]
 
@@ -194,6 +205,12 @@ class Layout:
         Index over `geoms`.
     material, classes : numpy.ndarray of uint8, shape (n + 1,)
         :class:`Material` and class id of each object.
+    instance : numpy.ndarray of int32, shape (n + 1,)
+        Building instance id of each object: >= 1 for every object that is
+        part of a building (all roof parts and wings of one footprint share
+        the id; each house of an attached row or cluster has its own), 0 for
+        every other object and for row 0.  Ids are numbered 1, 2, ... in the
+        order the buildings were generated.
     colour, colour2 : numpy.ndarray of float32, shape (n + 1, 3)
         Base RGB colours (0-255); `colour2` is a material-specific second
         colour (soil between crop rows).
@@ -217,6 +234,7 @@ class Layout:
     tree: shapely.STRtree
     material: NDArray[np.uint8]
     classes: NDArray[np.uint8]
+    instance: NDArray[np.int32]
     colour: NDArray[np.float32]
     colour2: NDArray[np.float32]
     params: NDArray[np.float64]
@@ -271,6 +289,39 @@ def _rect(cx: float, cy: float, angle: float, a: float, b: float) -> Polygon:
     )
 
 
+def _shared_rings(
+    cells: list[tuple[float, float, float, float]],
+) -> list[list[tuple[float, float]]]:
+    """Rings of axis-parallel rectangles ``(u0, u1, v0, v1)`` that may share walls.
+
+    Each ring walks its rectangle's sides and also passes through every corner
+    of the other rectangles that lies on them, so two rectangles with a common
+    wall (equal coordinate values) both hold the shared part as one identical
+    segment: once mapped to world coordinates by the same function, they touch
+    exactly, with neither gaps nor overlap.
+    """
+    corners = [(u, v) for u0, u1, v0, v1 in cells for u in (u0, u1) for v in (v0, v1)]
+    rings: list[list[tuple[float, float]]] = []
+    for u0, u1, v0, v1 in cells:
+        bottom = sorted({u for u, v in corners if v == v0 and u0 < u < u1})
+        right = sorted({v for u, v in corners if u == u1 and v0 < v < v1})
+        top = sorted({u for u, v in corners if v == v1 and u0 < u < u1}, reverse=True)
+        left = sorted({v for u, v in corners if u == u0 and v0 < v < v1}, reverse=True)
+        rings.append(
+            [
+                (u0, v0),
+                *[(u, v0) for u in bottom],
+                (u1, v0),
+                *[(u1, v) for v in right],
+                (u1, v1),
+                *[(u, v1) for u in top],
+                (u0, v1),
+                *[(u0, v) for v in left],
+            ]
+        )
+    return rings
+
+
 def _sub_rng(seed: int, *keys: int) -> np.random.Generator:
     """An independent generator for a (possibly negative) integer key path."""
     entropy = [seed] + [2 * k if k >= 0 else -2 * k - 1 for k in keys]
@@ -312,6 +363,7 @@ class _Objects:
         self.colour: list[_Colour] = []
         self.colour2: list[_Colour] = []
         self.params: list[tuple[float, ...]] = []
+        self.instance: list[int] = []
         self.shadows: list[BaseGeometry] = []
         self.strength: list[int] = []
 
@@ -329,6 +381,7 @@ class _Objects:
         b: float = 0.0,
         p0: float = 0.0,
         p1: float = 0.0,
+        instance: int = 0,
     ) -> None:
         if geom.is_empty or geom.area <= 0.0:
             return
@@ -337,6 +390,7 @@ class _Objects:
         self.colour.append(colour)
         self.colour2.append(colour if colour2 is None else colour2)
         self.params.append((cx, cy, math.cos(angle), math.sin(angle), a, b, p0, p1))
+        self.instance.append(instance)
 
     def shadow(self, geom: BaseGeometry, strength: int) -> None:
         if not geom.is_empty:
@@ -383,6 +437,7 @@ class _Generator:
         self.roads: list[_Road] = []
         self.water: list[BaseGeometry] = []
         self.buildings = _GridIndex(self.m(60.0))
+        self.instances = 0  # building instance ids handed out so far
         self.road_tree = shapely.STRtree([])
         self.water_tree = shapely.STRtree([])
         self.obstacles: list[BaseGeometry] = []
@@ -461,6 +516,7 @@ class _Generator:
             tree=shapely.STRtree(geoms),
             material=np.array([int(m) for m in mats], np.uint8),
             classes=np.array([_CLASS[m] for m in mats], np.uint8),
+            instance=np.array([0] + [o.instance[i] for i in order], np.int32),
             colour=colour.reshape(-1, 3),
             colour2=colour2.reshape(-1, 3),
             params=np.ascontiguousarray(params.reshape(-1, 8).T),
@@ -868,7 +924,6 @@ class _Generator:
         large: bool,
     ) -> BaseGeometry | None:
         """Place `plan` with its front-centre at `anchor` if it fits; return the footprint."""
-        rng = self.rng
         parts, _, _ = plan
         ux, uy = math.cos(angle), math.sin(angle)
         vx, vy = -uy, ux
@@ -879,40 +934,240 @@ class _Generator:
             a, b, ang = self.m(hu), self.m(hv), angle
             if b > a:
                 a, b, ang = b, a, angle + math.pi / 2
-            rects.append((cx, cy, ang, a, b, _rect(cx, cy, ang, a, b)))
-        footprint = shapely.union_all([r[5] for r in rects])
+            rects.append((_rect(cx, cy, ang, a, b), cx, cy, ang, a, b))
+        footprint = shapely.union_all([r[0] for r in rects])
         if not inside.contains(footprint):
             return None
         if not self.free(footprint.buffer(self.m(1.5), quad_segs=2)):
             return None
-        if large:
-            roll = rng.random()
+        material, colour, height = self.roof("large" if large else "house")
+        self.add_building(rects, material, colour, height)
+        self.buildings.insert(footprint.buffer(self.m(2.0), quad_segs=2))
+        return footprint
+
+    def roof(self, kind: str, spread: float = 0.07) -> tuple[Material, _Colour, float]:
+        """Roof material, colour and height (metres) of one building.
+
+        `kind` is ``"large"`` (halls: metal or flat), ``"house"`` (detached),
+        ``"terrace"`` (row houses: mostly pitched) or ``"informal"`` (small
+        self-built houses: mostly flat concrete or metal sheets, some tiles).
+        """
+        rng = self.rng
+        roll = rng.random()
+        if kind == "large":
             material = M.ROOF_METAL if roll < 0.45 else M.ROOF_FLAT
             colour = _pick(rng, _METAL_ROOFS if roll < 0.45 else _FLAT_ROOFS)
             height = rng.uniform(5.0, 10.0)
-        else:
-            roll = rng.random()
+        elif kind == "house":
             material = M.ROOF_GABLE if roll < 0.5 else M.ROOF_HIP if roll < 0.75 else M.ROOF_FLAT
             colour = _pick(rng, _FLAT_ROOFS if material == M.ROOF_FLAT else _PITCHED_ROOFS)
             height = rng.uniform(3.5, 7.5)
-        colour = _scaled(rng, colour, 0.07)
-        corrugation = self.m(rng.uniform(0.9, 1.6))
+        elif kind == "terrace":
+            material = M.ROOF_GABLE if roll < 0.62 else M.ROOF_HIP if roll < 0.72 else M.ROOF_FLAT
+            colour = _pick(rng, _FLAT_ROOFS if material == M.ROOF_FLAT else _PITCHED_ROOFS)
+            height = rng.uniform(6.0, 11.0)
+        else:
+            material = M.ROOF_FLAT if roll < 0.55 else M.ROOF_METAL if roll < 0.8 else M.ROOF_GABLE
+            colour = _pick(
+                rng,
+                {M.ROOF_FLAT: _FLAT_ROOFS, M.ROOF_METAL: _METAL_ROOFS}.get(
+                    material, _PITCHED_ROOFS
+                ),
+            )
+            height = rng.uniform(3.0, 9.0)
+        return material, _scaled(rng, colour, spread), height
+
+    def add_building(
+        self,
+        rects: list[tuple[Polygon, float, float, float, float, float]],
+        material: Material,
+        colour: _Colour,
+        height: float,
+    ) -> int:
+        """Add one building's roof parts ``(polygon, cx, cy, angle, a, b)`` and shadows.
+
+        Returns the building's new instance id (shared by all its parts).
+        """
+        self.instances += 1
+        corrugation = self.m(self.rng.uniform(0.9, 1.6))
         dx, dy = self.shadow_offset(height)
-        for cx, cy, ang, a, b, poly in rects:
-            self.objs.add(poly, material, colour, cx=cx, cy=cy, angle=ang, a=a, b=b, p0=corrugation)
+        for poly, cx, cy, ang, a, b in rects:
+            self.objs.add(
+                poly,
+                material,
+                colour,
+                cx=cx,
+                cy=cy,
+                angle=ang,
+                a=a,
+                b=b,
+                p0=corrugation,
+                instance=self.instances,
+            )
             xy = np.asarray(poly.exterior.coords)
             self.objs.shadow(
                 shapely.convex_hull(MultiPoint(np.vstack([xy, xy + np.array([dx, dy])]))),
                 SHADOW_BUILDING,
             )
-        self.buildings.insert(footprint.buffer(self.m(2.0), quad_segs=2))
-        return footprint
+        return self.instances
+
+    def attached(
+        self,
+        cells: list[tuple[float, float, float, float]],
+        anchor: tuple[float, float],
+        angle: float,
+        inside: BaseGeometry,
+        kind: str,
+        *,
+        row: bool,
+    ) -> list[Polygon]:
+        """Place houses that share walls; return the footprints placed.
+
+        `cells` are rectangles ``(u0, u1, v0, v1)`` in metres in the frame
+        with origin `anchor`, u along `angle` and v to its left (away from the
+        street); cells meant to touch share exact coordinate values, so their
+        walls become identical segments (see :func:`_shared_rings`).  The group
+        keeps the clearance of a single building from roads, water and other
+        buildings, while its own houses never reject each other.  With `row`,
+        the longest run of consecutive cells that fit is placed (a row cut
+        short by a junction or a neighbour); otherwise all cells or none.
+        """
+        rng = self.rng
+        k = self.k
+        ux, uy = math.cos(angle), math.sin(angle)
+        vx, vy = -uy, ux
+
+        def at(u: float, v: float) -> tuple[float, float]:
+            return anchor[0] + (u * k) * ux + (v * k) * vx, anchor[1] + (u * k) * uy + (v * k) * vy
+
+        polys = [Polygon([at(u, v) for u, v in ring]) for ring in _shared_rings(cells)]
+
+        def fits(geom: BaseGeometry) -> bool:
+            return bool(inside.contains(geom)) and self.free(geom.buffer(self.m(1.5), quad_segs=2))
+
+        first, n = 0, 0
+        if row:
+            run = 0
+            for i, poly in enumerate(polys):
+                run = run + 1 if fits(poly) else 0
+                if run > n:
+                    first, n = i + 1 - run, run
+        elif fits(shapely.union_all(polys)):
+            n = len(polys)
+        if n == 0:
+            return []
+        previous: _Colour | None = None
+        chosen = slice(first, first + n)
+        for (u0, u1, v0, v1), poly in zip(cells[chosen], polys[chosen], strict=True):
+            material, colour, height = self.roof(kind, 0.12 if kind == "informal" else 0.07)
+            # Neighbours usually differ, but some terraces share one roof colour.
+            if previous is not None and material != M.ROOF_METAL and rng.random() < 0.25:
+                colour = _scaled(rng, previous, 0.03)
+            previous = colour
+            cx, cy = at((u0 + u1) / 2, (v0 + v1) / 2)
+            a, b, ang = (u1 - u0) / 2 * k, (v1 - v0) / 2 * k, angle
+            # Gables of a terrace run along the street; other roofs along the long side.
+            if b > a and not (kind == "terrace" and material == M.ROOF_GABLE):
+                a, b, ang = b, a, angle + math.pi / 2
+            self.add_building([(poly, cx, cy, ang, a, b)], material, colour, height)
+        placed = polys[chosen]
+        self.buildings.insert(shapely.union_all(placed).buffer(self.m(2.0), quad_segs=2))
+        return placed
+
+    def terrace(
+        self,
+        seg: LineString,
+        road: _Road,
+        side: float,
+        s: float,
+        informal: bool,
+        inside: BaseGeometry,
+        occupancy: float,
+    ) -> tuple[float, list[Polygon]]:
+        """A row of 3 to 10 attached houses fronting `seg` from arc length `s` on one side.
+
+        Terraced rows have similar widths (5-8 m), depths and a common
+        building line; informal rows are small houses (3.5-7.5 m wide) of
+        irregular depth and front line.  Returns the frontage the row takes up
+        including the gap to the next building (pixels), and its footprints.
+        """
+        rng, spec = self.rng, self.spec
+        n = int(rng.integers(3, 11))
+        if informal:
+            widths = rng.uniform(3.5, 7.5, n)
+            depths = rng.uniform(6.0, 10.0) * rng.uniform(0.75, 1.3, n)
+            fronts = rng.uniform(0.0, 1.5, n)
+            setback = rng.uniform(1.8, 4.0)
+        else:
+            widths = rng.uniform(5.0, 7.5) * rng.uniform(0.9, 1.12, n)
+            depths = rng.uniform(8.0, 12.0) * rng.uniform(0.92, 1.1, n)
+            fronts = rng.uniform(0.0, 0.6, n)
+            setback = rng.uniform(2.0, 7.0)
+        gap = self.m(4.0 + rng.uniform(0.0, 8.0) * (1.2 - spec.building_density))
+        edges = [0.0, *np.cumsum(widths).tolist()]
+        used = self.m(edges[-1]) + gap
+        # Houses that end before the segment does.
+        fit = sum(1 for e in edges[1:] if self.m(e) <= seg.length - s)
+        if fit == 0 or rng.random() >= occupancy:
+            return used, []
+        # The row is straight, along the chord of the frontage it covers.
+        p = seg.interpolate(s)
+        q = seg.interpolate(s + self.m(edges[fit]))
+        angle = math.atan2(q.y - p.y, q.x - p.x)
+        start = p
+        if side < 0:
+            angle += math.pi
+            start = q
+        dist = road.width / 2 + self.m(setback)
+        anchor = (start.x - math.sin(angle) * dist, start.y + math.cos(angle) * dist)
+        cells = [
+            (edges[i], edges[i + 1], float(fronts[i]), float(fronts[i] + depths[i]))
+            for i in range(fit)
+        ]
+        kind = "informal" if informal else "terrace"
+        return used, self.attached(cells, anchor, angle, inside, kind, row=True)
+
+    def cluster(
+        self, anchor: tuple[float, float], angle: float, inside: BaseGeometry
+    ) -> list[Polygon]:
+        """A compact block of 2 to 6 small touching houses in two staggered rows.
+
+        The front row's walls and the back row's walls fall in different
+        places (a brick pattern) and the back row has ragged ends, depths and
+        sometimes a missing house, as in dense informal settlements.
+        """
+        rng = self.rng
+        ncol = int(rng.integers(2, 4))
+        edges = [0.0, *np.cumsum(rng.uniform(4.0, 7.5, ncol)).tolist()]
+        total = edges[-1]
+        depth = float(rng.uniform(5.0, 9.0))
+        cells = [
+            (edges[i], edges[i + 1], -float(rng.uniform(0.0, 1.2)), depth) for i in range(ncol)
+        ]
+        u = float(rng.uniform(-1.5, 1.5))
+        end = total + float(rng.uniform(-1.5, 1.5))
+        back: list[tuple[float, float, float, float]] = []
+        while end - u >= 3.0:
+            w = float(rng.uniform(4.0, 7.5))
+            if end - (u + w) < 3.0:
+                w = end - u
+            back.append((u, u + w, depth, depth + float(rng.uniform(4.5, 8.5))))
+            u = back[-1][1]
+        if len(back) > 1 and rng.random() < 0.35:
+            back.pop(int(rng.integers(len(back))))
+        shift = self.m(total / 2)
+        origin = (anchor[0] - math.cos(angle) * shift, anchor[1] - math.sin(angle) * shift)
+        return self.attached(cells + back, origin, angle, inside, "informal", row=False)
 
     def town(self, cell: BaseGeometry, road_index: int, streets: list[_Road]) -> None:
         rng, spec = self.rng, self.spec
         industrial = rng.random() < 0.2
         inside = cell.buffer(-self.m(1.0))
         occupancy = 0.4 + 0.6 * spec.building_density
+        # Share of street frontages built up with attached rows, and of the
+        # backland placements that become compact clusters of touching houses.
+        row_share = 0.15 + 0.25 * spec.building_density
+        cluster_share = 0.04 + 0.12 * spec.building_density
         houses: list[BaseGeometry] = []
         self._yards = []
         frontage = [r for r in self.roads if r.main and r.line.intersects(cell)] + streets
@@ -921,8 +1176,18 @@ class _Generator:
                 if seg.length < self.m(15.0):
                     continue
                 for side in (1.0, -1.0):
+                    terraced = not industrial and rng.random() < row_share
+                    informal = terraced and rng.random() < 0.4
                     s = self.m(rng.uniform(0.0, 10.0))
                     while s < seg.length:
+                        if terraced and rng.random() < 0.85:
+                            used, row = self.terrace(
+                                seg, road, side, s, informal, inside, occupancy
+                            )
+                            if row and not informal:
+                                houses.append(shapely.union_all(row))
+                            s += used
+                            continue
                         large = industrial or rng.random() < 0.06
                         plan = self.plan(large)
                         front = self.m(plan[1])
@@ -956,6 +1221,10 @@ class _Generator:
         for _ in range(tries):
             px, py = rng.uniform(x0, x1), rng.uniform(y0, y1)
             if not inside.contains(Point(px, py)):
+                continue
+            if not industrial and rng.random() < cluster_share:
+                angle = theta + (math.pi / 2 if rng.random() < 0.3 else 0.0)
+                self.cluster((px, py), angle + rng.uniform(-0.04, 0.04), inside)
                 continue
             large = industrial or rng.random() < 0.05
             plan = self.plan(large)
@@ -1382,3 +1651,85 @@ def class_regions(layout: Layout) -> dict[int, BaseGeometry]:
         cls: shapely.intersection(shapely.union_all(p), scene) if p else Polygon()
         for cls, p in parts.items()
     }
+
+
+def building_instance_map(
+    layout: Layout, building_region: BaseGeometry | None = None
+) -> dict[int, BaseGeometry]:
+    """The visible area of each building instance, by instance id.
+
+    Like :func:`building_instances`, with each outline keyed by its
+    :attr:`Layout.instance` id (ascending); instances with no visible area in
+    the scene are left out.
+
+    Parameters
+    ----------
+    layout : Layout
+        The scene layout.
+    building_region : shapely geometry, optional
+        ``class_regions(layout)[BUILDING]`` if already computed.
+
+    Returns
+    -------
+    dict
+        ``{instance id: Polygon or MultiPolygon}`` in pixel coordinates.
+    """
+    region = class_regions(layout)[BUILDING] if building_region is None else building_region
+    ids = layout.instance[1:]
+    objs = np.flatnonzero(ids > 0)
+    if objs.size == 0 or region.is_empty:
+        return {}
+    objs = objs[np.argsort(ids[objs], kind="stable")]
+    uniq, starts = np.unique(ids[objs], return_index=True)
+    groups = np.split(objs, starts[1:])
+    footprints = np.array([shapely.union_all(layout.geoms[g]) for g in groups], dtype=object)
+    # Draw order: where two buildings overlap (none are expected: attached
+    # houses only share walls), the one holding the later-drawn object shows.
+    top = np.array([int(g.max()) for g in groups])
+    tree = shapely.STRtree(footprints)
+    i, j = tree.query(footprints, predicate="intersects")
+    later = top[j] > top[i]
+    i, j = i[later], j[later]
+    overlap = shapely.area(shapely.intersection(footprints[i], footprints[j])) > 0
+    i, j = i[overlap], j[overlap]
+    visible = footprints.copy()
+    for k in np.unique(i).tolist():
+        visible[k] = shapely.difference(footprints[k], shapely.union_all(footprints[j[i == k]]))
+    # Clip to the class region (what higher layers and the scene edge leave),
+    # one connected part of it at a time.
+    parts = shapely.get_parts(region)
+    hit_inst, hit_part = shapely.STRtree(parts).query(visible, predicate="intersects")
+    order = np.argsort(hit_inst, kind="stable")
+    hit_inst, hit_part = hit_inst[order], hit_part[order]
+    hit, first = np.unique(hit_inst, return_index=True)
+    out: dict[int, BaseGeometry] = {}
+    for k, part_ids in zip(hit.tolist(), np.split(hit_part, first[1:]), strict=True):
+        clip = shapely.union_all(parts[part_ids])
+        polys = [p for p in _polygons(shapely.intersection(visible[k], clip)) if p.area > 0]
+        if polys:
+            out[int(uniq[k])] = polys[0] if len(polys) == 1 else shapely.MultiPolygon(polys)
+    return out
+
+
+def building_instances(layout: Layout) -> list[BaseGeometry]:
+    """The visible area of every building, one polygon per building instance.
+
+    A building instance is a footprint with all its parts and wings (see
+    :attr:`Layout.instance`); each house of an attached row or cluster is an
+    instance of its own.  Its visible area is its footprint intersected with
+    ``class_regions(layout)[BUILDING]``: what the scene edge and any object
+    drawn above it leave.  The outlines do not overlap, touching buildings
+    share their common wall, and their union is the building class region.
+
+    Parameters
+    ----------
+    layout : Layout
+        The scene layout.
+
+    Returns
+    -------
+    list of shapely Polygon or MultiPolygon
+        In pixel coordinates, in instance id order; buildings with no visible
+        area are left out.
+    """
+    return list(building_instance_map(layout).values())

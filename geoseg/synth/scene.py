@@ -2,10 +2,12 @@
 
 A scene is described by a :class:`SceneSpec` (size, pixel size, CRS, origin,
 seed and density knobs).  Its layout (roads, water, fields, forests, trees,
-buildings) is generated once as vector objects, then rendered block by block:
-every pixel depends only on its global position and the spec, so any blocking
-gives identical images, and memory stays bounded by the block size plus the
-number of objects.
+buildings: detached houses and halls, and attached terraced rows and compact
+clusters of houses that share walls, more of them the higher
+``building_density``) is generated once as vector objects, then rendered
+block by block: every pixel depends only on its global position and the spec,
+so any blocking gives identical images, and memory stays bounded by the block
+size plus the number of objects.
 
 Classes (geoseg's class definition, README "Classes"): 0 background (dry bare
 ground, soil, sand, roads, water, paved areas), 1 building (roofed structures),
@@ -85,7 +87,8 @@ class SceneSpec:
     seed : int, optional
         Non-negative; the same spec always gives the same scene.
     building_density : float, optional
-        0 to 1: share of land built up and how densely plots are filled
+        0 to 1: share of land built up, how densely plots are filled and how
+        many street frontages are built up with attached rows of houses
         (0: no buildings).
     tree_density : float, optional
         0 to 1: forest share, the number of trees, hedgerows and shrubs, and

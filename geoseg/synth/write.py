@@ -11,7 +11,9 @@ Outputs:
   polygon per connected region of building, vegetation and cropland (columns
   ``class_id`` and ``class_name``).  Background is everything not covered.  The
   polygons are the exact vector overlay of the layout, so rasterizing them
-  (pixel-centre rule) reproduces the class raster.
+  (pixel-centre rule) reproduces the class raster.  :func:`scene_polygons`
+  can instead give one polygon per building instance (houses of attached rows
+  apart), for models that separate touching buildings.
 
 Rasters are written block by block through windows, so memory stays bounded
 for any scene size; each file appears under its final name only once complete.
@@ -34,7 +36,7 @@ from rasterio.errors import RasterioError
 
 from geoseg.errors import ConfigError, OutputWriteError
 from geoseg.io.atomic import atomic_output
-from geoseg.synth.objects import class_regions
+from geoseg.synth.objects import BUILDING, building_instance_map, class_regions
 from geoseg.synth.scene import (
     CLASS_COLOURS,
     CLASS_NAMES,
@@ -64,13 +66,19 @@ class SceneFiles:
     polygons: Path
 
 
-def scene_polygons(spec: SceneSpec) -> geopandas.GeoDataFrame:
+def scene_polygons(spec: SceneSpec, *, instances: bool = False) -> geopandas.GeoDataFrame:
     """Ground-truth polygons of the foreground classes, in the scene CRS.
 
     Parameters
     ----------
     spec : SceneSpec
         The scene.
+    instances : bool, optional
+        Give buildings one row per building instance (the visible area of one
+        building, see :func:`geoseg.synth.objects.building_instances`) instead
+        of one per connected building region: the houses of an attached row
+        are then separate rows that share their common walls.  Adds the
+        column ``instance``.
 
     Returns
     -------
@@ -78,23 +86,38 @@ def scene_polygons(spec: SceneSpec) -> geopandas.GeoDataFrame:
         One row per connected polygon, columns ``class_id`` (uint8: 1
         building, 2 vegetation, 3 cropland), ``class_name`` and ``geometry``
         (Polygon), CRS ``spec.crs``.  Background (0) is everything else.
+        With `instances`, building rows are instances instead (Polygon, or
+        MultiPolygon in the rare case the scene edge cuts a building into
+        pieces) and the column ``instance`` (int32) holds the building's
+        instance id (``Layout.instance``; >= 1), 0 in the other rows.
 
     Examples
     --------
     >>> gdf = scene_polygons(SceneSpec(256, 256, seed=1))
     >>> list(gdf.columns), str(gdf.crs)
     (['class_id', 'class_name', 'geometry'], 'EPSG:32633')
+    >>> gdf = scene_polygons(SceneSpec(256, 256, seed=1), instances=True)
+    >>> list(gdf.columns)
+    ['class_id', 'class_name', 'instance', 'geometry']
     """
     import geopandas
 
     layout = scene_layout(spec)
     ids: list[int] = []
     parts: list[Any] = []
+    instance: list[int] = []
     for cls, region in class_regions(layout).items():
+        if instances and cls == BUILDING:
+            by_id = building_instance_map(layout, region)
+            parts.extend(by_id.values())
+            ids.extend([cls] * len(by_id))
+            instance.extend(by_id)
+            continue
         polys = shapely.get_parts(shapely.get_parts(region))
         polys = polys[(shapely.get_type_id(polys) == 3) & (shapely.area(polys) > 0)]
         parts.extend(polys)
         ids.extend([cls] * len(polys))
+        instance.extend([0] * len(polys))
     ox, oy = spec.origin
     ps = spec.pixel_size
     geoms = shapely.transform(
@@ -102,11 +125,14 @@ def scene_polygons(spec: SceneSpec) -> geopandas.GeoDataFrame:
         lambda xy: np.column_stack([ox + xy[:, 0] * ps, oy - xy[:, 1] * ps]),
     )
     class_id = np.array(ids, np.uint8)
+    columns: dict[str, Any] = {
+        "class_id": class_id,
+        "class_name": np.array([CLASS_NAMES[int(c)] for c in class_id], dtype=object),
+    }
+    if instances:
+        columns["instance"] = np.array(instance, np.int32)
     return geopandas.GeoDataFrame(
-        {
-            "class_id": class_id,
-            "class_name": np.array([CLASS_NAMES[int(c)] for c in class_id], dtype=object),
-        },
+        columns,
         geometry=geopandas.GeoSeries(geoms, crs=spec.crs),
         crs=spec.crs,
     )

@@ -12,15 +12,25 @@ import pytest
 import shapely
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rasterio.features import rasterize
 from rasterio.windows import Window
 
 from geoseg.errors import ConfigError
 from geoseg.synth import SceneSpec, generate_arrays, iter_blocks, render_window
-from geoseg.synth.objects import Material, build_layout
+from geoseg.synth.objects import (
+    BUILDING,
+    Material,
+    build_layout,
+    building_instance_map,
+    building_instances,
+    class_regions,
+)
 from geoseg.synth.scene import scene_layout
 
 # 1 m pixels put a few land-use zones into a small, fast scene.
 SMALL = SceneSpec(384, 320, pixel_size=1.0, seed=5)
+# Dense towns: many attached rows and clusters of touching houses.
+DENSE = SceneSpec(1024, 1024, seed=3, building_density=0.9)
 
 
 @functools.cache
@@ -200,3 +210,135 @@ def test_materials_follow_the_class_definition() -> None:
     roofs = layout.geoms[classes == 1]
     lawns = layout.geoms[material == Material.MEADOW]
     assert any(lawn.intersects(roof) for lawn in lawns for roof in roofs[:50])
+
+
+def _footprints(layout: object) -> tuple[np.ndarray, np.ndarray]:
+    """Instance ids and the (unclipped) footprint of each building instance."""
+    ids = layout.instance[1:]  # type: ignore[attr-defined]
+    geoms = layout.geoms  # type: ignore[attr-defined]
+    uniq = np.unique(ids[ids > 0])
+    fps = np.array([shapely.union_all(geoms[ids == i]) for i in uniq], dtype=object)
+    return uniq, fps
+
+
+def test_layout_instance_ids_mark_exactly_the_buildings() -> None:
+    layout = build_layout(DENSE)
+    assert layout.instance.dtype == np.int32
+    assert layout.instance.shape == layout.material.shape == layout.classes.shape
+    assert layout.instance[0] == 0
+    building = layout.classes == BUILDING
+    assert building.any()
+    assert (layout.instance[building] > 0).all()
+    assert (layout.instance[~building] == 0).all()
+    ids = np.unique(layout.instance[building])
+    assert np.array_equal(ids, np.arange(1, ids.size + 1))
+    # Wings share their building's id: some instances have several parts.
+    assert np.bincount(layout.instance[building]).max() > 1
+    # One roof material per instance.
+    for i in ids[:200]:
+        assert np.unique(layout.material[layout.instance == i]).size == 1
+
+
+def test_dense_towns_have_attached_rows_of_touching_buildings() -> None:
+    layout = scene_layout(DENSE)
+    polys = np.array(building_instances(layout), dtype=object)
+    assert all(p.geom_type in ("Polygon", "MultiPolygon") and p.area > 0 for p in polys)
+    i, j = shapely.STRtree(polys).query(polys, predicate="intersects")
+    i, j = i[i < j], j[i < j]
+    # Touching, never overlapping: a shared wall and no common area.
+    assert shapely.area(shapely.intersection(polys[i], polys[j])).max() < 1e-6
+    shared = shapely.length(
+        shapely.intersection(shapely.boundary(polys[i]), shapely.boundary(polys[j]))
+    )
+    touching = int((shared * DENSE.pixel_size > 1.0).sum())
+    assert touching >= 30, touching
+    # Rows of three or more houses in one connected block.
+    blocks = shapely.get_parts(shapely.union_all(polys))
+    per_block = np.bincount(
+        shapely.STRtree(blocks).query(polys, predicate="intersects")[1], minlength=len(blocks)
+    )
+    assert (per_block >= 3).sum() >= 5, per_block
+
+
+def test_attached_blocks_keep_clear_of_each_other_roads_and_water() -> None:
+    layout = scene_layout(DENSE)
+    _, fps = _footprints(layout)
+    i, j = shapely.STRtree(fps).query(fps, predicate="intersects")
+    i, j = i[i < j], j[i < j]
+    assert i.size > 0
+    assert shapely.area(shapely.intersection(fps[i], fps[j])).max() < 1e-6
+    # Buildings that do not touch stay apart as detached houses always did:
+    # every connected block of touching buildings is >= 3 m from the next.
+    blocks = shapely.get_parts(shapely.union_all(fps))
+    tree = shapely.STRtree(blocks)
+    a, b = tree.query(blocks, predicate="dwithin", distance=3.0 / DENSE.pixel_size)
+    assert np.array_equal(a, b), "two blocks of buildings closer than 3 m"
+    material = layout.material[1:]
+    blocked = layout.geoms[np.isin(material, [Material.ROAD, Material.WATER])]
+    assert shapely.STRtree(blocked).query(blocks, predicate="intersects").size == 0
+
+
+def test_instance_polygons_partition_the_rendered_building_pixels() -> None:
+    layout = scene_layout(DENSE)
+    region = class_regions(layout)[BUILDING]
+    by_id = building_instance_map(layout, region)
+    assert list(by_id.values()) == building_instances(layout)
+    assert list(by_id) == sorted(by_id)
+    assert set(by_id) <= set(np.unique(layout.instance[1:]).tolist()) - {0}
+    union = shapely.union_all(list(by_id.values()))
+    assert union.symmetric_difference(region).area < 1e-6
+    burnt = rasterize(
+        [(g, i) for i, g in by_id.items()],
+        out_shape=DENSE.shape,
+        fill=0,
+        dtype="int32",
+    )
+    _, classes = generate_arrays(DENSE)
+    # Exact: the instance outlines burn exactly the building pixels.
+    assert np.array_equal(burnt > 0, classes == BUILDING)
+    # Every visible instance owns pixels, apart from slivers under a pixel.
+    owned = np.unique(burnt[burnt > 0])
+    assert owned.size >= 0.95 * len(by_id)
+
+
+def test_attached_buildings_are_deterministic() -> None:
+    a = build_layout(DENSE)
+    b = build_layout(DENSE)
+    assert np.array_equal(a.instance, b.instance)
+    assert np.array_equal(a.material, b.material)
+    assert all(shapely.equals_exact(a.geoms, b.geoms, tolerance=0.0))
+    assert np.array_equal(a.colour, b.colour)
+
+
+def test_instance_outlines_follow_draw_order_where_buildings_overlap() -> None:
+    """Defensive: generated buildings never overlap, but outlines would still partition."""
+    import dataclasses
+
+    base = build_layout(SceneSpec(64, 64, seed=1, building_density=0))
+    geoms = np.array(
+        [
+            shapely.box(10, 10, 30, 30),  # building 1, wing a
+            shapely.box(15, 28, 25, 36),  # building 1, wing b
+            shapely.box(30, 10, 50, 30),  # building 2, touches building 1's main part
+            shapely.box(40, 25, 60, 40),  # building 3, drawn last, overlaps building 2
+            shapely.box(55, 50, 70, 70),  # building 4, partly outside the scene
+        ],
+        dtype=object,
+    )
+    roof = int(Material.ROOF_FLAT)
+    layout = dataclasses.replace(
+        base,
+        geoms=geoms,
+        material=np.array([0] + [roof] * 5, np.uint8),
+        classes=np.array([0] + [BUILDING] * 5, np.uint8),
+        instance=np.array([0, 1, 1, 2, 3, 4], np.int32),
+    )
+    by_id = building_instance_map(layout)
+    assert list(by_id) == [1, 2, 3, 4]
+    assert by_id[1].equals(shapely.union_all(geoms[:2]))
+    assert by_id[2].equals(shapely.box(30, 10, 50, 30).difference(shapely.box(40, 25, 60, 40)))
+    assert by_id[3].equals(shapely.box(40, 25, 60, 40))
+    assert by_id[4].equals(shapely.box(55, 50, 64, 64))
+    polys = list(by_id.values())
+    assert sum(p.area for p in polys) == pytest.approx(shapely.union_all(polys).area)
+    assert shapely.union_all(polys).equals(class_regions(layout)[BUILDING])

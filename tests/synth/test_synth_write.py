@@ -12,6 +12,7 @@ import numpy as np
 import pyogrio
 import pytest
 import rasterio
+import shapely
 from rasterio.enums import ColorInterp, Compression
 from rasterio.features import rasterize
 
@@ -24,6 +25,7 @@ from geoseg.synth import (
     SceneSpec,
     generate_arrays,
     make_sample_scene,
+    scene_polygons,
     write_scene,
 )
 
@@ -202,3 +204,37 @@ def test_scene_without_foreground_writes_an_empty_layer(tmp_path: Path) -> None:
     info = pyogrio.read_info(tmp_path / "truth.gpkg", layer=POLYGON_LAYER)
     assert info["features"] == 0
     assert info["ogr_types"] == ["OFTInteger", "OFTString"]
+
+
+def test_instance_polygons_give_each_attached_building_its_own_row() -> None:
+    dense = SceneSpec(1024, 1024, seed=3, building_density=0.9)
+    plain = scene_polygons(dense)
+    inst = scene_polygons(dense, instances=True)
+    assert list(plain.columns) == ["class_id", "class_name", "geometry"]
+    assert list(inst.columns) == ["class_id", "class_name", "instance", "geometry"]
+    assert inst["instance"].dtype == np.int32 and inst.crs == dense.crs
+    buildings = inst[inst["class_id"] == 1]
+    merged = plain[plain["class_id"] == 1]
+    # Touching houses are separate instances, merged into one region otherwise.
+    assert len(buildings) > len(merged) + 20, (len(buildings), len(merged))
+    assert (buildings["instance"] > 0).all() and buildings["instance"].is_unique
+    assert set(buildings.geom_type) <= {"Polygon", "MultiPolygon"}
+    assert (inst.loc[inst["class_id"] != 1, "instance"] == 0).all()
+    # Vegetation and cropland rows are the same either way.
+    others = inst[inst["class_id"] != 1].drop(columns="instance").reset_index(drop=True)
+    plain_others = plain[plain["class_id"] != 1].reset_index(drop=True)
+    assert others["class_id"].tolist() == plain_others["class_id"].tolist()
+    assert shapely.equals_exact(others.geometry.values, plain_others.geometry.values).all()
+    # Instances cover the building regions exactly, without overlapping.
+    union = shapely.union_all(buildings.geometry.values)
+    assert union.symmetric_difference(shapely.union_all(merged.geometry.values)).area < 1e-3
+    assert abs(buildings.area.sum() - union.area) < 1e-3
+    _, classes = generate_arrays(dense)
+    burnt = rasterize(
+        zip(buildings.geometry, buildings["instance"].astype(int), strict=True),
+        out_shape=classes.shape,
+        transform=dense.transform,
+        fill=0,
+        dtype="int32",
+    )
+    assert np.array_equal(burnt > 0, classes == 1)
