@@ -133,6 +133,11 @@ class PredictConfig:
     tta : {"none", "flips", "d4"}
         Test-time augmentation (see :class:`~geoseg.infer.predictor.Predictor`):
         4 or 8 passes per tile, probabilities averaged before blending.
+    separate : bool
+        For a model with a contact output (``card.contact_class``): carve the
+        pixels where two objects of that class meet out of the class, so that
+        touching buildings become separate polygons (default True; False
+        ignores the output).  Models without one are not affected.
     """
 
     tile: int | None = None
@@ -154,6 +159,7 @@ class PredictConfig:
     workers: int | None = None
     tta: str = "none"
     precision: str = "auto"
+    separate: bool = True
 
     def __post_init__(self) -> None:
         tta_transforms(self.tta)
@@ -322,6 +328,7 @@ def _model_tags(loaded: LoadedModel, cfg: PredictConfig, src: str) -> dict[str, 
                 "input_range": list(cfg.input_range) if cfg.input_range else None,
                 "tta": cfg.tta,
                 "precision": cfg.precision,
+                "separate": cfg.separate and loaded.card.contact_class is not None,
             }
         ),
     }
@@ -585,7 +592,7 @@ def _run_scene(
             stats=stream_stats,
             blend_device=blend_device,
             workers=predictor.workers,
-            contact_class=card.contact_class,
+            contact_class=card.contact_class if cfg.separate else None,
         )
         if cfg.region is not None:
             strips = crop_strips(strips, cfg.region, grid.origin)

@@ -265,8 +265,10 @@ class StreamingBlender:
             The tile, which must be the next one in row-major grid order.
         probs : array or None
             float32 ``(n_classes, tile_h, tile_w)`` probabilities (a numpy array
-            here, a tensor on the blender's device for :class:`TorchBlender`);
-            None for a tile with no valid pixel (it contributes nothing).
+            here, a tensor on the blender's device for :class:`TorchBlender`),
+            then the contact probability when the blender has a
+            ``contact_class`` (channels beyond those are ignored); None for a
+            tile with no valid pixel (it contributes nothing).
         valid : numpy.ndarray or None
             bool ``(tile_h, tile_w)``; False marks nodata (weight 0).
 
@@ -382,7 +384,7 @@ class TorchBlender(StreamingBlender):
             w = self._weights[tile.edges] = torch.from_numpy(host.copy()).to(self.device)
         if valid is not None and not valid.all():
             w = w * torch.from_numpy(valid).to(self.device, non_blocking=False)
-        p = torch.as_tensor(probs, device=self.device, dtype=torch.float32)
+        p = torch.as_tensor(probs, device=self.device, dtype=torch.float32)[: self.n_channels]
         self._buf[:-1].addcmul_(p, w.expand_as(p))
         self._buf[-1] += w
 

@@ -290,6 +290,15 @@ def test_training_with_a_contact_output_saves_a_model_that_predicts_with_it(
             runs[backend] = ds.read(1)
         assert set(np.unique(runs[backend]).tolist()) <= {0, 1}
     assert (runs["onnx"] == runs["torch"]).mean() > 0.999
+    # separate=False ignores the contact output: it only ever gives pixels back to the class.
+    whole = predict(
+        terraces["images"][0], tmp_path / "whole.tif", model=result.best, separate=False
+    )
+    with rasterio.open(whole.classes) as ds:
+        kept = ds.read(1)
+        assert '"separate": false' in ds.tags()["GEOSEG_PARAMETERS"]
+    differ = kept != runs["onnx"]
+    assert (kept[differ] == 1).all() and (runs["onnx"][differ] == 0).all()
 
 
 def test_a_grown_head_keeps_the_warm_start_rows(tmp_path):
