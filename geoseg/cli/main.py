@@ -33,7 +33,7 @@ def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
 
 
 def _register() -> None:
-    from geoseg.cli import batch, demo, info, models, predict, tune, vectorize
+    from geoseg.cli import batch, demo, info, models, predict, qgis, tune, vectorize
 
     cli.add_command(predict.predict)
     cli.add_command(batch.batch)
@@ -42,6 +42,7 @@ def _register() -> None:
     cli.add_command(info.info)
     cli.add_command(demo.demo)
     cli.add_command(tune.tune)
+    cli.add_command(qgis.qgis_plugin)
     from geoseg.cli import evaluate, train
 
     cli.add_command(train.train)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
+
+from geoseg.cli.progress import PROGRESS_MODES, reported_outcome
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -61,6 +64,30 @@ def tta_opt(f: F) -> F:
         help="Test-time augmentation: average the tile turned and flipped (flips: 4 passes, "
         "d4: 8) [default: none].",
     )(f)
+
+
+def progress_opt(f: F) -> F:
+    """``--progress bar|json``; with ``json`` the command also ends with a done or error line.
+
+    The command receives the mode as its ``progress`` argument (for
+    :func:`geoseg.cli.progress.stage_progress`).
+    """
+
+    @functools.wraps(f)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with reported_outcome(kwargs["progress"]):
+            return f(*args, **kwargs)
+
+    option = click.option(
+        "--progress",
+        type=click.Choice(PROGRESS_MODES),
+        default="bar",
+        show_default=True,
+        help="Progress as bars, or as JSON lines on stderr for programs that run geoseg: "
+        '{"stage": "predict", "done": 12, "total": 40}, then {"stage": "done"} or '
+        '{"error": "message"}.',
+    )
+    return cast(F, option(run))
 
 
 def cleanup_opts(f: F) -> F:

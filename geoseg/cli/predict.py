@@ -12,9 +12,10 @@ from geoseg.cli.options import (
     model_opt,
     overwrite_opt,
     precision_opt,
+    progress_opt,
     tta_opt,
 )
-from geoseg.cli.progress import TileProgress
+from geoseg.cli.progress import stage_progress
 
 
 @click.command()
@@ -87,6 +88,7 @@ from geoseg.cli.progress import TileProgress
 @tta_opt
 @cleanup_opts
 @overwrite_opt
+@progress_opt
 @click.pass_context
 def predict(
     ctx: click.Context,
@@ -113,6 +115,7 @@ def predict(
     config_path: Path | None,
     dst_crs: str | None,
     overwrite: bool,
+    progress: str,
 ) -> None:
     """Segment raster SRC tile by tile into a class COG on its exact grid (and polygons)."""
     from geoseg.api import predict as run_predict
@@ -122,8 +125,8 @@ def predict(
     cleanup = load_cleanup_config(config_path)
     quiet = ctx.obj["quiet"] > 0
     with (
-        TileProgress("predict", disable=quiet) as bar,
-        TileProgress("vectorize", disable=quiet, unit="row") as vbar,
+        stage_progress("predict", progress, disable=quiet) as bar,
+        stage_progress("vectorize", progress, disable=quiet, unit="row") as vbar,
     ):
 
         def vector_progress(done: int, total: int) -> None:

@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
-from geoseg.cli.options import cleanup_opts, overwrite_opt
-from geoseg.cli.progress import TileProgress
+from geoseg.cli.options import cleanup_opts, overwrite_opt, progress_opt
+from geoseg.cli.progress import stage_progress
 
 
 def load_cleanup_config(path: Path | None) -> dict[str, Any] | None:
@@ -60,6 +60,7 @@ def load_cleanup_config(path: Path | None) -> dict[str, Any] | None:
     help="Processes cleaning polygons side by side [default: 1 per core, max 8].",
 )
 @overwrite_opt
+@progress_opt
 @click.pass_context
 def vectorize(
     ctx: click.Context,
@@ -71,6 +72,7 @@ def vectorize(
     model: str | None,
     workers: int | None,
     overwrite: bool,
+    progress: str,
 ) -> None:
     """Polygonize class raster CLASSES into one styled layer per class."""
     from geoseg.pipeline import VectorizeConfig, default_cleanup_workers, run_vectorize
@@ -88,7 +90,7 @@ def vectorize(
         overwrite=overwrite,
         workers=workers or default_cleanup_workers(),
     )
-    with TileProgress("vectorize", disable=ctx.obj["quiet"] > 0, unit="row") as bar:
+    with stage_progress("vectorize", progress, disable=ctx.obj["quiet"] > 0, unit="row") as bar:
         stats = run_vectorize(classes, dst, cfg, progress=bar.update)
     for out in stats.outputs:
         click.echo(f"wrote {out}", err=ctx.obj["quiet"] > 0)
