@@ -120,7 +120,8 @@ def predict(
         Fields of :class:`~geoseg.pipeline.PredictConfig`: ``tile``, ``overlap``
         (pixels), ``batch_size``, ``device``, ``bands`` (1-based), ``probabilities``
         (path), ``overwrite``, ``input_range``, ``assume_crs``, ``resample``,
-        ``threads``, ``backend``, ``compile``, ``readers``, ``workers``, ``tta``.
+        ``threads``, ``backend``, ``compile``, ``readers``, ``workers``, ``tta``,
+        ``precision``, ``separate``.
 
     Returns
     -------
@@ -163,7 +164,14 @@ def predict(
             overwrite=cfg.overwrite,
             workers=vectorize_workers,
         )
-        result.vector_stats = run_vectorize(raster_out, dst, vcfg, progress=vector_progress)
+        try:
+            result.vector_stats = run_vectorize(raster_out, dst, vcfg, progress=vector_progress)
+        except BaseException:
+            # One run, one outcome: a failed or interrupted vector stage takes the raster
+            # stage's outputs with it, so nothing is left under a final output name.
+            for p in result.outputs:
+                p.unlink(missing_ok=True)
+            raise
         result.outputs += [Path(p) for p in result.vector_stats.outputs]
     return result
 

@@ -335,35 +335,70 @@ def _model_tags(loaded: LoadedModel, cfg: PredictConfig, src: str) -> dict[str, 
 
 
 class _BackgroundWriter:
-    """Writes strips in a thread so the network never waits on compression or disk."""
+    """Writes strips in a thread so the network never waits on compression or disk.
+
+    :meth:`close` always waits for the thread, even when a signal handler raises
+    (Ctrl-C, SIGTERM) while it waits: the caller aborts the writer afterwards,
+    and closing a dataset the thread is still writing to would crash GDAL.
+    """
 
     def __init__(self, write: Callable[[Strip], None]) -> None:
         self._q: queue.Queue[Strip | None] = queue.Queue(maxsize=2)
         self._write = write
         self._exc: BaseException | None = None
+        self._stop = threading.Event()
+        # Set by the thread as it ends.  Thread.join() cannot say that reliably: a
+        # KeyboardInterrupt raised while it waits can leave is_alive() False for a thread
+        # that still runs (CPython gh-90882).
+        self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="geoseg-writer", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while True:
-            strip = self._q.get()
-            if strip is None:
-                return
-            if self._exc is None:
-                try:
-                    self._write(strip)
-                except BaseException as exc:  # re-raised in the producing thread
-                    self._exc = exc
+        try:
+            while True:
+                strip = self._q.get()
+                if strip is None:
+                    return
+                if self._exc is None and not self._stop.is_set():
+                    try:
+                        self._write(strip)
+                    except BaseException as exc:  # re-raised in the producing thread
+                        self._exc = exc
+        finally:
+            self._done.set()
+
+    @property
+    def finished(self) -> bool:
+        """Whether the thread has ended."""
+        return self._done.is_set()
 
     def put(self, strip: Strip) -> None:
         if self._exc is not None:
             raise self._exc
         self._q.put(strip)
 
-    def close(self) -> None:
-        self._q.put(None)
-        self._thread.join()
-        if self._exc is not None:
+    def close(self, abandon: bool = False) -> None:
+        """Finish (or, with ``abandon``, skip) the queued strips and wait for the thread."""
+        pending: BaseException | None = None
+        if abandon:
+            self._stop.set()
+        while True:
+            try:
+                self._q.put(None)
+                break
+            except BaseException as exc:  # a signal while waiting for room: stop writing
+                pending = pending or exc
+                self._stop.set()
+        while not self._done.is_set():
+            try:
+                self._done.wait(0.1)
+            except BaseException as exc:
+                pending = pending or exc
+                self._stop.set()
+        if pending is not None:
+            raise pending
+        if self._exc is not None and not abandon:
             raise self._exc
 
 
@@ -532,8 +567,10 @@ def _run_scene(
             for strip in strips:
                 counts[:] += np.bincount(strip.classes.ravel(), minlength=256)
                 bg.put(strip)
-        finally:
-            bg.close()
+        except BaseException:
+            bg.close(abandon=True)
+            raise
+        bg.close()
 
     n_readers = cfg.readers or default_readers(predictor.device)
     with contextlib.ExitStack() as handles:

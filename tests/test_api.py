@@ -87,3 +87,25 @@ def test_unknown_options_name_themselves() -> None:
     with pytest.raises(ConfigError, match=r"unknown option.*tiel") as exc:
         geoseg.predict("x.tif", "y.tif", tiel=256)
     assert isinstance(exc.value, GeosegError)
+
+
+def test_a_failed_vector_stage_leaves_no_class_raster(
+    tmp_path: Path, tiny_model_dir: Path, make_raster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import geoseg.pipeline
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(geoseg.pipeline, "run_vectorize", interrupted)
+    probs = tmp_path / "p.tif"
+    src = make_raster(shape=(40, 50))
+    with pytest.raises(KeyboardInterrupt):
+        geoseg.predict(
+            src,
+            tmp_path / "x.gpkg",
+            tiny_model_dir,
+            device="cpu",
+            probabilities=probs,
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]

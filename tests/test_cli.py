@@ -1,5 +1,6 @@
 """The command line: outputs, one-line errors, exit codes."""
 
+import json
 import subprocess
 import sys
 
@@ -84,6 +85,10 @@ def test_verbose_shows_traceback(tmp_path):
 def test_models_and_info(tiny_model_dir, tmp_path):
     r = geoseg("models")
     assert r.returncode == 0 and "unet" in r.stdout and "deeplabv3plus" in r.stdout
+    r = geoseg("models", "--json")
+    doc = json.loads(r.stdout)
+    assert r.returncode == 0 and "unet" in doc["architectures"]
+    assert doc["bundled"]["default"]["classes"][0] == "background"
     r = geoseg("info", tiny_model_dir)
     assert r.returncode == 0 and "tinycnn" in r.stdout
     src = write_raster(tmp_path / "scene.tif", random_image(40, 40))

@@ -421,3 +421,50 @@ def test_cached_onnx_runs_never_import_torch(tiny_model_dir, make_raster, tmp_pa
     assert not second["torch"], "a cached export must not need torch"
     with rasterio.open(tmp_path / "first.tif") as a, rasterio.open(tmp_path / "second.tif") as b:
         np.testing.assert_array_equal(a.read(1), b.read(1))
+
+
+def test_background_writer_waits_for_its_thread_when_interrupted() -> None:
+    """Ctrl-C (or SIGTERM) while the writer thread is busy: close() returns only when it is done.
+
+    The caller aborts the raster writer next; closing a dataset the thread still
+    writes to crashed GDAL (a segfault on SIGTERM at the end of the raster stage).
+    """
+    import signal
+    import threading
+    import time
+
+    from geoseg.infer.stream import Strip
+    from geoseg.pipeline import _BackgroundWriter
+
+    release = threading.Event()
+    written: list[int] = []
+
+    def slow_write(strip: Strip) -> None:
+        release.wait(10)
+        written.append(strip.row_off)
+
+    bg = _BackgroundWriter(slow_write)
+    for i in range(2):
+        bg.put(Strip(i, np.zeros((1, 4), np.uint8), None, None))
+    main = threading.get_ident()
+
+    def interrupt_then_release() -> None:
+        time.sleep(0.3)
+        signal.pthread_kill(main, signal.SIGINT)
+        time.sleep(0.3)
+        release.set()
+
+    helper = threading.Thread(target=interrupt_then_release)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        helper.start()
+        with pytest.raises(KeyboardInterrupt):
+            bg.close()
+        # The interrupt came while the thread was writing: it is finished now, and it
+        # wrote nothing after the interrupt.
+        assert bg.finished
+        assert written == [0]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        release.set()
+        helper.join()

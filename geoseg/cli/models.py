@@ -10,13 +10,40 @@ from geoseg.cli.options import overwrite_opt
 
 
 @click.group(invoke_without_command=True)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the bundled models and architectures as JSON."
+)
 @click.pass_context
-def models(ctx: click.Context) -> None:
+def models(ctx: click.Context, as_json: bool) -> None:
     """List bundled models and registered architectures."""
     if ctx.invoked_subcommand is not None:
         return
     from geoseg.models import bundled_models, list_models, load_card
     from geoseg.models.registry import get_architecture
+
+    if as_json:
+        import json
+
+        doc = {
+            "bundled": {
+                name: {
+                    "path": str(path),
+                    "bands": list(card.bands),
+                    "classes": [c.name for c in card.classes],
+                    "pixel_size_m": card.pixel_size_m,
+                    "contact_class": (
+                        None
+                        if card.contact_class is None
+                        else card.class_by_id(card.contact_class).name
+                    ),
+                }
+                for name, path in bundled_models().items()
+                for card in (load_card(path),)
+            },
+            "architectures": list_models(),
+        }
+        click.echo(json.dumps(doc, indent=2))
+        return
 
     click.echo("Bundled models:")
     bundled = bundled_models()
