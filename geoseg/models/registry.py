@@ -66,7 +66,11 @@ def get_architecture(name: str) -> Architecture:
 
 
 def build_model(card: ModelCard) -> nn.Module:
-    """Build the (untrained) network a model card describes, in eval mode."""
+    """Build the (untrained) network a model card describes, in eval mode.
+
+    A card with a ``contact_class`` gets the architecture with one more output,
+    wrapped in :class:`~geoseg.models.contact.ContactRefine`.
+    """
     arch = get_architecture(card.architecture)
     encoder = card.encoder or arch.default_encoder
     try:
@@ -76,6 +80,10 @@ def build_model(card: ModelCard) -> nn.Module:
             f"cannot build {card.architecture!r} with encoder {encoder!r} and "
             f"arch_params {card.arch_params}: {exc}"
         ) from exc
+    if card.contact_class is not None:
+        from geoseg.models.contact import ContactRefine
+
+        model = ContactRefine(model, card.in_channels, card.n_classes)
     return model.eval()
 
 

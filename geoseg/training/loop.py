@@ -202,6 +202,9 @@ def _load_matching(
 ) -> int:
     """Load the tensors of ``state`` whose names and shapes fit ``module``; log the rest."""
     own = module.state_dict()
+    # A network wrapped for a contact output (geoseg.models.contact.ContactRefine) holds
+    # the checkpoint's network as ``base``.
+    state = {f"base.{k}" if k not in own and f"base.{k}" in own else k: v for k, v in state.items()}
     fitting = {
         k: v.to(own[k].dtype)
         for k, v in state.items()

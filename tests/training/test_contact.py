@@ -312,13 +312,23 @@ def test_a_grown_head_keeps_the_warm_start_rows(tmp_path):
     new = build_model(card.replace(contact_class=1))
     load_init_weights(new, tmp_path / "old", shared_outputs=2)
     o, n = old.state_dict(), new.state_dict()
-    grown = [k for k in n if n[k].shape != o[k].shape]
+    assert set(n) == {f"base.{k}" for k in o} | {k for k in n if k.startswith("refine.")}
+    grown = [k for k in o if n[f"base.{k}"].shape != o[k].shape]
     assert grown
     for k in grown:
-        assert torch.equal(n[k][: o[k].shape[0]], o[k])
-    for k in n:
+        assert torch.equal(n[f"base.{k}"][: o[k].shape[0]], o[k])
+    for k in o:
         if k not in grown:
-            assert torch.equal(n[k], o[k])
+            assert torch.equal(n[f"base.{k}"], o[k])
+    # Without shared outputs (other classes) the head keeps its fresh values.
+    fresh = build_model(card.replace(contact_class=1))
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    load_init_weights(fresh, tmp_path / "old")
+    assert all(torch.equal(fresh.state_dict()[f"base.{k}"], before[f"base.{k}"]) for k in grown)
+    # The refinement starts at zero: the warm-started network gives the old class logits.
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(new(x)[:, :2], old(x), atol=1e-6)
 
 
 def test_pixels_of_a_whole_prediction_equal_tiled_with_contact(tmp_path):
