@@ -52,7 +52,7 @@ class ContactRefine(nn.Module):
             nn.Conv2d(width, 1, 1),
         )
         last = self.refine[-1]
-        assert isinstance(last, nn.Conv2d)
+        assert isinstance(last, nn.Conv2d) and last.bias is not None
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
 
