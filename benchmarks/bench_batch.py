@@ -1,4 +1,4 @@
-"""Batch runs: throughput with 1 and 2 local workers, and the batch path's overhead.
+"""Batch runs: throughput and per-stage seconds with 1 and 2 local workers.
 
 On one synthetic raster (default 3072 px square, 0.5 m pixels) with a random-weight
 UNet/efficientnet-lite0 (tile 512, overlap 64), each in a fresh process:
@@ -10,10 +10,13 @@ UNet/efficientnet-lite0 (tile 512, overlap 64), each in a fresh process:
 * batch, 1 worker / 2 workers: ``run_batch`` over a grid of regions (default 1536 px) with one
   worker using every core, then with two workers splitting them.
 
-Tiles touching a region border are computed by every region they touch (that is what makes
-regions exact), so the tile count of the grid runs exceeds the plain run's.  It prints a
-Markdown table: wall seconds, tiles run, Mpx/s, speed-up of 2 workers over 1, and the batch
-overhead against the plain run.  Usage::
+Per stage: ``start`` (cluster start), ``regions`` (wall seconds of the region tasks), of which
+the workers spent ``predict`` and ``vectorize`` seconds (summed over regions: with 2 workers
+they overlap), ``seams`` (the client joins the polygons cut by region borders, the workers
+clean them) and ``write`` (the GeoPackage).  For the plain run ``vectorize`` is the whole
+``run_vectorize`` (writing included).  Tiles touching a region border are computed by every
+region they touch (that is what makes regions exact), so the tile count of the grid runs
+exceeds the plain run's.  It prints a Markdown table and the speed-up of 2 workers over 1::
 
     python benchmarks/bench_batch.py [--size 3072] [--region 1536] [--workdir /tmp/geoseg-bench]
 """
@@ -41,8 +44,9 @@ stats = run_scene(src, out + ".tif", model, PredictConfig(device="cpu", overwrit
 t1 = time.perf_counter()
 run_vectorize(out + ".tif", out + ".gpkg", VectorizeConfig(overwrite=True))
 t2 = time.perf_counter()
-print(json.dumps({"seconds": t2 - t0, "predict_s": t1 - t0, "merge_s": t2 - t1,
-                  "tiles": stats.tiles}))
+print(json.dumps({"seconds": t2 - t0, "startup_s": 0.0, "regions_s": t1 - t0,
+                  "predict_s": t1 - t0, "vectorize_s": t2 - t1, "seams_s": 0.0, "write_s": 0.0,
+                  "tiles": stats.tiles, "regions": 1}))
 """
 
 BATCH = r"""
@@ -60,8 +64,6 @@ if __name__ == "__main__":
 
     def progress(stage, done, total):
         marks.setdefault(stage, time.perf_counter())
-        if stage == "regions" and done == total:
-            marks["regions_end"] = time.perf_counter()
 
     t0 = time.perf_counter()
     result = run_batch(work, out, workers=int(workers), overwrite=True, progress=progress,
@@ -69,10 +71,14 @@ if __name__ == "__main__":
     t1 = time.perf_counter()
     assert result.ok, result.failed
     records = [json.loads(x) for x in open(out + "/manifest.jsonl")]
-    tiles = sum(r.get("tiles", 0) for r in records if r["kind"] == "region")
+    regions = [r for r in records if r["kind"] == "region"]
     print(json.dumps({"seconds": t1 - t0, "startup_s": marks["regions"] - t0,
-                      "predict_s": marks["regions_end"] - marks["regions"],
-                      "merge_s": t1 - marks["regions_end"], "tiles": tiles,
+                      "regions_s": result.stages["regions"],
+                      "predict_s": sum(r["predict_s"] for r in regions),
+                      "vectorize_s": sum(r["vectorize_s"] for r in regions),
+                      "seams_s": result.stages.get("seams", 0.0),
+                      "write_s": result.stages.get("write", 0.0),
+                      "tiles": sum(r.get("tiles", 0) for r in regions),
                       "regions": result.regions}))
 """
 
@@ -103,7 +109,6 @@ def main() -> None:
         out = str(work / f"batch-{region}-{workers}")
         if region is None:
             r = run_json(PLAIN, src, model, work / "plain")
-            r.update(startup_s=0.0, regions=1)
         else:
             r = run_json(BATCH, src, model, out, region, workers)
         rows.append((name, r))
@@ -114,12 +119,18 @@ def main() -> None:
         f"raster {args.size}² px, regions {args.region}², {args.arch}/{args.encoder}, "
         f"tile 512, overlap 64, {os.cpu_count()} CPU cores"
     )
-    print("| run | regions | tiles | start s | predict s | merge s | total s | Mpx/s | vs plain |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| run | regions | tiles | start s | regions s | predict s | vectorize s | seams s "
+        "| write s | total s | Mpx/s | vs plain |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in rows:
+        stages = " | ".join(
+            f"{r[k]:.1f}"
+            for k in ("startup_s", "regions_s", "predict_s", "vectorize_s", "seams_s", "write_s")
+        )
         print(
-            f"| {name} | {r['regions']} | {r['tiles']} | {r['startup_s']:.1f} | "
-            f"{r['predict_s']:.1f} | {r['merge_s']:.1f} | {r['seconds']:.1f} | "
+            f"| {name} | {r['regions']} | {r['tiles']} | {stages} | {r['seconds']:.1f} | "
             f"{mpx / r['seconds']:.3f} | {r['seconds'] / plain:.2f}x |"
         )
     print(f"speed-up of 2 workers over 1 (same regions): {one / rows[3][1]['seconds']:.2f}x")

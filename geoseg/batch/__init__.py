@@ -7,10 +7,13 @@ A work file lists many rasters, or cuts one raster (or VRT mosaic) into a grid
 of regions or into the windows of AOI polygons (:mod:`geoseg.batch.work`).
 Each region is one task running :func:`geoseg.pipeline.run_scene` on a worker
 of a local cluster or of a running scheduler (:mod:`geoseg.batch.cluster`);
-finished regions are recorded in a manifest with checksums
+the same task vectorizes its region (:mod:`geoseg.batch.vector`: finished
+polygons cleaned on the worker, polygons cut by region borders kept apart).
+Finished regions are recorded in a manifest with checksums
 (:mod:`geoseg.batch.manifest`), so ``resume=True`` recomputes only what is
-missing; the merge (:mod:`geoseg.batch.merge`) builds a VRT mosaic of the
-region COGs and one GeoPackage identical to a single run over the raster.
+missing or changed; the merge (:mod:`geoseg.batch.merge`) builds a VRT mosaic
+of the region COGs, joins the polygons cut by region borders and writes one
+GeoPackage identical to a single run over the raster.
 """
 
 from geoseg.batch.cluster import ClusterInfo, LocalLayout, local_layout, open_client

@@ -15,13 +15,20 @@ Lines are JSON objects with a ``kind``:
     and ``model_sha256``, ``regions`` count, ``time``.
 ``region``
     Final record of a region: ``region`` id, ``status`` (``done`` or
-    ``failed``), ``run`` that produced it, ``fingerprint`` of its inputs and
-    options, ``src``, ``window`` ``[row_off, col_off, height, width]`` or null,
+    ``failed``), ``run`` that produced it, ``fingerprint`` of what its class
+    COG depends on and ``vector_fingerprint`` of what its polygons depend on
+    besides, ``src``, ``window`` ``[row_off, col_off, height, width]`` or null,
     ``outputs`` (name -> ``{path, sha256, bytes}``, paths relative to the
     output directory), ``attempts`` (task starts in that run, retries and
     restarts after a worker died included), ``error`` (null when done),
-    ``worker``, ``elapsed_s``, ``pixels``, ``tiles``, ``valid_pixels``, ``class_pixels``,
-    ``polygons`` (per layer, ``rasters`` work only), ``warnings``, ``time``.
+    ``worker``, ``elapsed_s`` (``predict_s`` of it predicting, ``vectorize_s``
+    vectorizing), ``pixels``, ``tiles``, ``valid_pixels``, ``class_pixels``,
+    ``polygons`` (per layer: a whole raster's, or a window's finished
+    polygons), ``seam_pieces`` (a window's polygons left for the merge),
+    ``warnings``, ``time``.  ``outputs`` are
+    ``classes`` (the COG) and ``polygons`` (a whole raster's GeoPackage) or
+    ``vector`` (a window's vector part).  A region whose COG was kept and
+    polygons redone (``--resume``) keeps its earlier pixel counts.
 ``merge``
     The merged outputs: ``inputs`` (digest of the region checksums they were
     built from), ``outputs`` as above, ``polygons`` per layer, ``time``.

@@ -3,11 +3,12 @@
 Windows of one raster lie on its pixel grid, so the mosaic is a hand-written
 GDAL VRT with one ``SimpleSource`` per region COG at the region's pixel
 offset: no resampling, and reading the VRT gives the very pixels a single run
-would have written.  Polygons of window regions come from
-:func:`geoseg.pipeline.run_vectorize` over that VRT, which streams and merges
-polygons across strip seams exactly, so objects cut by region borders come
-out whole.  Polygons of separate rasters are vectorized per raster (on the
-workers) and appended layer by layer into one GeoPackage.
+would have written.  Polygons of window regions are made on the workers and
+only those cut by region borders are joined by the client
+(:mod:`geoseg.batch.vector`), so objects cut by region borders come out
+whole, as in one run over the VRT.  Polygons of separate rasters are
+vectorized per raster (on the workers) and appended layer by layer into one
+GeoPackage.
 """
 
 from __future__ import annotations

@@ -6,8 +6,13 @@ Output directory layout::
       manifest.jsonl          one final record per region (see geoseg.batch.manifest)
       regions/<id>.tif        class COG of each region (window or whole raster)
       regions/<id>.gpkg       polygons of each raster (``rasters`` work only)
+      regions/<id>.vector.npz finished polygons and seam pieces of each window
+                              (``grid`` and ``aoi`` work, see geoseg.batch.vector)
       classes.vrt             mosaic of the region COGs
       polygons.gpkg           one styled layer per class, all regions
+
+Every region is vectorized by the worker that predicted it; for windows the
+client then joins only the polygons cut by region borders.
 
 The input rasters and the output directory must be visible to the client and
 every worker under the same paths (a shared filesystem for remote clusters).
@@ -25,7 +30,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +48,8 @@ from geoseg.batch.manifest import (
     outputs_valid,
 )
 from geoseg.batch.merge import MosaicSource, append_geopackages, mosaic_layout, write_mosaic_vrt
+from geoseg.batch.parts import PART_FORMAT
+from geoseg.batch.vector import RegionShare, VectorPlan, merge_parts, plan_shares, vector_metadata
 from geoseg.batch.work import (
     Region,
     WorkSpec,
@@ -50,9 +57,10 @@ from geoseg.batch.work import (
     fingerprint,
     plan_regions,
     region_predict_config,
+    vector_fingerprint,
     vectorize_doc,
 )
-from geoseg.batch.worker import RegionResult, RegionTask, run_region
+from geoseg.batch.worker import RegionResult, RegionTask, run_region, unreachable_paths
 from geoseg.errors import (
     BatchError,
     ConfigError,
@@ -81,6 +89,8 @@ log = logging.getLogger(__name__)
 REGIONS_DIR = "regions"
 MOSAIC_NAME = "classes.vrt"
 POLYGONS_NAME = "polygons.gpkg"
+#: File name ending of a window's vector part (``regions/<id>.vector.npz``).
+PART_SUFFIX = ".vector.npz"
 
 #: ``progress(stage, done, total)``: stage ``"regions"`` counts regions,
 #: ``"merge"`` counts mosaic rows (windows) or GeoPackages (rasters) merged.
@@ -92,9 +102,13 @@ class BatchResult:
     """What a batch run did.
 
     ``computed`` regions ran in this run, ``reused`` ones kept the valid outputs
-    of an earlier run (``--resume``), ``failed`` maps region ids to their last
-    error.  ``mosaic`` and ``polygons`` are the merged outputs (None when a
-    region failed, or no mosaic for rasters on different grids).
+    of an earlier run (``--resume``), ``vectorized`` ones kept their class COG
+    but had their polygons redone (missing or changed, or new vectorize
+    options), ``failed`` maps region ids to their last error.  ``mosaic`` and
+    ``polygons`` are the merged outputs (None when a region failed, or no
+    mosaic for rasters on different grids).  ``stages`` holds wall seconds of
+    ``regions`` (predict and vectorize on the workers), ``seams`` (seam join
+    and clean-up) and ``write`` (the merged outputs).
     """
 
     out_dir: Path
@@ -103,6 +117,7 @@ class BatchResult:
     regions: int = 0
     computed: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
+    vectorized: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     attempts: dict[str, int] = field(default_factory=dict)
     mosaic: Path | None = None
@@ -110,6 +125,7 @@ class BatchResult:
     polygon_counts: dict[str, int] = field(default_factory=dict)
     merge_reused: bool = False
     elapsed_s: float = 0.0
+    stages: dict[str, float] = field(default_factory=dict)
     cluster: ClusterInfo | None = None
 
     @property
@@ -121,10 +137,33 @@ class BatchResult:
         """One line: regions computed/reused/failed, polygons, elapsed time."""
         polys = sum(self.polygon_counts.values())
         per = ", ".join(f"{k} {v:,}" for k, v in self.polygon_counts.items())
+        redone = f", {len(self.vectorized)} re-vectorized" if self.vectorized else ""
         return (
-            f"{self.regions} regions: {len(self.computed)} computed, {len(self.reused)} reused, "
-            f"{len(self.failed)} failed; {polys:,} polygons ({per or 'none'}); "
+            f"{self.regions} regions: {len(self.computed)} computed, {len(self.reused)} reused"
+            f"{redone}, {len(self.failed)} failed; {polys:,} polygons ({per or 'none'}); "
             f"{self.elapsed_s:.1f} s"
+        )
+
+
+def _check_shared_paths(client: Client, work: WorkSpec, model_dir: Path, out: Path) -> None:
+    """Fail with one line when a worker cannot read the inputs or write the outputs."""
+    paths = [*work.sources, str(model_dir)]
+    try:
+        found = client.run(unreachable_paths, paths, str(out))
+    except Exception as exc:  # whatever the worker raised, re-raised here
+        raise ConfigError(
+            f"the dask workers could not check the batch's paths ({type(exc).__name__}: {exc})"
+        ) from exc
+    for worker, missing in sorted(found.items()):
+        if not missing:
+            continue
+        first = missing[0]
+        what = f"write to {first}" if first == str(out) else f"read {first}"
+        more = f" (and {len(missing) - 1} more path(s))" if len(missing) > 1 else ""
+        raise ConfigError(
+            f"dask worker {worker} cannot {what}{more}; a batch needs its inputs, model and "
+            "output directory on a shared filesystem (or object store) that the client and every "
+            "worker see under the same paths"
         )
 
 
@@ -197,6 +236,7 @@ def _record(
         "status": status,
         "run": task.run,
         "fingerprint": task.fingerprint,
+        "vector_fingerprint": task.vector_fingerprint,
         "src": task.src,
         "window": None if w is None else [w.row_off, w.col_off, w.height, w.width],
         "outputs": {k: v.to_dict() for k, v in (res.outputs if res else {}).items()},
@@ -208,14 +248,84 @@ def _record(
         rec.update(
             worker=res.worker,
             elapsed_s=round(res.elapsed_s, 3),
+            predict_s=round(res.predict_s, 3),
+            vectorize_s=round(res.vectorize_s, 3),
             pixels=res.pixels,
             tiles=res.tiles,
             valid_pixels=res.valid_pixels,
             class_pixels={str(k): v for k, v in res.class_pixels.items()},
             polygons=res.polygons,
+            seam_pieces=res.seam_pieces,
             warnings=res.warnings,
         )
     return rec
+
+
+@dataclass(frozen=True)
+class _Vectorizing:
+    """How window regions are vectorized: the mosaic's plan and each region's share."""
+
+    plan: VectorPlan
+    shares: dict[str, RegionShare]
+
+
+def _window_layout(work: WorkSpec, regions: Sequence[Region]) -> tuple[Affine, int, int, int, int]:
+    """Transform, width and height of the windows' mosaic, and its offset (row, col) in the raster."""
+    from geoseg.io.read import describe
+
+    spec = describe(work.sources[0])
+    if work.mode == "grid":
+        r0, c0, height, width = 0, 0, spec.height, spec.width
+    else:
+        windows = [r.window for r in regions if r.window is not None]
+        r0 = min(w.row_off for w in windows)
+        c0 = min(w.col_off for w in windows)
+        height = max(w.row_end for w in windows) - r0
+        width = max(w.col_end for w in windows) - c0
+    return spec.transform * Affine.translation(c0, r0), width, height, r0, c0
+
+
+def _mosaic_window(region: Region, r0: int, c0: int) -> PixelWindow:
+    assert region.window is not None
+    w = region.window
+    return PixelWindow(w.row_off - r0, w.col_off - c0, w.height, w.width)
+
+
+def _vectorizing(work: WorkSpec, regions: Sequence[Region], card: ModelCard) -> _Vectorizing:
+    transform, width, height, r0, c0 = _window_layout(work, regions)
+    plan = VectorPlan.of(
+        card.classes,
+        card.postprocess,
+        work.vectorize.cleanup,
+        transform=transform,
+        width=width,
+        height=height,
+        dst_crs=work.vectorize.dst_crs,
+        source=Path(work.sources[0]).name,
+    )
+    windows = [_mosaic_window(r, r0, c0) for r in regions]
+    return _Vectorizing(plan, {r.id: s for r, s in zip(regions, plan_shares(windows), strict=True)})
+
+
+def _window_doc(w: PixelWindow) -> list[int]:
+    return [w.row_off, w.col_off, w.height, w.width]
+
+
+def _vector_doc(work: WorkSpec, vectorizing: _Vectorizing | None, region: Region) -> dict[str, Any]:
+    doc: dict[str, Any] = {"vectorize": vectorize_doc(work.vectorize)}
+    if vectorizing is not None:
+        plan, share = vectorizing.plan, vectorizing.shares[region.id]
+        doc.update(
+            part_format=PART_FORMAT,
+            mosaic=[list(plan.transform)[:6], plan.width, plan.height],
+            layers=[asdict(layer) for layer in plan.layers],
+            skip=list(plan.skip),
+            source=plan.source,
+            window=_window_doc(share.window),
+            beaten_by=[_window_doc(w) for w in share.beaten_by],
+            others=[_window_doc(w) for w in share.others],
+        )
+    return doc
 
 
 def _task(
@@ -227,11 +337,21 @@ def _task(
     model_sha: str,
     state: ManifestState,
     device: str | None,
+    vectorizing: _Vectorizing | None,
 ) -> RegionTask:
     cfg = region_predict_config(work, region, device=device)
     fp = fingerprint(region, work, model_sha, cfg)
+    vfp = vector_fingerprint(_vector_doc(work, vectorizing, region))
     prev = state.regions.get(region.id) or {}
-    reuse = prev.get("status") == "done" and prev.get("fingerprint") == fp
+    # Only outputs whose inputs are unchanged may be kept: the class COG when the
+    # prediction's are, its polygons when theirs are too.
+    expected: dict[str, OutputFile] = {}
+    if prev.get("status") == "done" and prev.get("fingerprint") == fp:
+        previous = state.outputs(region.id)
+        keys = ["classes"]
+        if prev.get("vector_fingerprint") == vfp:
+            keys += ["polygons", "vector"]
+        expected = {k: previous[k] for k in keys if k in previous}
     whole = work.mode == "rasters"
     return RegionTask(
         region=region.id,
@@ -246,7 +366,11 @@ def _task(
         vectorize=replace(work.vectorize, overwrite=True) if whole else None,
         fingerprint=fp,
         run=run,
-        expected=state.outputs(region.id) if reuse else None,
+        expected=expected or None,
+        vector_fingerprint=vfp,
+        part=None if whole else f"{REGIONS_DIR}/{region.id}{PART_SUFFIX}",
+        plan=None if vectorizing is None else vectorizing.plan,
+        share=None if vectorizing is None else vectorizing.shares[region.id],
     )
 
 
@@ -293,9 +417,16 @@ def _run_tasks(
                             seen_warnings.add(message)
                             warnings.warn(message, GeosegWarning, stacklevel=2)
                     rec = _record(task, "done", max(n, 1), res=res)
+                    if res.status == "vectorized":
+                        # The prediction is an earlier run's: keep what it reported.
+                        prev = state.regions.get(task.region) or {}
+                        for key in ("pixels", "tiles", "valid_pixels", "class_pixels"):
+                            rec[key] = prev.get(key)
+                        result.vectorized.append(task.region)
+                    else:
+                        result.computed.append(task.region)
                     manifest.append(rec)
                     state.regions[task.region] = rec
-                    result.computed.append(task.region)
                     result.attempts[task.region] = rec["attempts"]
             else:
                 if fut.status == "error":
@@ -328,34 +459,17 @@ def _merge_digest(work: WorkSpec, regions: Sequence[Region], state: ManifestStat
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _windows_mosaic(work: WorkSpec, out: Path, regions: Sequence[Region]) -> Path:
-    from geoseg.io.read import describe
-
-    spec = describe(work.sources[0])
-    windows = [r.window for r in regions if r.window is not None]
-    if work.mode == "grid":
-        r0, c0, height, width = 0, 0, spec.height, spec.width
-    else:
-        r0 = min(w.row_off for w in windows)
-        c0 = min(w.col_off for w in windows)
-        height = max(w.row_end for w in windows) - r0
-        width = max(w.col_end for w in windows) - c0
-    sources = [
-        MosaicSource(
-            out / REGIONS_DIR / f"{r.id}.tif",
-            PixelWindow(
-                r.window.row_off - r0, r.window.col_off - c0, r.window.height, r.window.width
-            ),
-        )
-        for r in regions
-        if r.window is not None
-    ]
+def _windows_mosaic(out: Path, regions: Sequence[Region], vectorizing: _Vectorizing) -> Path:
+    plan = vectorizing.plan
     return write_mosaic_vrt(
         out / MOSAIC_NAME,
-        width=width,
-        height=height,
-        transform=spec.transform * Affine.translation(c0, r0),
-        sources=sources,
+        width=plan.width,
+        height=plan.height,
+        transform=plan.transform,
+        sources=[
+            MosaicSource(out / REGIONS_DIR / f"{r.id}.tif", vectorizing.shares[r.id].window)
+            for r in regions
+        ],
     )
 
 
@@ -382,6 +496,26 @@ def _rasters_mosaic(out: Path, regions: Sequence[Region]) -> Path | None:
     )
 
 
+def _checked_parts(out: Path, regions: Sequence[Region], state: ManifestState) -> list[Path]:
+    """The vector parts of the regions, each checked against its manifest record."""
+    parts = []
+    for r in regions:
+        outputs = state.outputs(r.id)
+        part, classes = outputs.get("vector"), outputs.get("classes")
+        if part is None or not outputs_valid(out, {"vector": part}):
+            raise BatchError(
+                f"region {r.id}: its vector part {REGIONS_DIR}/{r.id}{PART_SUFFIX} is missing or "
+                "changed since it was written; rerun with --resume to redo it"
+            )
+        if classes is None or not (out / classes.path).is_file():
+            raise BatchError(
+                f"region {r.id}: its class raster {REGIONS_DIR}/{r.id}.tif is missing; rerun "
+                "with --resume to predict it again"
+            )
+        parts.append(out / part.path)
+    return parts
+
+
 def _merge(
     work: WorkSpec,
     out: Path,
@@ -390,11 +524,14 @@ def _merge(
     state: ManifestState,
     result: BatchResult,
     card: ModelCard,
+    vectorizing: _Vectorizing | None,
+    client: Client,
+    retries: int,
     progress: BatchProgressFn | None,
 ) -> None:
     import pyogrio
 
-    from geoseg.pipeline import run_vectorize
+    from geoseg.io.read import read_tags
 
     digest = _merge_digest(work, regions, state)
     prev = state.merge
@@ -412,7 +549,8 @@ def _merge(
             progress("merge", done, total)
 
     polygons = out / POLYGONS_NAME
-    if work.mode == "rasters":
+    t0 = time.perf_counter()
+    if vectorizing is None:
         mosaic = _rasters_mosaic(out, regions)
         gpkgs = [out / REGIONS_DIR / f"{r.id}.gpkg" for r in regions]
         metadata = dict(pyogrio.read_info(gpkgs[0], layer=0)["dataset_metadata"] or {})
@@ -425,10 +563,35 @@ def _merge(
             gpkgs, polygons, classes=card.classes, metadata=metadata, progress=report
         )
         counts = {c.layer: counts.get(c.layer, 0) for c in card.classes if c.vectorize}
+        result.stages["write"] = time.perf_counter() - t0
     else:
-        mosaic = _windows_mosaic(work, out, regions)
-        vcfg = replace(work.vectorize, overwrite=True)
-        counts = dict(run_vectorize(mosaic, polygons, vcfg, progress=report).polygons)
+        parts = _checked_parts(out, regions, state)
+        mosaic = _windows_mosaic(out, regions, vectorizing)
+        tags, _, spec = read_tags(out / REGIONS_DIR / f"{regions[0].id}.tif")
+        step = 0
+
+        def on_cluster(fn: Callable[..., Any], *iterables: Sequence[Any]) -> list[Any]:
+            # The joined polygons are cleaned where the regions were: on the workers.
+            nonlocal step
+            step += 1
+            keys = [f"geoseg-seams-{result.run}-{step}-{i}" for i in range(len(iterables[0]))]
+            futures = client.map(fn, *iterables, key=keys, pure=False, retries=retries)
+            try:
+                return list(client.gather(futures))
+            finally:
+                client.cancel(futures)
+
+        counts = merge_parts(
+            parts,
+            vectorizing.plan,
+            polygons,
+            crs=spec.crs,
+            metadata=vector_metadata(tags, vectorizing.plan, MOSAIC_NAME),
+            batch=work.vectorize.batch,
+            mapper=on_cluster,
+            progress=report,
+            timings=result.stages,
+        )
     outputs = {"polygons": OutputFile.of(out, polygons)}
     if mosaic is not None:
         outputs["mosaic"] = OutputFile.of(out, mosaic)
@@ -509,16 +672,23 @@ def run_batch(
     -------
     BatchResult
         Failed regions are listed, not raised; the merged outputs are written
-        only when every region finished.
+        only when every region finished.  Window regions are vectorized on the
+        workers; the merge joins the polygons cut by region borders
+        (:mod:`geoseg.batch.vector`).
 
     Raises
     ------
     OutputExistsError
         ``out_dir`` holds a batch and neither ``resume`` nor ``overwrite`` is set.
     ConfigError
-        Bad work, model or cluster settings.
+        Bad work, model or cluster settings, or a worker that cannot read the
+        inputs or the model or write to ``out_dir`` (they must be on storage
+        shared by the client and all workers).
     RasterReadError
         An input raster cannot be opened while planning.
+    BatchError
+        A region's vector part or class COG went missing or changed between
+        its task and the merge (``resume=True`` redoes it).
     """
     t0 = time.perf_counter()
     if retries < 0:
@@ -534,6 +704,7 @@ def run_batch(
     check_resolution(work, card.pixel_size_m)
     regions = plan_regions(work)
     _check_common_crs(work)
+    vectorizing = None if work.mode == "rasters" else _vectorizing(work, regions, card)
     run = _new_run_id()
     result = BatchResult(out, work.mode, run, regions=len(regions))
     header = {
@@ -557,8 +728,9 @@ def run_batch(
             dashboard_address=dashboard_address,
         ) as (client, info):
             result.cluster = info
+            _check_shared_paths(client, work, model_dir, out)
             # The manifest is touched only once connected, so a cluster that cannot
-            # be reached leaves no batch behind.
+            # be reached (or see the files) leaves no batch behind.
             manifest.append(header)
             state.header, recording = header, True
             if on_cluster is not None:
@@ -566,13 +738,27 @@ def run_batch(
             # A local GPU worker sees only its own GPU, as cuda:0.
             device = "cuda" if info.gpus else None
             tasks = [
-                _task(work, region, out, run, model_dir, model_sha, state, device)
+                _task(work, region, out, run, model_dir, model_sha, state, device, vectorizing)
                 for region in regions
             ]
+            t0 = time.perf_counter()
             _run_tasks(client, tasks, manifest, state, result, retries=retries, progress=progress)
-        if result.ok:
-            _merge(work, out, regions, manifest, state, result, card, progress)
-            _remove_stale_temporaries(out / REGIONS_DIR)
+            result.stages["regions"] = time.perf_counter() - t0
+            if result.ok:
+                _merge(
+                    work,
+                    out,
+                    regions,
+                    manifest,
+                    state,
+                    result,
+                    card,
+                    vectorizing,
+                    client,
+                    retries,
+                    progress,
+                )
+                _remove_stale_temporaries(out / REGIONS_DIR)
     finally:
         if recording:
             manifest.compact(state, [r.id for r in regions])

@@ -51,6 +51,7 @@ __all__ = [
     "load_work",
     "plan_regions",
     "region_id",
+    "vector_fingerprint",
 ]
 
 WorkMode = Literal["rasters", "grid", "aoi"]
@@ -463,10 +464,11 @@ def check_resolution(spec: WorkSpec, model_pixel_size_m: float | None) -> None:
 
 
 def fingerprint(region: Region, spec: WorkSpec, model_sha256: str, predict: PredictConfig) -> str:
-    """Hex digest of everything a region's outputs depend on (for ``--resume``).
+    """Hex digest of everything a region's class COG depends on (for ``--resume``).
 
     The source is identified by its path, size and modification time (a VRT by
-    its own file only), the model by the sha256 of its weights.
+    its own file only), the model by the sha256 of its weights.  What its
+    polygons depend on besides is in :func:`vector_fingerprint`.
     """
     try:
         st = os.stat(region.src)
@@ -491,10 +493,23 @@ def fingerprint(region: Region, spec: WorkSpec, model_sha256: str, predict: Pred
                 "resample",
                 "tta",
                 "precision",
+                "separate",
             )
         },
-        "vectorize": vectorize_doc(spec.vectorize) if spec.mode == "rasters" else None,
     }
+    return _digest(doc)
+
+
+def vector_fingerprint(doc: Mapping[str, Any]) -> str:
+    """Hex digest of what a region's polygons depend on besides its class COG.
+
+    ``doc`` is plain JSON data: the vectorize options, and for a window the
+    mosaic grid, the layers and the region's share of the mosaic.
+    """
+    return _digest({"geoseg": __version__, **doc})
+
+
+def _digest(doc: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -2,9 +2,14 @@
 
 Tasks carry the checkpoint's path and sha256, never the network: each worker
 process loads a model once (:func:`cached_model`) and reuses it for every
-region it runs.  A task writes its outputs atomically (a duplicate attempt
-after a worker died just replaces them with the same pixels) and returns
-paths, checksums and counts, never arrays.
+region it runs.  A region is predicted into its class COG and vectorized
+right there: a whole raster into its GeoPackage, a window into its vector
+part (finished polygons and raw seam pieces, :mod:`geoseg.batch.vector`).
+A task writes its outputs atomically (a duplicate attempt after a worker died
+just replaces them with the same contents) and returns paths, checksums and
+counts, never arrays.  Outputs of an earlier run that still match their
+checksums are kept: a valid class COG is not predicted again even when its
+vector part has to be redone.
 """
 
 from __future__ import annotations
@@ -18,13 +23,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from geoseg.batch.manifest import OutputFile, append_line, now_iso, outputs_valid
-from geoseg.errors import CheckpointError, GeosegWarning
+from geoseg.batch.parts import write_part
+from geoseg.batch.vector import RegionShare, VectorPlan, vectorize_region
+from geoseg.errors import CheckpointError, GeosegWarning, RasterReadError
 from geoseg.models.checkpoint import LoadedModel, load_checkpoint
 from geoseg.pipeline import PredictConfig, VectorizeConfig, run_scene, run_vectorize
 from geoseg.types import PixelWindow
 
-__all__ = ["RegionResult", "RegionTask", "cached_model", "remember_model", "run_region"]
+__all__ = [
+    "RegionResult",
+    "RegionTask",
+    "cached_model",
+    "remember_model",
+    "run_region",
+    "unreachable_paths",
+]
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +87,11 @@ def remember_model(loaded: LoadedModel) -> None:
 class RegionTask:
     """Everything one region's task needs, small and picklable.
 
-    ``raster`` (and ``vector``, for ``rasters`` work) are output paths relative
-    to ``out_dir``; ``expected`` holds the checksums of a previous run's
-    outputs, which are reused when they still match (``--resume``).
+    ``raster`` (and ``vector``, for ``rasters`` work, or ``part``, the vector
+    part of a window) are output paths relative to ``out_dir``; ``expected``
+    holds the checksums of a previous run's outputs whose inputs have not
+    changed, which are reused when they still match (``--resume``).
+    ``plan`` and ``share`` say how a window is vectorized.
     """
 
     region: str
@@ -89,22 +107,35 @@ class RegionTask:
     fingerprint: str
     run: str
     expected: dict[str, OutputFile] | None = None
+    vector_fingerprint: str = ""
+    part: str | None = None
+    plan: VectorPlan | None = None
+    share: RegionShare | None = None
 
 
 @dataclass
 class RegionResult:
-    """What a region's task returns: ``status`` is ``done`` or ``reused`` (outputs kept)."""
+    """What a region's task returns.
+
+    ``status`` is ``done`` (predicted and vectorized), ``vectorized`` (the
+    class COG kept, its polygons redone) or ``reused`` (outputs kept).
+    ``polygons`` counts the polygons per layer of a whole raster, or the
+    finished polygons of a window, whose ``seam_pieces`` wait for the merge.
+    """
 
     region: str
     status: str
     outputs: dict[str, OutputFile]
     worker: str = ""
     elapsed_s: float = 0.0
+    predict_s: float = 0.0
+    vectorize_s: float = 0.0
     pixels: int = 0
     tiles: int = 0
     valid_pixels: int = 0
     class_pixels: dict[int, int] = field(default_factory=dict)
     polygons: dict[str, int] | None = None
+    seam_pieces: int | None = None
     warnings: list[str] = field(default_factory=list)
 
 
@@ -117,8 +148,41 @@ def _worker_address() -> str:
         return f"pid:{os.getpid()}"
 
 
+def _valid(out_dir: Path, expected: dict[str, OutputFile], key: str) -> bool:
+    return key in expected and outputs_valid(out_dir, {key: expected[key]})
+
+
+def _vectorize_part(task: RegionTask, raster: Path, part: Path) -> tuple[dict[str, int], int]:
+    """Vectorize a window's class COG into its vector part; polygons per layer and seam pieces."""
+    from geoseg.io.read import iter_strips, read_tags
+
+    assert task.plan is not None and task.share is not None
+    w = task.share.window
+    try:
+        _, _, spec = read_tags(raster)
+        if spec.shape != (w.height, w.width):
+            raise RasterReadError(
+                f"it is {spec.height}x{spec.width} pixels, its window {w.height}x{w.width}"
+            )
+        classes = np.concatenate([a for _, a in iter_strips(raster, rows=1024)])
+    except RasterReadError as exc:
+        raise RasterReadError(
+            f"region {task.region}: cannot use its class raster {task.raster}: {exc}; delete it "
+            "and rerun with --resume to predict the region again"
+        ) from exc
+    interior, seams = vectorize_region(classes, spec.crs, task.plan, task.share)
+    write_part(part, interior, seams)
+    counts = {
+        lp.layer: int(np.count_nonzero(interior.class_id == lp.class_id)) for lp in task.plan.layers
+    }
+    return counts, len(seams.seams)
+
+
 def run_region(task: RegionTask) -> RegionResult:
-    """Segment one region into its class COG (and, for whole rasters, its GeoPackage).
+    """Segment one region into its class COG and vectorize it.
+
+    A whole raster (``rasters`` work) gets its GeoPackage; a window its
+    vector part (:mod:`geoseg.batch.parts`).
 
     Parameters
     ----------
@@ -134,12 +198,17 @@ def run_region(task: RegionTask) -> RegionResult:
     ------
     GeosegError
         Whatever :func:`~geoseg.pipeline.run_scene` or
-        :func:`~geoseg.pipeline.run_vectorize` raise; dask retries the task.
+        :func:`~geoseg.pipeline.run_vectorize` raise, or a
+        :class:`~geoseg.errors.RasterReadError` naming the region when its
+        class COG cannot be read back; dask retries the task.
     """
     out_dir = Path(task.out_dir)
     worker = _worker_address()
-    if task.expected is not None and outputs_valid(out_dir, task.expected):
-        return RegionResult(task.region, "reused", dict(task.expected), worker)
+    expected = dict(task.expected or {})
+    vector_key = "vector" if task.part is not None else "polygons" if task.vector else None
+    keep_classes = _valid(out_dir, expected, "classes")
+    if keep_classes and (vector_key is None or _valid(out_dir, expected, vector_key)):
+        return RegionResult(task.region, "reused", expected, worker)
     append_line(
         out_dir / "attempts.jsonl",
         {
@@ -151,36 +220,66 @@ def run_region(task: RegionTask) -> RegionResult:
         },
     )
     t0 = time.perf_counter()
-    loaded = cached_model(task.model_path, task.model_sha256)
     raster = out_dir / task.raster
-    raster.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", GeosegWarning)
-        stats = run_scene(task.src, raster, loaded, task.predict)
-        outputs = {"classes": OutputFile.of(out_dir, raster)}
-        polygons = None
+        stats = None
+        if keep_classes:
+            outputs = {"classes": expected["classes"]}
+        else:
+            loaded = cached_model(task.model_path, task.model_sha256)
+            raster.parent.mkdir(parents=True, exist_ok=True)
+            stats = run_scene(task.src, raster, loaded, task.predict)
+            outputs = {"classes": OutputFile.of(out_dir, raster)}
+        t1 = time.perf_counter()
+        polygons = seam_pieces = None
         if task.vector is not None and task.vectorize is not None:
             vector = out_dir / task.vector
             vstats = run_vectorize(raster, vector, task.vectorize)
             outputs["polygons"] = OutputFile.of(out_dir, vector)
             polygons = dict(vstats.polygons)
+        if task.part is not None:
+            part = out_dir / task.part
+            polygons, seam_pieces = _vectorize_part(task, raster, part)
+            outputs["vector"] = OutputFile.of(out_dir, part)
+    t2 = time.perf_counter()
     ours = [w for w in caught if issubclass(w.category, GeosegWarning)]
     for w in caught:
         if not issubclass(w.category, GeosegWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return RegionResult(
         task.region,
-        "done",
+        "done" if stats is not None else "vectorized",
         outputs,
         worker,
-        elapsed_s=time.perf_counter() - t0,
-        pixels=stats.pixels,
-        tiles=stats.tiles,
-        valid_pixels=stats.valid_pixels,
-        class_pixels=dict(stats.class_pixels),
+        elapsed_s=t2 - t0,
+        predict_s=t1 - t0,
+        vectorize_s=t2 - t1,
+        pixels=stats.pixels if stats else 0,
+        tiles=stats.tiles if stats else 0,
+        valid_pixels=stats.valid_pixels if stats else 0,
+        class_pixels=dict(stats.class_pixels) if stats else {},
         polygons=polygons,
+        seam_pieces=seam_pieces,
         warnings=sorted({str(w.message) for w in ours}),
     )
+
+
+def unreachable_paths(paths: list[str], out_dir: str) -> list[str]:
+    """The ``paths`` this process cannot read, and ``out_dir`` if it cannot write there.
+
+    Run on every worker when a batch starts: inputs, model and outputs must be
+    on storage that the client and all workers see under the same paths.
+    URLs and GDAL virtual paths (``/vsis3/...``) are left to GDAL.
+    """
+    missing = [
+        p
+        for p in paths
+        if "://" not in p and not p.startswith("/vsi") and not os.access(p, os.R_OK)
+    ]
+    if not (os.path.isdir(out_dir) and os.access(out_dir, os.W_OK | os.X_OK)):
+        missing.append(out_dir)
+    return missing
 
 
 def worker_versions() -> dict[str, Any]:

@@ -11,7 +11,7 @@ import click
 from geoseg.cli.options import overwrite_opt, precision_opt, tta_opt
 from geoseg.cli.progress import TileProgress
 
-_UNITS = {"regions": "region", "merge": "step"}
+_UNITS = {"regions": "region", "merge": "region"}
 
 
 class _StageProgress:

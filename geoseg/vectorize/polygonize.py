@@ -35,6 +35,15 @@ when the group closes.  So a component that stays open for the whole raster
 own polygon, not a multiple of it, and nothing of a yielded polygon stays
 behind in the polygonizer.
 
+A raster cut into rectangular (or any non-overlapping) regions, each
+polygonized on its own, is put back together the same way:
+:func:`polygonize_region` keeps apart the components that touch a border
+shared with another region (:class:`SeamPiece`, in whole-raster pixel
+coordinates) with the pixels they have on that border, and
+:func:`join_seams` links pieces whose border pixels are 4-neighbours of equal
+class, unions each linked group as the strip seams do and gives the polygons
+of one whole-raster ``shapes`` call.
+
 Labelling and polygonizing are done in C for the whole strip; Python work is
 per polygon, not per pixel.  Streaming 256-row strips costs roughly 1.5-2x a
 single whole-raster ``shapes`` call, and memory holds one strip's labels plus
@@ -63,8 +72,14 @@ from geoseg.errors import ConfigError
 
 __all__ = [
     "DEFAULT_BLOCK_ROWS",
+    "JoinedPolygon",
     "PolygonRecord",
+    "RegionPolygons",
+    "SeamPiece",
+    "gdal_vertex_order",
+    "join_seams",
     "polygonize_array",
+    "polygonize_region",
     "polygonize_strips",
 ]
 
@@ -726,3 +741,414 @@ def _records(done: _Columns, with_confidence: bool) -> Iterator[PolygonRecord]:
     sums = done.confidence_sum[order].tolist() if with_confidence else [None] * len(order)
     for value, geom, count, csum in zip(values, geoms, counts, sums, strict=True):
         yield PolygonRecord(value=value, geometry=geom, pixel_count=count, confidence_sum=csum)
+
+
+@dataclass(frozen=True)
+class SeamPiece:
+    """A component of one region that touches a border shared with another region.
+
+    Attributes
+    ----------
+    value : int
+        Class value of the component.
+    geometry : shapely.Polygon
+        Its outline (with holes) in pixel coordinates of the whole raster:
+        ``x`` is a column, ``y`` a row of pixel corners.  The coordinates are
+        integers, so unions across regions are exact.
+    pixel_count : int
+        Number of pixels of the component in this region.
+    first_pixel : tuple of int
+        ``(row, col)`` of its first pixel in raster order (top-most, then
+        left-most), in whole-raster pixel coordinates.
+    confidence_sum : float or None
+        Sum of the confidences over its pixels, or None without confidences.
+    """
+
+    value: int
+    geometry: Polygon
+    pixel_count: int
+    first_pixel: tuple[int, int]
+    confidence_sum: float | None = None
+
+
+@dataclass(frozen=True)
+class RegionPolygons:
+    """The polygons of one region of a raster (see :func:`polygonize_region`).
+
+    Attributes
+    ----------
+    interior : list of PolygonRecord
+        Components that touch no shared border: whole already, in raster
+        coordinates, in raster order of their first pixel.
+    interior_first : numpy.ndarray
+        ``(n, 2)`` int64 ``(row, col)`` of each interior record's first pixel,
+        whole-raster pixel coordinates.
+    seams : list of SeamPiece
+        Components that touch a shared border, in raster order of their first pixel.
+    seam_pixels : numpy.ndarray
+        ``(k, 2)`` int64 ``(row, col)`` of every pixel on a shared border that
+        belongs to a seam piece, whole-raster pixel coordinates.
+    seam_owner : numpy.ndarray
+        ``(k,)`` int64 index into ``seams`` of each of those pixels.
+    """
+
+    interior: list[PolygonRecord]
+    interior_first: npt.NDArray[np.int64]
+    seams: list[SeamPiece]
+    seam_pixels: npt.NDArray[np.int64]
+    seam_owner: npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class JoinedPolygon:
+    """A component of the whole raster put together from seam pieces (see :func:`join_seams`).
+
+    Attributes
+    ----------
+    record : PolygonRecord
+        The whole component, in raster coordinates.
+    first_pixel : tuple of int
+        ``(row, col)`` of its first pixel in raster order.
+    region : int
+        Index (in the sequence given to :func:`join_seams`) of the region
+        holding that first pixel.
+    pieces : int
+        Number of seam pieces it was joined from.
+    """
+
+    record: PolygonRecord
+    first_pixel: tuple[int, int]
+    region: int
+    pieces: int
+
+
+def polygonize_region(
+    arr: npt.NDArray[np.integer] | npt.NDArray[np.bool_],
+    transform: AffineLike,
+    *,
+    offset: tuple[int, int] = (0, 0),
+    seam: npt.NDArray[np.bool_] | None = None,
+    nodata: float | None = None,
+    skip_values: Sequence[int] = (),
+    confidence: npt.NDArray[np.floating] | npt.NDArray[np.integer] | None = None,
+) -> RegionPolygons:
+    """Polygonize one region of a raster, keeping apart what touches its shared borders.
+
+    The region is labelled and polygonized whole (memory: about 10 bytes per
+    pixel of the region).  Components with a pixel in ``seam`` become
+    :class:`SeamPiece` objects, to be joined with the pieces of the
+    neighbouring regions by :func:`join_seams`; the others are final and
+    come out as the very polygons of one whole-raster
+    ``rasterio.features.shapes`` call.
+
+    Parameters
+    ----------
+    arr : numpy.ndarray
+        2-D integer class raster of the region, shape ``(rows, cols)``.
+        Pixels the region does not own (another region's, in a partition of
+        overlapping windows) must be ``nodata``.
+    transform : affine.Affine
+        Transform of the **whole** raster, not of the region: polygons are
+        mapped with the whole raster's arithmetic, so their coordinates match
+        a whole-raster polygonization bit for bit.
+    offset : (int, int)
+        ``(row, col)`` of the region's first pixel in the whole raster.
+    seam : numpy.ndarray of bool, optional
+        Pixels of the region that are 4-neighbours of a pixel of another
+        region (the shared borders; the raster's outer edge is no seam).
+        None: no shared border, everything is interior.
+    nodata, skip_values
+        As in :func:`polygonize_strips`.
+    confidence : numpy.ndarray, optional
+        Per-pixel confidences with the shape of ``arr``.
+
+    Returns
+    -------
+    RegionPolygons
+
+    Raises
+    ------
+    ConfigError
+        If ``arr`` is not a 2-D integer array, ``seam`` or ``confidence``
+        has another shape, ``offset`` is not two non-negative integers, or
+        ``transform`` is not invertible.
+
+    Examples
+    --------
+    Two regions of a 3 x 3 raster, the first two columns and the last one:
+
+    >>> import numpy as np
+    >>> from rasterio.transform import from_origin
+    >>> arr = np.array([[1, 1, 0], [0, 1, 0], [2, 1, 1]], dtype=np.uint8)
+    >>> t = from_origin(0, 3, 1, 1)
+    >>> left_seam = np.zeros((3, 2), bool)
+    >>> left_seam[:, 1] = True
+    >>> a = polygonize_region(arr[:, :2], t, seam=left_seam, skip_values=(0,))
+    >>> b = polygonize_region(arr[:, 2:], t, offset=(0, 2), seam=np.ones((3, 1), bool),
+    ...                       skip_values=(0,))
+    >>> [r.value for r in a.interior], [p.pixel_count for p in a.seams + b.seams]
+    ([2], [4, 1])
+    """
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ConfigError(f"arr must be a non-empty 2-D class raster, got shape {arr.shape}")
+    if arr.dtype.kind not in "iub":
+        raise ConfigError(
+            f"arr has dtype {arr.dtype}; class rasters must be integer "
+            "(cast with .astype(np.int32) after rounding)"
+        )
+    if seam is not None and seam.shape != arr.shape:
+        raise ConfigError(
+            f"seam mask shape {seam.shape} differs from the region's {arr.shape}; "
+            "pass one flag per pixel of the region"
+        )
+    if confidence is not None and confidence.shape != arr.shape:
+        raise ConfigError(
+            f"confidence shape {confidence.shape} differs from the region's {arr.shape}; "
+            "pass a confidence array of the same shape"
+        )
+    row0, col0 = _check_offset(offset)
+    to_raster = _to_raster(_check_transform(transform))
+    skip = _check_skip(nodata, skip_values)
+    conf = None if confidence is None else np.asarray(confidence, dtype=np.float64)
+
+    s = _label_strip(arr, row0, skip, conf)
+    n = len(s.values) - 1
+    width = arr.shape[1]
+    # _label_strip numbers rows from row0 already; columns are shifted here (integers: exact).
+    pixel_polys = shapely.transform(s.polygons[1:], lambda xy: xy + np.array([col0, 0.0]))
+    firsts = s.first_pixels[1:]
+    first = np.column_stack([firsts // width, firsts % width + col0]).astype(np.int64)
+    on_seam = np.zeros(n + 1, dtype=bool)
+    if seam is not None:
+        on_seam[s.labels[seam]] = True
+    on_seam = on_seam[1:]
+    order = np.argsort(firsts, kind="stable")
+    inner = order[~on_seam[order]]
+    outer = order[on_seam[order]]
+
+    sums: list[float | None] = (
+        [None] * n if s.conf_sums is None else [float(v) for v in s.conf_sums[1:]]
+    )
+    values = s.values[1:].tolist()
+    counts = s.counts[1:].tolist()
+    geoms = shapely.transform(pixel_polys[inner], to_raster)
+    interior = [
+        PolygonRecord(values[i], g, counts[i], sums[i])
+        for i, g in zip(inner.tolist(), geoms, strict=True)
+    ]
+    seams = [
+        SeamPiece(
+            values[i], pixel_polys[i], counts[i], (int(first[i, 0]), int(first[i, 1])), sums[i]
+        )
+        for i in outer.tolist()
+    ]
+    piece_of_label = np.full(n + 1, -1, dtype=np.int64)
+    piece_of_label[outer + 1] = np.arange(len(outer))
+    if seam is None:
+        rows = cols = np.zeros(0, dtype=np.int64)
+        owner = np.zeros(0, dtype=np.int64)
+    else:
+        rows, cols = np.nonzero(seam & (s.labels > 0))
+        owner = piece_of_label[s.labels[rows, cols]]
+    return RegionPolygons(
+        interior=interior,
+        interior_first=first[inner],
+        seams=seams,
+        seam_pixels=np.column_stack([rows + row0, cols + col0]).astype(np.int64),
+        seam_owner=owner,
+    )
+
+
+def join_seams(regions: Sequence[RegionPolygons], transform: AffineLike) -> list[JoinedPolygon]:
+    """Join the seam pieces of the regions of one raster into whole polygons.
+
+    Two pieces belong to one component when a border pixel of one is a
+    4-neighbour of a border pixel of the other and both have the same class,
+    as at the strip seams of :func:`polygonize_strips`; each group's outlines
+    are unioned exactly in pixel coordinates, their holes put back as they
+    are, and the result is mapped with the whole raster's arithmetic.  With
+    the regions' interior polygons, the result is exactly the set of polygons
+    of ``rasterio.features.shapes`` over the whole raster.
+
+    Parameters
+    ----------
+    regions : sequence of RegionPolygons
+        From :func:`polygonize_region`, for regions that do not overlap
+        (only ``seams``, ``seam_pixels`` and ``seam_owner`` are used).
+    transform : affine.Affine
+        Transform of the whole raster.
+
+    Returns
+    -------
+    list of JoinedPolygon
+        In raster order of their first pixel.
+
+    Raises
+    ------
+    ConfigError
+        If two regions claim the same border pixel (the regions overlap),
+        or ``transform`` is not invertible.
+
+    Examples
+    --------
+    The regions of :func:`polygonize_region`'s example: the 5-pixel class-1
+    component crosses the border, and comes out whole.
+
+    >>> import numpy as np
+    >>> from rasterio.transform import from_origin
+    >>> arr = np.array([[1, 1, 0], [0, 1, 0], [2, 1, 1]], dtype=np.uint8)
+    >>> t = from_origin(0, 3, 1, 1)
+    >>> left_seam = np.zeros((3, 2), bool)
+    >>> left_seam[:, 1] = True
+    >>> a = polygonize_region(arr[:, :2], t, seam=left_seam, skip_values=(0,))
+    >>> b = polygonize_region(arr[:, 2:], t, offset=(0, 2), seam=np.ones((3, 1), bool),
+    ...                       skip_values=(0,))
+    >>> [(j.record.value, j.record.pixel_count, j.record.geometry.area, j.pieces)
+    ...  for j in join_seams([a, b], t)]
+    [(1, 5, 5.0, 2)]
+    """
+    to_raster = _to_raster(_check_transform(transform))
+    pieces = [p for r in regions for p in r.seams]
+    n = len(pieces)
+    if n == 0:
+        return []
+    sizes = [len(r.seams) for r in regions]
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    region_of = np.repeat(np.arange(len(regions)), sizes)
+    pixels = np.concatenate([r.seam_pixels.reshape(-1, 2) for r in regions]).astype(np.int64)
+    owner = np.concatenate(
+        [r.seam_owner.astype(np.int64) + s for r, s in zip(regions, starts, strict=True)]
+    )
+    values = np.array([p.value for p in pieces], dtype=np.int64)
+    a, b = _linked_pieces(pixels, owner, values)
+    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+
+    firsts = np.array([p.first_pixel for p in pieces], dtype=np.int64).reshape(n, 2)
+    # Raster order of first pixels, so each group lists the piece holding its first pixel first.
+    order = np.lexsort((firsts[:, 1], firsts[:, 0]))
+    groups: dict[int, list[int]] = {}
+    for i in order.tolist():
+        groups.setdefault(int(comp[i]), []).append(i)
+    geoms = np.empty(n, dtype=object)
+    geoms[:] = [p.geometry for p in pieces]
+    # Joined in pixel space, put in GDAL's vertex order there, then mapped.
+    parts = _split(geoms, _pixel_space)
+    with_conf = pieces[0].confidence_sum is not None
+    out: list[JoinedPolygon] = []
+    for members in groups.values():
+        head = pieces[members[0]]
+        csum = sum(pieces[i].confidence_sum or 0.0 for i in members) if with_conf else None
+        joined = _polygon([parts[i] for i in members], _pixel_space)
+        record = PolygonRecord(
+            value=head.value,
+            geometry=shapely.transform(gdal_vertex_order(joined), to_raster),
+            pixel_count=sum(pieces[i].pixel_count for i in members),
+            confidence_sum=csum,
+        )
+        out.append(
+            JoinedPolygon(record, head.first_pixel, int(region_of[members[0]]), len(members))
+        )
+    return out
+
+
+def _pixel_space(xy: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    return xy
+
+
+def gdal_vertex_order(polygon: shapely.Geometry) -> shapely.Geometry:
+    """A pixel-space polygon with its rings in the order GDAL's polygonizer writes them.
+
+    GDAL starts every ring at its top-most, then left-most vertex, walks an
+    exterior ring down first and a hole to the right first, and lists holes
+    by their starting vertex.  Clean-up (simplification, smoothing) depends on
+    where a ring starts, so a polygon unioned from parts must be put in this
+    order to clean up exactly like the one GDAL traces whole.
+
+    Parameters
+    ----------
+    polygon : shapely.Polygon or shapely.MultiPolygon
+        In pixel coordinates (``x`` column, ``y`` row, growing downwards) on
+        pixel corners, each ring without repeated vertices, as the
+        polygonizers give them.
+
+    Returns
+    -------
+    shapely.Polygon or shapely.MultiPolygon
+        The same polygon (same vertices), rings reordered.
+
+    Examples
+    --------
+    >>> from shapely import Polygon
+    >>> ring = [(1, 1), (1, 0), (0, 0), (0, 1), (1, 1)]
+    >>> list(gdal_vertex_order(Polygon(ring)).exterior.coords)
+    [(0.0, 0.0), (0.0, 1.0), (1.0, 1.0), (1.0, 0.0), (0.0, 0.0)]
+    """
+    if isinstance(polygon, shapely.MultiPolygon):
+        return shapely.MultiPolygon([gdal_vertex_order(p) for p in polygon.geoms])
+    # All rings at once: a large polygon may have tens of thousands of holes.
+    rings = shapely.get_rings(polygon)
+    coords, owner = shapely.get_coordinates(rings, return_index=True)
+    sizes = np.bincount(owner, minlength=len(rings))
+    open_ = np.ones(len(coords), dtype=bool)
+    open_[np.cumsum(sizes) - 1] = False  # each ring's closing vertex
+    pts, owner = coords[open_], owner[open_]
+    n = sizes - 1
+    first = np.concatenate([[0], np.cumsum(n)[:-1]])
+    # Each ring's top-most, then left-most vertex ...
+    top_left = np.lexsort((pts[:, 0], pts[:, 1], owner))[first]
+    k = top_left - first
+    # ... where one edge runs right and the other down: exteriors go down, holes right.
+    goes_down = pts[first + (k + 1) % n, 0] == pts[top_left, 0]
+    wants_down = np.zeros(len(rings), dtype=bool)
+    wants_down[0] = True
+    step = np.where(goes_down == wants_down, 1, -1)
+    j = np.arange(len(pts)) - np.repeat(first, n)
+    src = np.repeat(first, n) + (np.repeat(k, n) + np.repeat(step, n) * j) % np.repeat(n, n)
+    ordered = pts[src]
+    closed = np.insert(ordered, np.cumsum(n), ordered[first], axis=0)
+    out = shapely.linearrings(closed, indices=np.repeat(np.arange(len(rings)), n + 1))
+    starts = ordered[first[1:]]
+    return shapely.polygons(out[0], out[1:][np.lexsort((starts[:, 0], starts[:, 1]))])
+
+
+def _check_offset(offset: tuple[int, int]) -> tuple[int, int]:
+    try:
+        row0, col0 = offset
+    except (TypeError, ValueError):
+        raise ConfigError(f"offset must be (row, col), got {offset!r}") from None
+    for v in (row0, col0):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 0:
+            raise ConfigError(f"offset must be two non-negative integers, got {offset!r}")
+    return int(row0), int(col0)
+
+
+def _linked_pieces(
+    pixels: npt.NDArray[np.int64], owner: npt.NDArray[np.int64], values: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Pairs of pieces with border pixels that are 4-neighbours of the same class."""
+    if len(pixels) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    rows = pixels[:, 0] - pixels[:, 0].min()
+    cols = pixels[:, 1] - pixels[:, 1].min()
+    # One spare column, so the right-hand neighbour of the last column is never in the next row.
+    width = int(cols.max()) + 2
+    key = rows * width + cols
+    order = np.argsort(key, kind="stable")
+    keys, owners = key[order], owner[order]
+    if np.any(keys[1:] == keys[:-1]):
+        dup = int(order[1:][keys[1:] == keys[:-1]][0])
+        raise ConfigError(
+            f"two regions claim pixel (row {int(pixels[dup, 0])}, col {int(pixels[dup, 1])}); "
+            "regions joined at seams must not overlap"
+        )
+    a_parts, b_parts = [], []
+    for step in (1, width):
+        pos = np.searchsorted(keys, keys + step)
+        hit = pos < len(keys)
+        hit[hit] = keys[pos[hit]] == keys[hit] + step
+        a, b = owners[hit], owners[pos[hit]]
+        keep = (a != b) & (values[a] == values[b])
+        a_parts.append(a[keep])
+        b_parts.append(b[keep])
+    return np.concatenate(a_parts), np.concatenate(b_parts)

@@ -14,7 +14,7 @@ from geoseg.batch import Manifest, local_layout, open_client, run_batch, work_fr
 from geoseg.batch.manifest import AttemptLog, ManifestState, append_line
 from geoseg.batch.merge import mosaic_layout
 from geoseg.batch.work import grid_windows, load_work
-from geoseg.batch.worker import cached_model
+from geoseg.batch.worker import cached_model, unreachable_paths
 from geoseg.errors import CheckpointError, ConfigError
 
 
@@ -147,3 +147,14 @@ def test_run_batch_refuses_conflicting_flags_and_existing_outputs(tmp_path, tiny
     (tmp_path / "out" / "polygons.gpkg").write_bytes(b"")
     with pytest.raises(FileExistsError, match="--overwrite"):
         run_batch(work, tmp_path / "out")
+
+
+def test_unreachable_paths_names_missing_inputs_and_output_directory(tmp_path):
+    src = tmp_path / "a.tif"
+    src.write_bytes(b"")
+    missing = str(tmp_path / "gone.tif")
+    assert unreachable_paths([str(src), "/vsis3/bucket/x.tif", "s3://b/x.tif"], str(tmp_path)) == []
+    assert unreachable_paths([str(src), missing], str(tmp_path / "no")) == [
+        missing,
+        str(tmp_path / "no"),
+    ]
