@@ -149,7 +149,10 @@ def load_encoder_weights(model: nn.Module, path: Path) -> int:
     """
     from geoseg.models.checkpoint import read_state_dict
 
-    encoder = getattr(model, "encoder", None)
+    # A contact model (geoseg.models.contact.ContactRefine) wraps the network as ``base``.
+    encoder = getattr(model, "encoder", None) or getattr(
+        getattr(model, "base", None), "encoder", None
+    )
     if encoder is None:
         raise ConfigError(
             f"encoder_weights: this architecture ({type(model).__name__}) has no encoder to "

@@ -196,6 +196,11 @@ def test_encoder_weights_come_from_a_local_file(tmp_path):
     assert n == len(donor.encoder.state_dict())
     for k, v in donor.encoder.state_dict().items():
         assert torch.equal(model.encoder.state_dict()[k], v)
+    # A contact model wraps the network; its encoder is found inside.
+    wrapped = build_model(card.replace(contact_class=1))
+    assert load_encoder_weights(wrapped, tmp_path / "resnet18.pth") == n
+    for k, v in donor.encoder.state_dict().items():
+        assert torch.equal(wrapped.base.encoder.state_dict()[k], v)
     tiny = build_model(card.replace(architecture="tinycnn", encoder=None, stride=1))
     with pytest.raises(ConfigError, match="no encoder"):
         load_encoder_weights(tiny, tmp_path / "resnet18.pth")
