@@ -34,6 +34,9 @@ def main() -> None:
     ap.add_argument("model", type=Path)
     ap.add_argument("out", type=Path)
     ap.add_argument("--tta", default="none", choices=["none", "flips", "d4"])
+    ap.add_argument(
+        "--no-separate", action="store_true", help="ignore a contact output (touching buildings)"
+    )
     ap.add_argument("--raster", action="store_true", help="score class rasters, not polygons")
     ap.add_argument("--sources", default="", help="comma list of sources (default: all)")
     args = ap.parse_args()
@@ -97,12 +100,17 @@ def main() -> None:
             "--tta",
             args.tta,
             *([] if args.raster else ["--through-polygons"]),
+            *(["--no-separate"] if args.no_separate else []),
             *extra,
         ]
         subprocess.run(cmd, check=True)
         results[name] = json.loads((out / name / "metrics.json").read_text())
         results[name]["images"] = [Path(i).name for i in images]
-        results[name]["scored"] = {"through_polygons": not args.raster, "tta": args.tta}
+        results[name]["scored"] = {
+            "through_polygons": not args.raster,
+            "tta": args.tta,
+            "separate": not args.no_separate,
+        }
     (out / "heldout.json").write_text(json.dumps(results, indent=1))
     for name, r in results.items():
         ious = {

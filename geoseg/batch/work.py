@@ -83,6 +83,7 @@ _PREDICT_KEYS = frozenset(
         "resample",
         "tta",
         "precision",
+        "separate",
     }
 )
 _VECTORIZE_KEYS = frozenset({"dst_crs", "cleanup", "block_rows", "batch"})
@@ -200,6 +201,8 @@ def _predict_config(d: Mapping[str, Any]) -> PredictConfig:
     if unknown:
         raise ConfigError(f"unknown 'predict' keys {unknown}; known: {sorted(_PREDICT_KEYS)}")
     kw = dict(d)
+    if "separate" in kw and not isinstance(kw["separate"], bool):
+        raise ConfigError(f"predict: separate must be true or false, got {kw['separate']!r}")
     if kw.get("bands") is not None:
         kw["bands"] = tuple(int(b) for b in kw["bands"])
     if kw.get("input_range") is not None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from geoseg.cli.options import overwrite_opt, precision_opt, tta_opt
+from geoseg.cli.options import overwrite_opt, precision_opt, separate_opt, tta_opt
 from geoseg.cli.progress import TileProgress
 
 _UNITS = {"regions": "region", "merge": "region"}
@@ -90,6 +90,7 @@ class _StageProgress:
     help="Dashboard of the local cluster.",
 )
 @tta_opt
+@separate_opt
 @precision_opt
 @overwrite_opt
 @click.pass_context
@@ -105,6 +106,7 @@ def batch(
     resume: bool,
     dashboard_address: str,
     tta: str | None,
+    separate: bool,
     precision: str | None,
     overwrite: bool,
 ) -> None:
@@ -129,6 +131,8 @@ def batch(
         work = replace(work, predict=replace(work.predict, tta=tta))
     if precision is not None:
         work = replace(work, predict=replace(work.predict, precision=precision))
+    if not separate:
+        work = replace(work, predict=replace(work.predict, separate=False))
     quiet = ctx.obj["quiet"] > 0
 
     def on_cluster(info: ClusterInfo) -> None:

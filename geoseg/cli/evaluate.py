@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli.options import device_opt, model_opt, overwrite_opt, precision_opt, tta_opt
+from geoseg.cli.options import (
+    device_opt,
+    model_opt,
+    overwrite_opt,
+    precision_opt,
+    separate_opt,
+    tta_opt,
+)
 from geoseg.cli.progress import TileProgress
 from geoseg.cli.train import expand_images
 
@@ -84,6 +91,7 @@ from geoseg.cli.train import expand_images
     help="Score the polygons 'predict -o X.gpkg' writes, rasterized back (pixel metrics too).",
 )
 @tta_opt
+@separate_opt
 @precision_opt
 @overwrite_opt
 @click.pass_context
@@ -111,6 +119,7 @@ def evaluate(
     device: str,
     through_polygons: bool,
     tta: str | None,
+    separate: bool,
     precision: str | None,
     overwrite: bool,
 ) -> None:
@@ -157,6 +166,7 @@ def evaluate(
             bands=parse_bands(bands),
             threads=threads,
             tta=tta or "none",
+            separate=separate,
             precision=precision or "auto",
         ),
     )

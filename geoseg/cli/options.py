@@ -66,6 +66,18 @@ def tta_opt(f: F) -> F:
     )(f)
 
 
+def separate_opt(f: F) -> F:
+    """``--separate/--no-separate``: use a model's contact output to cut touching buildings apart."""
+    return click.option(
+        "--separate/--no-separate",
+        default=True,
+        show_default=True,
+        help="With a model that has a contact output (geoseg models lists it): carve the "
+        "pixels where two buildings meet, so touching buildings become separate polygons. "
+        "No effect on other models.",
+    )(f)
+
+
 def progress_opt(f: F) -> F:
     """``--progress bar|json``; with ``json`` the command also ends with a done or error line.
 

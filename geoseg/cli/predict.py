@@ -13,6 +13,7 @@ from geoseg.cli.options import (
     overwrite_opt,
     precision_opt,
     progress_opt,
+    separate_opt,
     tta_opt,
 )
 from geoseg.cli.progress import stage_progress
@@ -86,6 +87,7 @@ from geoseg.cli.progress import stage_progress
     help="Threads reading tiles ahead of the network [default: 1 on CPU, up to 4 on GPU].",
 )
 @tta_opt
+@separate_opt
 @cleanup_opts
 @overwrite_opt
 @progress_opt
@@ -111,6 +113,7 @@ def predict(
     workers: int | None,
     readers: int | None,
     tta: str | None,
+    separate: bool,
     precision: str | None,
     config_path: Path | None,
     dst_crs: str | None,
@@ -158,6 +161,7 @@ def predict(
             readers=readers,
             workers=workers,
             tta=tta or "none",
+            separate=separate,
             precision=precision or "auto",
         )
     stats, outputs = result.stats, result.outputs

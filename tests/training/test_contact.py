@@ -299,6 +299,15 @@ def test_training_with_a_contact_output_saves_a_model_that_predicts_with_it(
         assert '"separate": false' in ds.tags()["GEOSEG_PARAMETERS"]
     differ = kept != runs["onnx"]
     assert (kept[differ] == 1).all() and (runs["onnx"][differ] == 0).all()
+    from geoseg.cli import main
+
+    src = str(terraces["images"][0])
+    main(["-q", "predict", src, "-o", str(tmp_path / "cli.tif"), "-m", str(result.best)])
+    main(["-q", "predict", src, "-o", str(tmp_path / "cli_whole.tif"), "-m", str(result.best),
+          "--no-separate"])  # fmt: skip
+    for name, expect in (("cli.tif", runs["onnx"]), ("cli_whole.tif", kept)):
+        with rasterio.open(tmp_path / name) as ds:
+            assert np.array_equal(ds.read(1), expect)
 
 
 def test_a_grown_head_keeps_the_warm_start_rows(tmp_path):
