@@ -195,10 +195,16 @@ class _Columns:
         )
 
     @classmethod
-    def of_groups(cls, groups: list[_Group], to_raster: _ToRaster) -> _Columns:
+    def of_groups(
+        cls, groups: list[_Group], to_raster: _ToRaster, to_pixel: _ToRaster | None = None
+    ) -> _Columns:
         geoms = np.empty(len(groups), dtype=object)
         for i, g in enumerate(groups):
-            geoms[i] = _polygon(g.parts, to_raster)
+            # A component joined across strips is put in the vertex order GDAL gives it
+            # when it traces it whole, so that clean-up (which depends on where a ring
+            # starts) does not depend on the strip height.
+            order = to_pixel if g.raw_parts > 1 else None
+            geoms[i] = _polygon(g.parts, to_raster, order)
             g.parts = []  # the polygon holds the holes now; let the parts go
         return cls(
             np.array([g.first_pixel for g in groups], dtype=np.int64),
@@ -402,6 +408,7 @@ def _polygonize(
 ) -> Iterator[PolygonRecord]:
     conf_iter = None if confidence is None else iter(confidence)
     to_raster = _to_raster(coeffs)
+    to_pixel = _to_pixel(coeffs)
     groups: dict[int, _Group] = {}
     # Group id (or -1) and class of every pixel of the previous strip's bottom row.
     seam_gids: npt.NDArray[np.int64] | None = None
@@ -451,7 +458,9 @@ def _polygonize(
         seam_gids = label_gid[s.labels[-1]]
         seam_values = strip[-1].copy()
         yield from _records(
-            _Columns.of_strip(s, inside, to_raster).concat(_Columns.of_groups(closed, to_raster)),
+            _Columns.of_strip(s, inside, to_raster).concat(
+                _Columns.of_groups(closed, to_raster, to_pixel)
+            ),
             conf_iter is not None,
         )
 
@@ -459,7 +468,9 @@ def _polygonize(
         raise ConfigError(
             "confidence has more arrays than there are class strips; give one per strip"
         )
-    yield from _records(_Columns.of_groups(list(groups.values()), to_raster), conf_iter is not None)
+    yield from _records(
+        _Columns.of_groups(list(groups.values()), to_raster, to_pixel), conf_iter is not None
+    )
 
 
 def _check_strip(
@@ -698,10 +709,26 @@ def _union(parts: list[_Part], to_raster: _ToRaster) -> _Part:
     return out
 
 
-def _polygon(parts: list[_Part], to_raster: _ToRaster) -> shapely.Geometry:
-    """The polygon of a closed group from its parts, in raster coordinates."""
+def _polygon(
+    parts: list[_Part], to_raster: _ToRaster, to_pixel: _ToRaster | None = None
+) -> shapely.Geometry:
+    """The polygon of a closed group from its parts, in raster coordinates.
+
+    With ``to_pixel`` (the inverse of ``to_raster``) its rings are put in GDAL's
+    vertex order (:func:`gdal_vertex_order`).
+    """
     pieces = parts[0] if len(parts) == 1 else _union(parts, to_raster)
-    out = [shapely.polygons(shapely.transform(ring, to_raster), holes) for ring, holes in pieces]
+    if to_pixel is None:
+        out = [
+            shapely.polygons(shapely.transform(ring, to_raster), holes) for ring, holes in pieces
+        ]
+    else:
+        out = []
+        for ring, holes in pieces:
+            # Pixel corners are integers: rounding the inverse gives them back exactly.
+            pixel_holes = shapely.transform(holes, lambda xy: np.round(to_pixel(xy)))
+            ordered = gdal_vertex_order(shapely.polygons(ring, pixel_holes))
+            out.append(shapely.transform(ordered, to_raster))
     return out[0] if len(out) == 1 else shapely.MultiPolygon(out)
 
 
@@ -718,6 +745,18 @@ def _drop_collinear(ring: shapely.coords.CoordinateSequence) -> npt.NDArray[np.f
     straight = (cross == 0) & ((into * out).sum(axis=1) > 0)
     kept = pts[~straight]
     return np.vstack([kept, kept[:1]])
+
+
+def _to_pixel(coeffs: tuple[float, float, float, float, float, float]) -> _ToRaster:
+    """The inverse of :func:`_to_raster` (not bit-exact: round the result to pixel corners)."""
+    a, b, c, d, e, f = coeffs
+    det = a * e - b * d
+
+    def to_pixel(xy: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        x, y = xy[:, 0] - c, xy[:, 1] - f
+        return np.column_stack([(e * x - b * y) / det, (a * y - d * x) / det])
+
+    return to_pixel
 
 
 def _to_raster(coeffs: tuple[float, float, float, float, float, float]) -> _ToRaster:
