@@ -25,17 +25,9 @@ from geoseg.vectorize.polygonize import (
     polygonize_region,
 )
 
-NORTH_UP = Affine(0.5, 0.0, 500000.25, 0.0, -0.5, 4500000.75)
-ROTATED = Affine(0.3, 0.01, 500000.123, -0.02, -0.3, 4500000.77)
-
-
-def whole(arr, transform, skip=(), nodata=None):
-    """(class, polygon) of one whole-raster rasterio.features.shapes call."""
-    valid = ~np.isin(arr, [*skip, *([] if nodata is None else [nodata])])
-    return [
-        (int(v), shape(g))
-        for g, v in rasterio.features.shapes(arr, mask=valid, connectivity=4, transform=transform)
-    ]
+# The same transforms and whole-raster reference as the strip polygonizer's tests.
+from .test_polygonize import NORTH_UP, ROTATED
+from .test_polygonize import reference as whole
 
 
 def exact(pairs):
