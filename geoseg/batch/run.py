@@ -29,7 +29,7 @@ import secrets
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +48,13 @@ from geoseg.batch.manifest import (
     outputs_valid,
 )
 from geoseg.batch.merge import MosaicSource, append_geopackages, mosaic_layout, write_mosaic_vrt
+from geoseg.batch.parquet import (
+    PARQUET_NAME,
+    ParquetDataset,
+    dataset_files,
+    layer_rows,
+    require_parquet,
+)
 from geoseg.batch.parts import PART_FORMAT
 from geoseg.batch.vector import RegionShare, VectorPlan, merge_parts, plan_shares, vector_metadata
 from geoseg.batch.work import (
@@ -104,9 +111,10 @@ class BatchResult:
     ``computed`` regions ran in this run, ``reused`` ones kept the valid outputs
     of an earlier run (``--resume``), ``vectorized`` ones kept their class COG
     but had their polygons redone (missing or changed, or new vectorize
-    options), ``failed`` maps region ids to their last error.  ``mosaic`` and
-    ``polygons`` are the merged outputs (None when a region failed, or no
-    mosaic for rasters on different grids).  ``stages`` holds wall seconds of
+    options), ``failed`` maps region ids to their last error.  ``mosaic``,
+    ``polygons`` (GeoPackage) and ``parquet`` (GeoParquet dataset directory)
+    are the merged outputs (None when a region failed or the format was not
+    asked for; no mosaic for rasters on different grids).  ``stages`` holds wall seconds of
     ``regions`` (predict and vectorize on the workers), ``seams`` (seam join
     and clean-up) and ``write`` (the merged outputs).
     """
@@ -122,6 +130,7 @@ class BatchResult:
     attempts: dict[str, int] = field(default_factory=dict)
     mosaic: Path | None = None
     polygons: Path | None = None
+    parquet: Path | None = None
     polygon_counts: dict[str, int] = field(default_factory=dict)
     merge_reused: bool = False
     elapsed_s: float = 0.0
@@ -449,8 +458,11 @@ def _run_tasks(
         raise
 
 
-def _merge_digest(work: WorkSpec, regions: Sequence[Region], state: ManifestState) -> str:
+def _merge_digest(
+    work: WorkSpec, regions: Sequence[Region], state: ManifestState, formats: Sequence[str]
+) -> str:
     doc = {
+        "formats": sorted(formats),
         "regions": [
             [r.id, {k: o.sha256 for k, o in sorted(state.outputs(r.id).items())}] for r in regions
         ],
@@ -528,18 +540,20 @@ def _merge(
     client: Client,
     retries: int,
     progress: BatchProgressFn | None,
+    formats: Sequence[str],
 ) -> None:
     import pyogrio
 
     from geoseg.io.read import read_tags
 
-    digest = _merge_digest(work, regions, state)
+    digest = _merge_digest(work, regions, state, formats)
     prev = state.merge
     if prev is not None and prev.get("inputs") == digest:
         outputs = {k: OutputFile.from_dict(v) for k, v in (prev.get("outputs") or {}).items()}
         if outputs_valid(out, outputs):
             result.mosaic = out / MOSAIC_NAME if "mosaic" in outputs else None
-            result.polygons = out / POLYGONS_NAME
+            result.polygons = out / POLYGONS_NAME if "polygons" in outputs else None
+            result.parquet = out / PARQUET_NAME if "parquet" in formats else None
             result.polygon_counts = dict(prev.get("polygons") or {})
             result.merge_reused = True
             return
@@ -548,7 +562,10 @@ def _merge(
         if progress is not None:
             progress("merge", done, total)
 
-    polygons = out / POLYGONS_NAME
+    polygons = out / POLYGONS_NAME if "gpkg" in formats else None
+    parquet = out / PARQUET_NAME if "parquet" in formats else None
+    for stale in out.glob(f".{PARQUET_NAME}.geoseg-*"):
+        shutil.rmtree(stale, ignore_errors=True)  # a merge killed while writing the dataset
     t0 = time.perf_counter()
     if vectorizing is None:
         mosaic = _rasters_mosaic(out, regions)
@@ -559,9 +576,12 @@ def _merge(
             class_raster=MOSAIC_NAME if mosaic else "",
             time=now_iso(),
         )
-        counts = append_geopackages(
-            gpkgs, polygons, classes=card.classes, metadata=metadata, progress=report
-        )
+        if polygons is not None:
+            counts = append_geopackages(
+                gpkgs, polygons, classes=card.classes, metadata=metadata, progress=report
+            )
+        if parquet is not None:
+            counts = _rasters_parquet(regions, gpkgs, parquet, card, metadata)
         counts = {c.layer: counts.get(c.layer, 0) for c in card.classes if c.vectorize}
         result.stages["write"] = time.perf_counter() - t0
     else:
@@ -591,8 +611,15 @@ def _merge(
             mapper=on_cluster,
             progress=report,
             timings=result.stages,
+            parquet=parquet,
+            region_ids=[r.id for r in regions],
         )
-    outputs = {"polygons": OutputFile.of(out, polygons)}
+    outputs = {}
+    if polygons is not None:
+        outputs["polygons"] = OutputFile.of(out, polygons)
+    if parquet is not None:
+        for f in dataset_files(parquet):
+            outputs[f"parquet/{f.name}"] = OutputFile.of(out, f)
     if mosaic is not None:
         outputs["mosaic"] = OutputFile.of(out, mosaic)
     rec = {
@@ -606,6 +633,36 @@ def _merge(
     manifest.append(rec)
     state.merge = rec
     result.mosaic, result.polygons, result.polygon_counts = mosaic, polygons, counts
+    result.parquet = parquet
+
+
+def _rasters_parquet(
+    regions: Sequence[Region],
+    gpkgs: Sequence[Path],
+    dst: Path,
+    card: ModelCard,
+    metadata: Mapping[str, str],
+) -> dict[str, int]:
+    """The GeoParquet dataset of a ``rasters`` batch: one part per raster's GeoPackage."""
+    import pyogrio
+    import pyproj
+
+    layers = [c for c in card.classes if c.vectorize]
+    crs = pyproj.CRS.from_user_input(pyogrio.read_info(gpkgs[0], layer=0)["crs"])
+    with ParquetDataset(
+        dst,
+        crs=crs,
+        classes={c.id: c.name for c in layers},
+        metadata=metadata,
+        extra={"layers": [{"class_id": c.id, "class": c.name, "color": c.color} for c in layers]},
+    ) as dataset:
+        layer_rows(
+            [(r.id, g) for r, g in zip(regions, gpkgs, strict=True)],
+            dataset,
+            class_ids={c.layer: c.id for c in layers},
+            source="",
+        )
+    return {c.layer: dataset.class_counts.get(c.id, 0) for c in layers}
 
 
 def _remove_stale_temporaries(directory: Path) -> None:
@@ -639,6 +696,7 @@ def run_batch(
     progress: BatchProgressFn | None = None,
     on_cluster: Callable[[ClusterInfo], None] | None = None,
     dashboard_address: str | None = ":8787",
+    formats: Sequence[str] = ("gpkg",),
 ) -> BatchResult:
     """Segment every region of ``work`` on a dask cluster and merge the results.
 
@@ -667,6 +725,10 @@ def run_batch(
         Called with the :class:`ClusterInfo` once connected (dashboard address).
     dashboard_address : str, optional
         Dashboard of a local cluster (None: none).
+    formats : sequence of str
+        Polygon outputs: ``"gpkg"`` (``polygons.gpkg``, one styled layer per
+        class) and/or ``"parquet"`` (``polygons.parquet/``, a partitioned
+        GeoParquet dataset, see :mod:`geoseg.batch.parquet`).
 
     Returns
     -------
@@ -698,6 +760,11 @@ def run_batch(
             "--workers sizes the local cluster; start the workers of --scheduler with "
             f"'dask worker {address} --nworkers N --nthreads 1'"
         )
+    formats = tuple(dict.fromkeys(formats))
+    if not formats or any(f not in ("gpkg", "parquet") for f in formats):
+        raise ConfigError(f"formats must be gpkg and/or parquet, got {list(formats)}")
+    if "parquet" in formats:
+        require_parquet()
     out = Path(os.path.abspath(out_dir))
     manifest, state = _prepare(out, resume=resume, overwrite=overwrite)
     model_dir, model_sha, card = _model(work)
@@ -757,6 +824,7 @@ def run_batch(
                     client,
                     retries,
                     progress,
+                    formats,
                 )
                 _remove_stale_temporaries(out / REGIONS_DIR)
     finally:

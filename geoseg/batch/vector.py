@@ -34,6 +34,7 @@ first pixel), so the GeoPackage is the same whatever the number of workers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -47,6 +48,7 @@ import shapely
 from affine import Affine
 
 from geoseg import __version__
+from geoseg.batch.parquet import SEAMS_PART, ParquetDataset
 from geoseg.batch.parts import InteriorPolygons, read_interior, read_seams
 from geoseg.io.read import RasterSpec
 from geoseg.models.card import ClassInfo
@@ -450,7 +452,7 @@ def _join_and_clean(
 def merge_parts(
     parts: Sequence[Path],
     plan: VectorPlan,
-    dst: Path,
+    dst: Path | None,
     *,
     crs: Any,
     metadata: Mapping[str, str],
@@ -458,8 +460,10 @@ def merge_parts(
     mapper: Mapper | None = None,
     progress: Callable[[int, int], None] | None = None,
     timings: dict[str, float] | None = None,
+    parquet: Path | None = None,
+    region_ids: Sequence[str] | None = None,
 ) -> dict[str, int]:
-    """Join the seams of the regions' vector parts and write one GeoPackage.
+    """Join the seams of the regions' vector parts and write one GeoPackage and/or GeoParquet.
 
     Parameters
     ----------
@@ -467,8 +471,8 @@ def merge_parts(
         The vector part of every region, in plan order (the order of the
         shares the parts were made with).
     plan : VectorPlan
-    dst : Path
-        The GeoPackage, replaced atomically.
+    dst : Path or None
+        The GeoPackage, replaced atomically; None writes none.
     crs : rasterio.crs.CRS
         CRS of the class rasters.
     metadata : mapping
@@ -482,7 +486,14 @@ def merge_parts(
         ``progress(regions_written, regions_total)``.
     timings : dict, optional
         Receives the wall seconds of ``seams`` (join and clean-up) and
-        ``write`` (the GeoPackage).
+        ``write`` (the GeoPackage and the GeoParquet dataset).
+    parquet : Path, optional
+        Also write a partitioned GeoParquet dataset here
+        (:mod:`geoseg.batch.parquet`): one file per region with its own
+        polygons, and ``seams.parquet`` with the joined ones.
+    region_ids : sequence of str, optional
+        Region ids of ``parts`` (the parquet file names); default the part
+        file names without ``.vector.npz``.
 
     Returns
     -------
@@ -509,6 +520,7 @@ def merge_parts(
     layers = [LayerSpec(lp.layer, lp.class_id, lp.name, lp.color) for lp in plan.layers]
     pending: dict[int, list[InteriorPolygons]] = {lp.class_id: [] for lp in plan.layers}
     names = {lp.class_id: lp.layer for lp in plan.layers}
+    counts = {lp.class_id: 0 for lp in plan.layers}
 
     def flush(writer: VectorWriter, class_id: int) -> None:
         rows = InteriorPolygons.concat(pending[class_id])
@@ -526,21 +538,78 @@ def merge_parts(
             },
         )
 
-    with VectorWriter(dst, crs=out_crs, layers=layers, metadata=metadata, overwrite=True) as w:
+    ids = list(region_ids) if region_ids is not None else [_part_id(p) for p in parts]
+    with contextlib.ExitStack() as stack:
+        writer = (
+            stack.enter_context(
+                VectorWriter(dst, crs=out_crs, layers=layers, metadata=metadata, overwrite=True)
+            )
+            if dst is not None
+            else None
+        )
+        dataset = (
+            stack.enter_context(
+                ParquetDataset(
+                    parquet,
+                    crs=out_crs,
+                    classes={lp.class_id: lp.name for lp in plan.layers},
+                    metadata=metadata,
+                    extra={
+                        "layers": [
+                            {"class_id": lp.class_id, "class": lp.name, "color": lp.color}
+                            for lp in plan.layers
+                        ]
+                    },
+                )
+            )
+            if parquet is not None
+            else None
+        )
         for i, path in enumerate(parts):
-            mine = seams.take(by_home[cuts[i] : cuts[i + 1]])
-            region = InteriorPolygons.concat([read_interior(path), mine]).sorted()
-            for class_id in pending:
-                rows = region.take(np.flatnonzero(region.class_id == class_id))
-                if len(rows):
-                    pending[class_id].append(rows)
-                if sum(len(r) for r in pending[class_id]) >= batch:
-                    flush(w, class_id)
+            interior = read_interior(path)
+            if dataset is not None:
+                _write_part(dataset, ids[i], interior.sorted(), plan.source)
+            if writer is not None:
+                mine = seams.take(by_home[cuts[i] : cuts[i + 1]])
+                region = InteriorPolygons.concat([interior, mine]).sorted()
+                for class_id in pending:
+                    rows = region.take(np.flatnonzero(region.class_id == class_id))
+                    if len(rows):
+                        pending[class_id].append(rows)
+                    if sum(len(r) for r in pending[class_id]) >= batch:
+                        flush(writer, class_id)
+            else:
+                region = interior
+            for class_id in counts:
+                counts[class_id] += int(np.count_nonzero(region.class_id == class_id))
             if progress is not None:
                 progress(i + 1, len(parts))
-        for class_id in pending:
-            flush(w, class_id)
+        if writer is not None:
+            for class_id in pending:
+                flush(writer, class_id)
+        if dataset is not None:
+            _write_part(dataset, SEAMS_PART, seams.take(by_home), plan.source)
+            if writer is None:
+                for class_id in counts:
+                    counts[class_id] += int(np.count_nonzero(seams.class_id == class_id))
     if timings is not None:
         timings["seams"] = t1 - t0
         timings["write"] = time.perf_counter() - t1
-    return w.feature_counts
+    return {names[c]: n for c, n in counts.items()} if writer is None else writer.feature_counts
+
+
+def _part_id(path: Path) -> str:
+    name = Path(path).name
+    return name[: -len(".vector.npz")] if name.endswith(".vector.npz") else Path(path).stem
+
+
+def _write_part(dataset: ParquetDataset, part: str, rows: InteriorPolygons, source: str) -> None:
+    dataset.write(
+        part,
+        class_id=rows.class_id,
+        area_m2=rows.area_m2,
+        perimeter_m=rows.perimeter_m,
+        confidence=rows.confidence,
+        geometry=rows.geometry,
+        source=source,
+    )

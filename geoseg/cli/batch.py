@@ -50,7 +50,8 @@ class _StageProgress:
     "out_dir",
     required=True,
     type=click.Path(path_type=Path, file_okay=False),
-    help="Output directory: region COGs, manifest.jsonl, classes.vrt, polygons.gpkg.",
+    help="Output directory: region COGs, manifest.jsonl, classes.vrt, polygons.gpkg "
+    "and/or polygons.parquet/.",
 )
 @click.option(
     "--scheduler",
@@ -89,6 +90,15 @@ class _StageProgress:
     show_default=True,
     help="Dashboard of the local cluster.",
 )
+@click.option(
+    "--format",
+    "out_format",
+    type=click.Choice(["gpkg", "parquet", "both"]),
+    default="gpkg",
+    show_default=True,
+    help="Polygons as one styled GeoPackage, a partitioned GeoParquet dataset "
+    "(polygons.parquet/: one file per region plus seams.parquet; needs pyarrow), or both.",
+)
 @tta_opt
 @separate_opt
 @precision_opt
@@ -109,6 +119,7 @@ def batch(
     separate: bool,
     precision: str | None,
     overwrite: bool,
+    out_format: str,
 ) -> None:
     """Segment the regions of REGIONS_YAML on a dask cluster, then merge them.
 
@@ -155,6 +166,7 @@ def batch(
             progress=bar.update,
             on_cluster=on_cluster,
             dashboard_address=dashboard_address or None,
+            formats=("gpkg", "parquet") if out_format == "both" else (out_format,),
         )
     for region, error in sorted(result.failed.items()):
         click.echo(f"geoseg: region {region} failed: {error}", err=True)
@@ -163,7 +175,7 @@ def batch(
             f"{len(result.failed)} of {result.regions} regions failed (see "
             f"{result.out_dir / 'manifest.jsonl'}); fix the cause and rerun with --resume"
         )
-    outputs: list[Any] = [result.mosaic, result.polygons]
+    outputs: list[Any] = [result.mosaic, result.polygons, result.parquet]
     for out in outputs:
         if out is not None:
             click.echo(f"wrote {out}", err=quiet)
