@@ -11,7 +11,8 @@ tiled inference users run, against its own labels and only for the classes it la
 
 Scores come through the user's path by default: the polygons ``geoseg predict IMG -o X.gpkg``
 writes, rasterized back onto the image for pixel metrics (``--raster`` scores the class
-rasters instead); ``--tta flips|d4`` adds test-time augmentation.
+rasters instead); ``--tta flips|d4`` adds test-time augmentation; ``--precision int8``
+runs the checkpoint's int8 graph.
 
 Usage::
 
@@ -38,6 +39,7 @@ def main() -> None:
         "--no-separate", action="store_true", help="ignore a contact output (touching buildings)"
     )
     ap.add_argument("--raster", action="store_true", help="score class rasters, not polygons")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "int8", "auto"])
     ap.add_argument("--sources", default="", help="comma list of sources (default: all)")
     args = ap.parse_args()
     model, out = args.model, args.out
@@ -99,6 +101,8 @@ def main() -> None:
             "--overwrite",
             "--tta",
             args.tta,
+            "--precision",
+            args.precision,
             *([] if args.raster else ["--through-polygons"]),
             *(["--no-separate"] if args.no_separate else []),
             *extra,
@@ -110,6 +114,7 @@ def main() -> None:
             "through_polygons": not args.raster,
             "tta": args.tta,
             "separate": not args.no_separate,
+            "precision": args.precision,
         }
     (out / "heldout.json").write_text(json.dumps(results, indent=1))
     for name, r in results.items():

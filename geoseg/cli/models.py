@@ -224,6 +224,13 @@ def export(checkpoint: str, overwrite: bool) -> None:
     help="Raster(s) for the accuracy check [default: other generated scenes, with truth].",
 )
 @click.option("--tiles", type=int, default=16, show_default=True, help="Calibration tiles.")
+@click.option(
+    "--keep-float",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Leading convolutions kept in float32 [default: the fewest of 1, 2, 4, 6, 8, 12, 16 "
+    "that pass the check on tiles of their own].",
+)
 @overwrite_opt
 def quantize(
     checkpoint: str,
@@ -231,6 +238,7 @@ def quantize(
     calibration: tuple[Path, ...],
     check_rasters: tuple[Path, ...],
     tiles: int,
+    keep_float: int | None,
     overwrite: bool,
 ) -> None:
     """Add a statically quantized int8 ONNX graph to CHECKPOINT, checked against float32.
@@ -239,6 +247,7 @@ def quantize(
     check tiles have truth) is recorded in model.int8.onnx.json; --precision auto runs
     the int8 graph only when it passed, --precision int8 always.
     """
+    import os
     import shutil
 
     from geoseg.errors import OutputExistsError
@@ -250,17 +259,28 @@ def quantize(
     if dst is not None:
         if dst.exists() and not overwrite:
             raise OutputExistsError(f"{dst} exists; pass --overwrite to replace it")
+        # The copy is quantized under a temporary name: a failed run leaves no COPY behind.
+        target = dst.parent / f".{dst.name}.geoseg-{os.getpid()}"
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(src, target)
+    try:
+        graph, result = quantize_checkpoint(
+            target,
+            calibration=calibration,
+            check=check_rasters,
+            tiles=tiles,
+            overwrite=overwrite or dst is not None,
+            keep_float=keep_float,
+        )
+    except BaseException:
+        if dst is not None:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+    if dst is not None:
         if dst.exists():
             shutil.rmtree(dst)
-        shutil.copytree(src, dst)
-        target = dst
-    graph, result = quantize_checkpoint(
-        target,
-        calibration=calibration,
-        check=check_rasters,
-        tiles=tiles,
-        overwrite=overwrite or dst is not None,
-    )
+        os.replace(target, dst)
+        graph = dst / graph.name
     verdict = "passed" if result.passed else "FAILED (auto keeps float32)"
     drops = ", ".join(
         f"{k} {result.iou_fp32[k]:.3f}->{result.iou_int8.get(k, float('nan')):.3f}"

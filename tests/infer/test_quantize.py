@@ -113,3 +113,35 @@ def test_models_quantize_command_writes_a_copy(
     with pytest.raises(SystemExit) as exc:
         main(["models", "quantize", str(quantized), "-o", str(out)])
     assert exc.value.code == 1 and "--overwrite" in capfd.readouterr().err
+    # A run that fails (here: a calibration raster that does not exist) leaves no copy.
+    failed = tmp_path / "failed"
+    with pytest.raises(SystemExit) as exc:
+        main(["models", "quantize", str(quantized), "-o", str(failed), "--calibration", "nope.tif"])
+    err = capfd.readouterr().err
+    assert exc.value.code == 1 and "nope.tif does not exist" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]
+
+
+def test_the_search_keeps_the_fewest_leading_float_convs_that_pass(quantized: Path) -> None:
+    record = json.loads((quantized / INT8_META_NAME).read_text())
+    tried = record["selection"]["tried"]
+    steps = [t["leading_float_convs"] for t in tried]
+    assert steps == sorted(steps) and steps[0] == 1
+    # It stops at the first that passes on its own tiles (or tries every step).
+    assert all(not t["passed"] for t in tried[:-1])
+    convs = record["selection"]["convs"]
+    assert tried[-1]["passed"] or steps[-1] == min(16, convs - 2)
+    assert len(record["float_convs"]) == steps[-1] + 1  # the leading ones and the last
+
+
+def test_an_explicit_keep_float_is_used_without_a_search(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    card = tiny_card(
+        n_classes=3, pixel_size_m=1.0, architecture="tinycnn", arch_params={"depth": 4}
+    )
+    ckpt = save_checkpoint(build_model(card), card, tmp_path / "tiny")
+    ship_onnx(ckpt)
+    quantize_checkpoint(ckpt, tiles=2, tile_size=64, keep_float=2)
+    record = json.loads((ckpt / INT8_META_NAME).read_text())
+    assert record["selection"] is None and len(record["float_convs"]) == 3
+    assert "the first 2 and the last Conv in float32" in record["method"]
