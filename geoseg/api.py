@@ -13,6 +13,7 @@ each function imports only what its job needs (no PyTorch to predict on the CPU)
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -134,18 +135,50 @@ def predict(
         a message that names the problem and the fix; nothing is left under the
         final output names.
     """
-    from geoseg.io.atomic import check_output_path
-    from geoseg.pipeline import (
-        PredictConfig,
-        VectorizeConfig,
-        run_scene,
-        run_vectorize,
-    )
+    from geoseg.io.atomic import output_lock
+    from geoseg.pipeline import PredictConfig
 
     dst = Path(dst)
     cfg = PredictConfig(**_split_options(options, PredictConfig))
     vector_out = dst.suffix.lower() in VECTOR_SUFFIXES
     raster_out = dst.with_name(dst.stem + "_classes.tif") if vector_out else dst
+    # One run owns its outputs from start to end: a second run with the same
+    # outputs fails at once instead of leaving one run's raster beside the other's
+    # polygons.
+    with contextlib.ExitStack() as locks:
+        for path in dict.fromkeys([raster_out, dst]):
+            locks.enter_context(output_lock(path))
+        return _predict(
+            src,
+            dst,
+            raster_out,
+            vector_out,
+            model,
+            cfg,
+            cleanup,
+            dst_crs,
+            vectorize_workers,
+            progress,
+            vector_progress,
+        )
+
+
+def _predict(
+    src: str | Path,
+    dst: Path,
+    raster_out: Path,
+    vector_out: bool,
+    model: str | Path | LoadedModel,
+    cfg: PredictConfig,
+    cleanup: Mapping[str, CleanupParams] | None,
+    dst_crs: str | None,
+    vectorize_workers: int | None,
+    progress: ProgressFn | None,
+    vector_progress: ProgressFn | None,
+) -> PredictResult:
+    from geoseg.io.atomic import check_output_path
+    from geoseg.pipeline import VectorizeConfig, run_scene, run_vectorize
+
     if vector_out:
         check_output_path(dst, overwrite=cfg.overwrite)
     stats = run_scene(src, raster_out, model, cfg, progress=progress)

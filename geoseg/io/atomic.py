@@ -20,8 +20,10 @@ import errno
 import os
 import secrets
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from geoseg.errors import OutputExistsError, OutputWriteError
 
@@ -29,6 +31,7 @@ __all__ = [
     "SIDECAR_SUFFIXES",
     "atomic_output",
     "check_output_path",
+    "output_lock",
     "remove_with_sidecars",
 ]
 
@@ -117,6 +120,103 @@ def _probe_writable(directory: Path) -> None:
     os.close(fd)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(probe)
+
+
+# Locks this process holds: path -> (fd, depth).  flock locks belong to an open file
+# description, so a second open of the same lock file in this process would conflict
+# with the first; nested holders (predict -> its vector writer) share one.
+_HELD: dict[Path, tuple[int | None, int]] = {}
+_HELD_GUARD = threading.Lock()
+
+
+def _lock_name(target: Path) -> Path:
+    return target.with_name(f".{target.name}.geoseg-lock")
+
+
+@contextlib.contextmanager
+def output_lock(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold the right to write ``path`` for the body; another run that wants it fails at once.
+
+    Two runs writing the same output at once would otherwise both succeed and
+    leave the files of one beside the files of the other (``x_classes.tif``
+    from one, ``x.gpkg`` from the other).  The lock is an ``flock`` on a
+    hidden ``.<name>.geoseg-lock`` file next to the output, removed on release;
+    a crashed holder's lock dies with its process.  Re-entrant within a
+    process.  Local filesystems only (NFS gives flock no cross-host meaning
+    on some setups).
+
+    Raises
+    ------
+    OutputWriteError
+        Another process holds the lock.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     with output_lock(Path(d) / "out.gpkg"), output_lock(Path(d) / "out.gpkg"):
+    ...         pass
+    ...     sorted(p.name for p in Path(d).iterdir())
+    []
+    """
+    import fcntl
+
+    target = Path(os.path.abspath(os.fspath(path)))
+    with _HELD_GUARD:
+        if target in _HELD:
+            fd, depth = _HELD[target]
+            _HELD[target] = (fd, depth + 1)
+        else:
+            _HELD[target] = (_acquire(target, fcntl), 1)
+    try:
+        yield target
+    finally:
+        with _HELD_GUARD:
+            held, depth = _HELD[target]
+            if depth > 1:
+                _HELD[target] = (held, depth - 1)
+            else:
+                del _HELD[target]
+                if held is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(_lock_name(target))
+                    os.close(held)  # releases the flock
+
+
+def _acquire(target: Path, fcntl: Any) -> int | None:
+    """Open and flock the lock file of ``target``; fail at once when someone else holds it.
+
+    None where no lock file can be made (a missing or read-only directory):
+    :func:`check_output_path` then says what is wrong.
+    """
+    lock = _lock_name(target)
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = ""
+            with contextlib.suppress(OSError, ValueError):
+                holder = f" (process {int(os.pread(fd, 32, 0).decode().strip())})"
+            os.close(fd)
+            raise OutputWriteError(
+                f"another geoseg run{holder} is writing {target} now; wait for it to finish "
+                "or choose another output"
+            ) from None
+        # The holder before us may have removed the file between our open and our lock:
+        # then the lock is on an unlinked inode, and we start again.
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            return fd
+        os.close(fd)
 
 
 def _temporary_sibling(target: Path) -> Path:
@@ -225,7 +325,14 @@ def atomic_output(path: str | os.PathLike[str], *, overwrite: bool) -> Iterator[
     ...     sorted(p.name for p in Path(d).iterdir())
     ['out.txt']
     """
-    target = check_output_path(path, overwrite=overwrite)
+    with output_lock(path):
+        target = check_output_path(path, overwrite=overwrite)
+        with _replace_on_success(target) as tmp:
+            yield tmp
+
+
+@contextlib.contextmanager
+def _replace_on_success(target: Path) -> Iterator[Path]:
     tmp = _temporary_sibling(target)
     try:
         yield tmp
