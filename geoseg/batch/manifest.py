@@ -176,9 +176,23 @@ class ManifestState:
     merge: dict[str, Any] | None = None
 
     def outputs(self, region: str) -> dict[str, OutputFile]:
-        """The recorded outputs of a region (empty when it has no record)."""
-        rec = self.regions.get(region) or {}
-        return {k: OutputFile.from_dict(v) for k, v in (rec.get("outputs") or {}).items()}
+        """The recorded outputs of a region (empty when it has none, or a damaged record)."""
+        return parse_outputs((self.regions.get(region) or {}).get("outputs"), f"region {region}")
+
+
+def parse_outputs(outputs: Any, what: str) -> dict[str, OutputFile]:
+    """Output records of a manifest record; empty (redo it) when they are damaged.
+
+    A manifest edited by hand, or one a crash cut short, must cost a redo of
+    what it no longer describes, never a traceback.
+    """
+    if not outputs:
+        return {}
+    try:
+        return {str(k): OutputFile.from_dict(v) for k, v in dict(outputs).items()}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        log.warning("the manifest's record of %s is damaged; it will be redone", what)
+        return {}
 
 
 class Manifest:

@@ -46,6 +46,7 @@ from geoseg.batch.manifest import (
     OutputFile,
     now_iso,
     outputs_valid,
+    parse_outputs,
 )
 from geoseg.batch.merge import MosaicSource, append_geopackages, mosaic_layout, write_mosaic_vrt
 from geoseg.batch.parquet import (
@@ -549,7 +550,7 @@ def _merge(
     digest = _merge_digest(work, regions, state, formats)
     prev = state.merge
     if prev is not None and prev.get("inputs") == digest:
-        outputs = {k: OutputFile.from_dict(v) for k, v in (prev.get("outputs") or {}).items()}
+        outputs = parse_outputs(prev.get("outputs"), "the merge")
         if outputs_valid(out, outputs):
             result.mosaic = out / MOSAIC_NAME if "mosaic" in outputs else None
             result.polygons = out / POLYGONS_NAME if "polygons" in outputs else None
