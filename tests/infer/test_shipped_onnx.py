@@ -109,10 +109,14 @@ def test_the_bundled_model_ships_a_graph_that_matches_its_weights() -> None:
     loaded = load_checkpoint("default", lazy=True)
     shipped = loaded.onnx_graph
     assert shipped is not None, "run: geoseg models export geoseg/models/bundled/default"
-    pred = Predictor(loaded, loaded.card, device="cpu", backend="onnx")
+    pred = Predictor(loaded, loaded.card, device="cpu", backend="onnx", precision="fp32")
     assert pred.backend.path == shipped[0]  # type: ignore[attr-defined]
     x = np.random.default_rng(2).standard_normal((1, 3, 128, 96), dtype=np.float32)
     np.testing.assert_allclose(pred(x), reference(loaded.path, x), atol=1e-4, rtol=0)
+    # Its int8 graph passed the accuracy check, so the default (auto) runs it on the CPU.
+    auto = Predictor(loaded, loaded.card, device="cpu", backend="onnx")
+    assert auto.precision == "int8"
+    assert auto.backend.path == loaded.path / "model.int8.onnx"  # type: ignore[attr-defined]
     size = sum(f.stat().st_size for f in loaded.path.iterdir())
     assert size <= 40e6  # the wheel stays small
 
