@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
+
 from geoseg.errors import ConfigError
 
 
@@ -127,3 +129,28 @@ class TileGrid:
         if row + 1 < len(self.row_starts):
             return self.row_starts[row + 1]
         return self.height
+
+
+#: Class value of pixels no valid input reached (nodata in the class raster).
+CLASS_NODATA = 255
+#: Value of probability bands where the input is nodata.
+PROB_NODATA = 255
+#: uint8 probability bands hold ``round(p * PROB_SCALE)``.
+PROB_SCALE = 254
+
+
+@dataclass(frozen=True)
+class Strip:
+    """Finished output rows ``row_off .. row_off + rows`` over the full raster width.
+
+    ``classes`` is uint8 ``(rows, width)`` with :data:`CLASS_NODATA` where no valid
+    input pixel was; ``probs`` (when requested) is uint8 ``(classes, rows, width)``
+    holding ``round(p * 254)`` and :data:`PROB_NODATA` on nodata;
+    ``probs_f32`` (when requested) keeps the float probabilities for tests
+    and callers that need them exactly.
+    """
+
+    row_off: int
+    classes: np.ndarray
+    probs: np.ndarray | None = None
+    probs_f32: np.ndarray | None = None

@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 
-from geoseg.batch.worker import cached_model, remember_model
 from geoseg.errors import BandError, ConfigError
 from geoseg.infer.predictor import Predictor, normalize
 from geoseg.infer.stream import CLASS_NODATA, stream_segment
+from geoseg.models.cache import cached_model, remember_model
 from geoseg.models.checkpoint import LoadedModel, load_checkpoint
 from geoseg.pipeline import crop_strips
 from geoseg.tiling import make_grid, region_grid

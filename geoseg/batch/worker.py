@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -28,8 +27,8 @@ import numpy as np
 from geoseg.batch.manifest import OutputFile, append_line, now_iso, outputs_valid
 from geoseg.batch.parts import write_part
 from geoseg.batch.vector import RegionShare, VectorPlan, vectorize_region
-from geoseg.errors import CheckpointError, GeosegWarning, RasterReadError
-from geoseg.models.checkpoint import LoadedModel, load_checkpoint
+from geoseg.errors import GeosegWarning, RasterReadError
+from geoseg.models.cache import cached_model, remember_model
 from geoseg.pipeline import PredictConfig, VectorizeConfig, run_scene, run_vectorize
 from geoseg.types import PixelWindow
 
@@ -43,44 +42,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-_MODELS: dict[tuple[str, str], LoadedModel] = {}
-_LOCK = threading.Lock()
-
-
-def cached_model(path: str, sha256: str) -> LoadedModel:
-    """The model of checkpoint ``path`` whose weights hash to ``sha256``, loaded once per process.
-
-    Only the most recent model is kept, so a long-lived worker serving
-    batches with different models does not accumulate them.
-
-    Raises
-    ------
-    CheckpointError
-        If the weights on disk no longer match ``sha256`` (the checkpoint was
-        replaced while the batch ran).
-    """
-    key = (str(path), sha256)
-    with _LOCK:
-        loaded = _MODELS.get(key)
-        if loaded is None:
-            loaded = load_checkpoint(path, lazy=True)
-            if loaded.sha256 != sha256:
-                raise CheckpointError(
-                    f"the weights of {path} changed after the run started (sha256 "
-                    f"{loaded.sha256[:12]}… instead of {sha256[:12]}…); keep checkpoints "
-                    "unchanged while they are in use and start the run again"
-                )
-            _MODELS.clear()
-            _MODELS[key] = loaded
-        return loaded
-
-
-def remember_model(loaded: LoadedModel) -> None:
-    """Put an already loaded model in this process's cache (under its path and sha256)."""
-    with _LOCK:
-        _MODELS.clear()
-        _MODELS[(str(loaded.path), loaded.sha256)] = loaded
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from geoseg.errors import ConfigError
-from geoseg.types import Tile, TileGrid
+from geoseg.types import CLASS_NODATA, Tile, TileGrid
 
 
 def default_margin(overlap: int) -> int:
@@ -97,9 +97,6 @@ def tile_weights(grid: TileGrid, tile: Tile, margin: int | None = None) -> np.nd
     m = default_margin(grid.overlap) if margin is None else margin
     return _window(grid.tile_h, grid.tile_w, grid.overlap, m, tile.edges)
 
-
-#: Class value of pixels no valid input reached (nodata in the class raster).
-CLASS_NODATA = 255
 
 #: Contact probability above which a pixel of a model's ``contact_class`` is carved
 #: out (becomes background), separating touching objects.

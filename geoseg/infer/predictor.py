@@ -32,7 +32,7 @@ from geoseg.infer.backends import (
     onnx_backend,
     onnxruntime_available,
 )
-from geoseg.infer.tune import Tuning, stored_tuning
+from geoseg.infer.tuning import Tuning, stored_tuning
 
 if TYPE_CHECKING:
     import torch

@@ -29,33 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from geoseg.infer.blend import CLASS_NODATA, BlendedBlock, StreamingBlender
-from geoseg.types import PixelWindow, Tile, TileGrid
-
-PROB_NODATA = 255
-PROB_SCALE = 254
+from geoseg.infer.blend import BlendedBlock, StreamingBlender
+from geoseg.types import CLASS_NODATA, PROB_NODATA, PROB_SCALE, PixelWindow, Strip, Tile, TileGrid
 
 ReadFn = Callable[[PixelWindow], tuple[np.ndarray, np.ndarray]]
 NormalizeFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 PredictFn = Callable[[np.ndarray], Any]
 ProgressFn = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class Strip:
-    """Finished output rows ``row_off .. row_off + rows`` over the full raster width.
-
-    ``classes`` is uint8 ``(rows, width)`` with :data:`CLASS_NODATA` where no valid
-    input pixel was; ``probs`` (when requested) is uint8 ``(classes, rows, width)``
-    holding ``round(p * 254)`` and :data:`PROB_NODATA` on nodata;
-    ``probs_f32`` (when requested) keeps the float probabilities for tests
-    and callers that need them exactly.
-    """
-
-    row_off: int
-    classes: np.ndarray
-    probs: np.ndarray | None = None
-    probs_f32: np.ndarray | None = None
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
@@ -11,7 +12,9 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from geoseg.io.atomic import atomic_output
-from geoseg.models.card import ModelCard
+
+if TYPE_CHECKING:
+    from geoseg.models.card import ModelCard
 
 QUICKLOOK_PX = 1400
 

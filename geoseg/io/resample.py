@@ -29,9 +29,9 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window, from_bounds
 from rasterio.windows import bounds as window_bounds
 
-from geoseg.infer.stream import CLASS_NODATA, PROB_NODATA, Strip
 from geoseg.io.read import RasterSpec
 from geoseg.io.write_raster import RasterStripWriter
+from geoseg.types import CLASS_NODATA, PROB_NODATA, Strip
 
 STRIP_ROWS = 512
 
