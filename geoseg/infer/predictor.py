@@ -433,6 +433,13 @@ class Predictor:
                 )
             return found[0]
         if found is not None and found[1].get("check", {}).get("passed") is True:
+            tuned = self.tuning
+            if tuned is not None and tuned.timed_int8 and tuned.precision != "int8":
+                log.info(
+                    "precision auto: fp32, faster than int8 here as geoseg tune measured (%s)",
+                    tuned.measured_at,
+                )
+                return None
             log.info("precision auto: int8, its accuracy check passed (%s)", found[0])
             return found[0]
         return None

@@ -72,13 +72,17 @@ log = logging.getLogger(__name__)
 # --- measuring --------------------------------------------------------------------------------
 
 
-def candidates(device: Device, threads: int, *, compile: bool = False) -> list[Candidate]:
+def candidates(
+    device: Device, threads: int, *, compile: bool = False, int8: bool = False
+) -> list[Candidate]:
     """The engine configurations worth timing on ``device`` with ``threads`` cores.
 
     On a CPU: ONNX Runtime with the default number of concurrent workers, with
     one worker using every core, and with one single-threaded worker per core
     (up to :data:`MAX_TUNED_WORKERS`); PyTorch eager; ``torch.compile`` only
-    when asked (it compiles for 30-60 s first).  On CUDA: PyTorch (bf16/fp16
+    when asked (it compiles for 30-60 s first); with ``int8`` (a checkpoint whose
+    int8 graph passed its accuracy check) the same ONNX Runtime layouts on that
+    graph.  On CUDA: PyTorch (bf16/fp16
     autocast) and ONNX Runtime when its CUDA provider is installed.  On MPS:
     PyTorch.
 
@@ -89,9 +93,10 @@ def candidates(device: Device, threads: int, *, compile: bool = False) -> list[C
     out: list[Candidate] = []
     if device.type == "cpu":
         if onnxruntime_available():
-            for w in (default_workers(threads), 1, min(threads, MAX_TUNED_WORKERS)):
-                if Candidate("onnx", w) not in out:
-                    out.append(Candidate("onnx", w))
+            for precision in ("fp32", "int8") if int8 else ("fp32",):
+                for w in (default_workers(threads), 1, min(threads, MAX_TUNED_WORKERS)):
+                    if Candidate("onnx", w, precision=precision) not in out:
+                        out.append(Candidate("onnx", w, precision=precision))
     elif device.type == "cuda" and onnxruntime_available():
         import onnxruntime as ort
 
@@ -102,6 +107,17 @@ def candidates(device: Device, threads: int, *, compile: bool = False) -> list[C
         if compile:
             out.append(Candidate("torch", 1, True))
     return out
+
+
+def _checked_int8(model: Any) -> bool:
+    """Whether ``model`` is a checkpoint whose int8 graph passed its accuracy check."""
+    from geoseg.infer.quantize import int8_graph
+    from geoseg.models.checkpoint import LoadedModel
+
+    if not isinstance(model, LoadedModel):
+        return False
+    found = int8_graph(model.path, model.sha256)
+    return found is not None and found[1].get("check", {}).get("passed") is True
 
 
 def measure(predictor: Predictor, candidate: Candidate, tile: int, seconds: float) -> Measurement:
@@ -229,7 +245,7 @@ def tune(
     # best: a shared machine's load drifts, and interleaving spreads the drift over all.
     engines: dict[Candidate, Predictor] = {}
     errors: dict[Candidate, str] = {}
-    order = candidates(dev, threads, compile=compile)
+    order = candidates(dev, threads, compile=compile, int8=_checked_int8(model))
     for cand in order:
         try:
             pred = Predictor(
@@ -241,9 +257,12 @@ def tune(
                 workers=cand.workers,
                 compile=cand.compile,
                 cache_dir=onnx_cache,
+                precision=cand.precision,
             )
             if pred.backend.name.split("-")[0] != cand.backend:
                 raise RuntimeError(f"{cand.backend} cannot run this model here")
+            if pred.precision != cand.precision:
+                raise RuntimeError(f"{cand.precision} cannot run this model here")
             engines[cand] = pred
         except Exception as exc:  # an engine that cannot run is reported, not fatal
             log.warning("%s cannot run: %s", cand.label, exc)
@@ -277,6 +296,7 @@ def tune(
     tuning = Tuning(
         backend=best.candidate.backend,
         workers=best.candidate.workers,
+        precision=best.candidate.precision,
         mpx_s=float(best.mpx_s or 0.0),
         measurements=results,
         machine=identity,

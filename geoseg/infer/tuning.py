@@ -50,13 +50,16 @@ class Candidate:
     backend: str
     workers: int = 1
     compile: bool = False
+    #: ``fp32``, or ``int8`` for a checkpoint's quantized ONNX graph.
+    precision: str = "fp32"
 
     @property
     def label(self) -> str:
-        """Short human name, e.g. ``onnx x2`` or ``torch-compile``."""
+        """Short human name, e.g. ``onnx x2``, ``onnx x2 int8`` or ``torch-compile``."""
         if self.backend == "torch":
             return "torch-compile" if self.compile else "torch"
-        return f"{self.backend} x{self.workers}"
+        extra = " int8" if self.precision == "int8" else ""
+        return f"{self.backend} x{self.workers}{extra}"
 
 
 @dataclass
@@ -81,11 +84,20 @@ class Tuning:
     machine: dict[str, Any] = field(default_factory=dict)
     tile: int = 0
     measured_at: str = ""
+    #: Precision of the winner (``fp32`` in tunings stored before int8 was timed).
+    precision: str = "fp32"
 
     @property
     def label(self) -> str:
         """The winner's :attr:`Candidate.label`."""
-        return Candidate(self.backend, self.workers).label
+        return Candidate(self.backend, self.workers, precision=self.precision).label
+
+    @property
+    def timed_int8(self) -> bool:
+        """Whether an int8 graph ran in this measurement (so it competed with float32)."""
+        return any(
+            m.candidate.precision == "int8" and m.mpx_s is not None for m in self.measurements
+        )
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready form (what :func:`tuning_path` holds per entry)."""
@@ -112,7 +124,12 @@ class Tuning:
         try:
             ms = [
                 Measurement(
-                    Candidate(str(m["backend"]), int(m["workers"]), bool(m["compile"])),
+                    Candidate(
+                        str(m["backend"]),
+                        int(m["workers"]),
+                        bool(m["compile"]),
+                        str(m.get("precision", "fp32")),
+                    ),
                     None if m["mpx_s"] is None else float(m["mpx_s"]),
                     int(m["tiles"]),
                     float(m["seconds"]),
@@ -128,6 +145,7 @@ class Tuning:
                 machine=dict(data.get("machine", {})),
                 tile=int(data.get("tile", 0)),
                 measured_at=str(data.get("measured_at", "")),
+                precision=str(data.get("precision", "fp32")),
             )
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a stored tuning: {exc}") from exc

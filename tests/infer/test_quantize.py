@@ -145,3 +145,53 @@ def test_an_explicit_keep_float_is_used_without_a_search(tmp_path: Path) -> None
     record = json.loads((ckpt / INT8_META_NAME).read_text())
     assert record["selection"] is None and len(record["float_convs"]) == 3
     assert "the first 2 and the last Conv in float32" in record["method"]
+
+
+def _passed_copy(src: Path, dst: Path) -> Path:
+    """A copy of a quantized checkpoint whose record says the check passed."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    record = json.loads((dst / INT8_META_NAME).read_text())
+    record["check"]["passed"] = True
+    (dst / INT8_META_NAME).write_text(json.dumps(record))
+    return dst
+
+
+def test_tune_times_int8_beside_fp32_and_auto_follows_it(
+    quantized: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from geoseg.infer.backends import HostCPU
+    from geoseg.infer.tune import candidates, tune
+    from geoseg.infer.tuning import (
+        Candidate,
+        Measurement,
+        Tuning,
+        entry_key,
+        machine_identity,
+        model_key,
+        store_tuning,
+    )
+
+    monkeypatch.setenv("GEOSEG_CACHE_DIR", str(tmp_path / "cache"))
+    ckpt = _passed_copy(quantized, tmp_path / "passed")
+    labels = [c.label for c in candidates(HostCPU(), 2, int8=True)]
+    assert "onnx x2 int8" in labels and "onnx x2" in labels
+    loaded = load_checkpoint(ckpt, lazy=True)
+    result = tune(loaded, loaded.card, device="cpu", threads=2, seconds=0.4, rounds=1)
+    timed = {m.candidate.label: m.mpx_s for m in result.measurements}
+    assert timed["onnx x2 int8"] is not None and timed["onnx x2"] is not None
+    assert result.timed_int8 and result.precision in ("fp32", "int8")
+    # auto follows the measurement: int8 when it won, float32 when float32 won.
+    key = entry_key(machine_identity(HostCPU(), 2), model_key(loaded, loaded.card))
+    for winner in ("fp32", "int8"):
+        rows = [
+            Measurement(Candidate("onnx", 2, precision="int8"), 2.0 if winner == "int8" else 1.0),
+            Measurement(Candidate("onnx", 2), 2.0 if winner == "fp32" else 1.0),
+        ]
+        store_tuning(key, Tuning("onnx", 2, 2.0, rows, precision=winner))
+        pred = Predictor(loaded, loaded.card, device="cpu", threads=2)
+        assert pred.tuning is not None and pred.precision == winner
+    # A tuning that never timed int8 (stored before it existed) leaves the check's rule.
+    store_tuning(key, Tuning("onnx", 2, 2.0, [Measurement(Candidate("onnx", 2), 2.0)]))
+    assert Predictor(loaded, loaded.card, device="cpu", threads=2).precision == "int8"
