@@ -89,6 +89,9 @@ def test_models_and_info(tiny_model_dir, tmp_path):
     doc = json.loads(r.stdout)
     assert r.returncode == 0 and "unet" in doc["architectures"]
     assert doc["bundled"]["default"]["classes"][0] == "background"
+    # The bundled model ships an int8 graph whose accuracy check passed (--precision auto).
+    assert doc["bundled"]["default"]["int8"]["passed"] is True
+    assert doc["bundled"]["default"]["int8"]["agreement"] >= 0.99
     r = geoseg("info", tiny_model_dir)
     assert r.returncode == 0 and "tinycnn" in r.stdout
     src = write_raster(tmp_path / "scene.tif", random_image(40, 40))

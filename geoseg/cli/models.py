@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -36,6 +37,7 @@ def models(ctx: click.Context, as_json: bool) -> None:
                         if card.contact_class is None
                         else card.class_by_id(card.contact_class).name
                     ),
+                    "int8": _int8_status(path),
                 }
                 for name, path in bundled_models().items()
                 for card in (load_card(path),)
@@ -57,9 +59,16 @@ def models(ctx: click.Context, as_json: bool) -> None:
             if card.contact_class is not None
             else ""
         )
+        int8 = _int8_status(path)
+        quantized = (
+            ""
+            if int8 is None
+            else f"  int8 graph ({'check passed' if int8['passed'] else 'check FAILED'}, "
+            f"agreement {int8['agreement']:.3f})"
+        )
         click.echo(
             f"  {name:<12} {card.architecture}/{card.encoder}  bands={','.join(card.bands)}  "
-            f"classes={classes}{separates}"
+            f"classes={classes}{separates}{quantized}"
         )
     click.echo("Architectures (for --arch in 'geoseg models wrap' and training configs):")
     for name in list_models():
@@ -67,6 +76,19 @@ def models(ctx: click.Context, as_json: bool) -> None:
         click.echo(
             f"  {name:<14} default encoder {arch.default_encoder or '-':<10} {arch.description}"
         )
+
+
+def _int8_status(path: Path) -> dict[str, Any] | None:
+    """The int8 graph's accuracy check, when the checkpoint carries a valid one."""
+    from geoseg.infer.quantize import int8_graph
+    from geoseg.models.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(path, lazy=True)
+    found = int8_graph(Path(loaded.path), loaded.sha256)
+    if found is None:
+        return None
+    check = found[1].get("check", {})
+    return {"passed": bool(check.get("passed")), "agreement": float(check.get("agreement", 0))}
 
 
 def _parse_classes(text: str) -> list[dict[str, object]]:
