@@ -3,7 +3,7 @@
 :func:`evaluate` runs every image through :func:`geoseg.pipeline.run_scene`,
 the very path ``geoseg predict`` takes, into a class raster; then reads that
 raster strip by strip, rasterizes the labels onto each strip's grid and adds
-the pair to a :class:`~geoseg.training.metrics.ConfusionMatrix`, so memory
+the pair to a :class:`~geoseg.metrics.ConfusionMatrix`, so memory
 follows the raster width, not its size.  The same strips feed the seam-exact
 :func:`~geoseg.vectorize.polygonize.polygonize_strips`, whose polygons are
 matched one-to-one to the true polygons of the object classes (buildings,
@@ -36,11 +36,11 @@ from rasterio.warp import transform_bounds
 
 from geoseg.errors import ConfigError, GeosegWarning
 from geoseg.io.read import RasterSource, select_bands
+from geoseg.metrics import ConfusionMatrix, PixelMetrics
 from geoseg.models.card import ClassInfo, ModelCard
 from geoseg.pipeline import PredictConfig
-from geoseg.training.config import IGNORE_INDEX, SourceConfig
-from geoseg.training.metrics import ConfusionMatrix, PixelMetrics
-from geoseg.types import PixelWindow
+from geoseg.training.config import SourceConfig
+from geoseg.types import IGNORE_INDEX, PixelWindow
 
 log = logging.getLogger(__name__)
 
@@ -396,7 +396,7 @@ class _Truth:
             from rasterio.enums import Resampling
             from rasterio.vrt import WarpedVRT
 
-            from geoseg.training.data import LabelLookup
+            from geoseg.io.labels import LabelLookup
 
             path = labels[image_index] if len(labels) > 1 else labels[0]
             src = rasterio.open(path)
@@ -497,9 +497,9 @@ def evaluate(
     GeosegError
         From prediction (unreadable rasters, band mismatches, ...).
     """
+    from geoseg.io.labels import read_vector_labels
     from geoseg.models.checkpoint import LoadedModel, load_checkpoint
     from geoseg.pipeline import run_scene
-    from geoseg.training.data import read_vector_labels
 
     cfg = config or EvalConfig()
     t0 = time.perf_counter()

@@ -133,6 +133,8 @@ class TileGrid:
 
 #: Class value of pixels no valid input reached (nodata in the class raster).
 CLASS_NODATA = 255
+#: Label value of pixels that no loss or metric looks at (unlabelled, nodata).
+IGNORE_INDEX = 255
 #: Value of probability bands where the input is nodata.
 PROB_NODATA = 255
 #: uint8 probability bands hold ``round(p * PROB_SCALE)``.

@@ -22,6 +22,7 @@ from typing import Any
 
 from geoseg.errors import ConfigError, ModelCardError
 from geoseg.models.card import ClassInfo
+from geoseg.types import IGNORE_INDEX  # target value of ignored pixels in label chips
 
 __all__ = [
     "IGNORE",
@@ -38,8 +39,6 @@ __all__ = [
 
 #: Class-map target that marks label values to leave out of the loss and the metrics.
 IGNORE = "ignore"
-#: Target value of ignored pixels in label chips.
-IGNORE_INDEX = 255
 #: Loss terms that can be combined, e.g. ``ce+dice``.
 LOSSES = ("ce", "dice", "focal")
 

@@ -611,8 +611,8 @@ def _validate(
     import torch
     from torch.utils.data import DataLoader
 
+    from geoseg.metrics import ConfusionMatrix
     from geoseg.training.data import ChipDataset
-    from geoseg.training.metrics import ConfusionMatrix
 
     device = batches.device
     chips = ChipDataset(data, data.val_queries, cache)
