@@ -17,6 +17,11 @@ from geoseg.models import ModelCard, build_model, save_checkpoint
 REPO = Path(__file__).resolve().parents[1]
 
 
+# Scripts that the QGIS tests run under Debian's python3-qgis, not test modules: with
+# --doctest-modules pytest would import them here, where qgis does not exist.
+collect_ignore = ["io/qgis_check.py", "qgis/qgis_driver.py"]
+
+
 def shared_data() -> Path | None:
     """../shared/data (or $GEOSEG_TEST_DATA) when present."""
     env = os.environ.get("GEOSEG_TEST_DATA")
