@@ -767,9 +767,10 @@ def run_batch(
     if "parquet" in formats:
         require_parquet()
     out = Path(os.path.abspath(out_dir))
-    manifest, state = _prepare(out, resume=resume, overwrite=overwrite)
+    # Checks that need no output directory come first: a refused run leaves nothing behind.
     model_dir, model_sha, card = _model(work)
     check_resolution(work, card.pixel_size_m)
+    manifest, state = _prepare(out, resume=resume, overwrite=overwrite)
     regions = plan_regions(work)
     _check_common_crs(work)
     vectorizing = None if work.mode == "rasters" else _vectorizing(work, regions, card)

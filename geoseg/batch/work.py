@@ -445,24 +445,30 @@ def plan_regions(spec: WorkSpec) -> list[Region]:
 
 
 def check_resolution(spec: WorkSpec, model_pixel_size_m: float | None) -> None:
-    """Warn when window regions run at a pixel size the model was not trained for.
+    """Refuse, before any work, window regions at a pixel size the model was not trained for.
 
-    ``geoseg predict`` resamples such rasters on the fly; windows of one
-    raster cannot be resampled independently without seams, so they run at the
-    raster's own pixel size.
+    ``geoseg predict`` resamples such a raster on the fly onto the model's grid; batch
+    regions do not (yet), and running them at the raster's own pixels would give other
+    classes than ``predict`` for the same raster.  With ``resample: never`` in the work
+    file's ``predict:`` section both run at the raster's pixels and agree.
+
+    Raises
+    ------
+    ConfigError
+        The pixel sizes differ by more than 25 % and ``resample`` is not ``never``.
     """
-    if spec.mode == "rasters" or not model_pixel_size_m:
+    if spec.mode == "rasters" or not model_pixel_size_m or spec.predict.resample == "never":
         return
     from geoseg.io.read import describe
 
     ps = describe(spec.sources[0]).pixel_size_m
     if ps and abs(ps / model_pixel_size_m - 1) > RESAMPLE_TOLERANCE:
-        warnings.warn(
+        m = f"{model_pixel_size_m:g}"
+        raise ConfigError(
             f"{spec.sources[0]} has {ps:.3g} m pixels but the model was trained at "
-            f"{model_pixel_size_m:.3g} m; batch regions are not resampled, so warp the raster "
-            f"first (gdalwarp -tr {model_pixel_size_m:g} {model_pixel_size_m:g} -r bilinear IN OUT)",
-            GeosegWarning,
-            stacklevel=3,
+            f"{model_pixel_size_m:.3g} m, and batch regions are not resampled as 'geoseg predict' "
+            f"resamples; warp the raster first (gdalwarp -tr {m} {m} -r bilinear IN OUT), or set "
+            "'resample: never' under predict: in the work file to run at its own pixel size"
         )
 
 

@@ -158,3 +158,49 @@ def test_unreachable_paths_names_missing_inputs_and_output_directory(tmp_path):
         missing,
         str(tmp_path / "no"),
     ]
+
+
+def test_windows_at_another_pixel_size_are_refused_unless_resample_never(tmp_path):
+    from geoseg.batch.work import check_resolution
+    from tests.conftest import random_image, write_raster
+
+    src = write_raster(
+        tmp_path / "half.tif",
+        random_image(64, 64),
+        transform=Affine(0.5, 0, 500000, 0, -0.5, 6000000),
+    )
+    work = work_from_dict({"raster": "half.tif", "region_size": 32}, base=tmp_path)
+    with pytest.raises(
+        ConfigError, match=r"0\.5 m pixels .* 1 m.*gdalwarp -tr 1 1.*resample: never"
+    ):
+        check_resolution(work, 1.0)
+    check_resolution(work, 0.5)  # the model's own pixel size (within 25 %)
+    check_resolution(work, 0.6)
+    never = work_from_dict(
+        {"raster": str(src), "region_size": 32, "predict": {"resample": "never"}}, base=tmp_path
+    )
+    check_resolution(never, 1.0)  # runs at 0.5 m, as 'geoseg predict --resample never' does
+    rasters = work_from_dict({"rasters": ["half.tif"]}, base=tmp_path)
+    check_resolution(rasters, 1.0)  # whole rasters run the predict pipeline, resampling included
+
+
+def test_a_refused_resolution_leaves_no_output_directory(tmp_path):
+    import torch
+
+    from geoseg.models import build_model, save_checkpoint
+    from tests.conftest import random_image, tiny_card, write_raster
+
+    torch.manual_seed(0)
+    card = tiny_card(pixel_size_m=1.0)
+    model = save_checkpoint(build_model(card), card, tmp_path / "m1")
+    write_raster(
+        tmp_path / "half.tif",
+        random_image(64, 64),
+        transform=Affine(0.5, 0, 500000, 0, -0.5, 6000000),
+    )
+    work = work_from_dict(
+        {"raster": "half.tif", "region_size": 32, "model": str(model)}, base=tmp_path
+    )
+    with pytest.raises(ConfigError, match="batch regions are not resampled"):
+        run_batch(work, tmp_path / "out", workers=1, dashboard_address=None)
+    assert not (tmp_path / "out").exists()
