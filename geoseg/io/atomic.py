@@ -197,7 +197,14 @@ def _acquire(target: Path, fcntl: Any) -> int | None:
             return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                # No locking on this filesystem (an NFS mount with nolock, some FUSE
+                # filesystems): write without the guard rather than refuse to write.
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(lock)
+                return None
             holder = ""
             with contextlib.suppress(OSError, ValueError):
                 holder = f" (process {int(os.pread(fd, 32, 0).decode().strip())})"

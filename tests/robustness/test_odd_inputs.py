@@ -169,3 +169,16 @@ def test_two_runs_started_together_never_mix_their_outputs(tmp_path, tiny_model_
     ).name
     assert raster_source == vector_source
     assert not [p.name for p in tmp_path.iterdir() if "geoseg" in p.name]
+
+
+def test_a_filesystem_without_locks_still_gets_its_output(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with output_lock(tmp_path / "out.gpkg"):
+        (tmp_path / "out.gpkg").write_text("x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.gpkg"]
