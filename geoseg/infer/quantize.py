@@ -290,12 +290,14 @@ def quantize_checkpoint(
             if select
             else None,
             "calibration": {
-                "source": [str(p) for p in calibration] or "generated scenes (geoseg.synth)",
+                # File names only: the record travels with the checkpoint, not this machine.
+                "source": [Path(p).name for p in calibration] or "generated scenes (geoseg.synth)",
                 "tiles": len(calib),
                 "tile_size": tile_size,
             },
             "check": {
-                "source": [str(p) for p in check] or "generated scenes (other seeds), with truth",
+                "source": [Path(p).name for p in check]
+                or "generated scenes (other seeds), with truth",
                 **asdict(result),
                 "min_agreement": MIN_AGREEMENT,
                 "max_iou_drop": MAX_IOU_DROP,
