@@ -118,8 +118,8 @@ def test_the_bundled_model_ships_a_graph_that_matches_its_weights() -> None:
     assert auto.precision == "int8"
     assert auto.backend.path == loaded.path / "model.int8.onnx"  # type: ignore[attr-defined]
     # Its record names the calibration files, not where they lay on the machine that made it.
-    record = (loaded.path / "model.int8.onnx.json").read_text()
-    assert "/work/" not in record and '"/' not in record
+    record = json.loads((loaded.path / "model.int8.onnx.json").read_text())
+    assert all("/" not in name for name in record["calibration"]["source"])
     size = sum(f.stat().st_size for f in loaded.path.iterdir())
     assert size <= 40e6  # the wheel stays small
 
