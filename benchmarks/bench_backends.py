@@ -94,20 +94,31 @@ def matmul_peak_gflops(threads: int, n: int = 4096, repeats: int = 5) -> float:
     return 2.0 * n**3 / best / 1e9
 
 
-def ort_matmul_gflops(threads: int, n: int = 4096, repeats: int = 5) -> float:
-    """The same product through ONNX Runtime's own GEMM (MLAS), which the ONNX backend uses."""
+def ort_matmul_gflops(
+    threads: int, n: int = 4096, repeats: int = 5, integer: bool = False
+) -> float:
+    """The same product through ONNX Runtime's own GEMM (MLAS), which the ONNX backend uses.
+
+    ``integer``: a uint8 x int8 -> int32 ``MatMulInteger`` instead (GOP/s), what the
+    convolutions of an int8 graph run on.
+    """
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
+    a_type, b_type, c_type = (
+        (TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32)
+        if integer
+        else (TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.FLOAT)
+    )
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        [helper.make_node("MatMulInteger" if integer else "MatMul", ["a", "b"], ["c"])],
         "matmul",
         [
-            helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n]),
-            helper.make_tensor_value_info("b", TensorProto.FLOAT, [n, n]),
+            helper.make_tensor_value_info("a", a_type, [n, n]),
+            helper.make_tensor_value_info("b", b_type, [n, n]),
         ],
-        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
+        [helper.make_tensor_value_info("c", c_type, [n, n])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     so = ort.SessionOptions()
@@ -118,7 +129,13 @@ def ort_matmul_gflops(threads: int, n: int = 4096, repeats: int = 5) -> float:
         providers=["CPUExecutionProvider"],
     )
     rng = np.random.default_rng(0)
-    feeds = {k: rng.standard_normal((n, n), dtype=np.float32) for k in ("a", "b")}
+    if integer:
+        feeds = {
+            "a": rng.integers(0, 256, (n, n), dtype=np.uint8),
+            "b": rng.integers(-128, 128, (n, n), dtype=np.int8),
+        }
+    else:
+        feeds = {k: rng.standard_normal((n, n), dtype=np.float32) for k in ("a", "b")}
     sess.run(None, feeds)
     best = float("inf")
     for _ in range(repeats):

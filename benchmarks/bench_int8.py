@@ -35,43 +35,6 @@ from _common import make_raster
 from bench_backends import ort_matmul_gflops, read_tiles, timed_pass
 
 
-def ort_int8_gops(threads: int, n: int = 4096, repeats: int = 5) -> float:
-    """Best GOP/s of an ``n x n`` uint8 x int8 -> int32 product through ONNX Runtime."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["a", "b"], ["c"])],
-        "matmul_integer",
-        [
-            helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n]),
-            helper.make_tensor_value_info("b", TensorProto.INT8, [n, n]),
-        ],
-        [helper.make_tensor_value_info("c", TensorProto.INT32, [n, n])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(
-        onnx.shape_inference.infer_shapes(model).SerializeToString(),
-        so,
-        providers=["CPUExecutionProvider"],
-    )
-    rng = np.random.default_rng(0)
-    feeds = {
-        "a": rng.integers(0, 256, (n, n), dtype=np.uint8),
-        "b": rng.integers(-128, 128, (n, n), dtype=np.int8),
-    }
-    sess.run(None, feeds)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sess.run(None, feeds)
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * n**3 / best / 1e9
-
-
 def conv_ops(graph_path: Path, bands: int, tile: int, float_convs: set[str]) -> tuple[float, float]:
     """Operations (2 per multiply-add) of the graph's convolutions on one tile: (int8, float)."""
     import onnx
@@ -144,7 +107,7 @@ def main() -> None:
     mpx_e2e = args.size * args.size / 1e6
     log = sys.stderr
 
-    peaks = {"fp32": ort_matmul_gflops(threads), "int8": ort_int8_gops(threads)}
+    peaks = {"fp32": ort_matmul_gflops(threads), "int8": ort_matmul_gflops(threads, integer=True)}
     q_ops, f_ops = conv_ops(int8_path, card.in_channels, card.tile_size, set(record["float_convs"]))
     all_ops = q_ops + f_ops
     print(f"# peaks {peaks}, {all_ops / 1e9:.1f} GOP per tile", file=log, flush=True)
@@ -173,7 +136,7 @@ def main() -> None:
             e2e[p].append(time.perf_counter() - t0)
         print(f"# round {r + 1}/{args.rounds} done", file=log, flush=True)
     peaks["fp32"] = max(peaks["fp32"], ort_matmul_gflops(threads))
-    peaks["int8"] = max(peaks["int8"], ort_int8_gops(threads))
+    peaks["int8"] = max(peaks["int8"], ort_matmul_gflops(threads, integer=True))
 
     def budget(p: str) -> float:
         """Seconds one tile would take at the peaks."""

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from geoseg.cli import main
-from tests.robustness.test_corpus import RASTER_SUFFIXES, _corpus
+from tests.robustness.test_corpus import _corpus, _files
 
 TABLE = Path(__file__).with_name("corpus_outcomes_bundled.csv")
 ARGS = Path(__file__).with_name("corpus_outcomes.csv")
@@ -36,17 +36,6 @@ pytestmark = [
 def _rows(path: Path) -> dict[str, dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as f:
         return {row["path"]: row for row in csv.DictReader(f)}
-
-
-def _files() -> list[str]:
-    root = _corpus()
-    if root is None:
-        return []
-    return sorted(
-        str(p.relative_to(root))
-        for p in root.rglob("*")
-        if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES
-    )
 
 
 def _plain(text: str) -> str:

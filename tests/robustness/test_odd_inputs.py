@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 import rasterio
 
 import geoseg
-from geoseg.errors import ModelCardError, OutputWriteError
+from geoseg.errors import ModelCardError
 from geoseg.io.atomic import output_lock
 from geoseg.models import load_checkpoint
 from tests.conftest import random_image, write_raster
@@ -22,6 +23,12 @@ from tests.conftest import random_image, write_raster
 pytestmark = pytest.mark.timeout(300)
 
 TRANSFORM = rasterio.Affine(1.0, 0.0, 500000.0, 0.0, -1.0, 6000000.0)
+
+
+def predict_cmd(src: Path, dst: Path, model: Path, *extra: str) -> list[str]:
+    """``geoseg predict SRC -o DST --model MODEL ...`` in a process of its own."""
+    return [sys.executable, "-m", "geoseg", *extra, "predict", str(src), "-o", str(dst),
+            "--model", str(model)]  # fmt: skip
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (10, 70_000), (70_000, 10)], ids=str)
@@ -58,19 +65,7 @@ def test_a_card_with_a_bad_pixel_size_is_refused_naming_the_field(tmp_path, tiny
         load_checkpoint(model)
     src = write_raster(tmp_path / "in.tif", random_image(16, 16), transform=TRANSFORM)
     run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "geoseg",
-            "predict",
-            str(src),
-            "-o",
-            str(tmp_path / "o.gpkg"),
-            "--model",
-            str(model),
-        ],
-        capture_output=True,
-        text=True,
+        predict_cmd(src, tmp_path / "o.gpkg", model), capture_output=True, text=True
     )
     assert run.returncode == 1
     lines = run.stderr.strip().splitlines()
@@ -81,51 +76,17 @@ def test_a_card_with_a_bad_pixel_size_is_refused_naming_the_field(tmp_path, tiny
 def test_a_run_whose_output_another_run_is_writing_fails_at_once(tmp_path, tiny_model_dir):
     src = write_raster(tmp_path / "in.tif", random_image(64, 64), transform=TRANSFORM)
     dst = tmp_path / "out.gpkg"
-    # This test process plays the other run.
-    with output_lock(dst), pytest.raises(OutputWriteError, match="is writing"):
-        # From another process: flock locks are per open file, not per process.
-        run = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "geoseg",
-                "predict",
-                str(src),
-                "-o",
-                str(dst),
-                "--model",
-                str(tiny_model_dir),
-                "--device",
-                "cpu",
-            ],
-            capture_output=True,
-            text=True,
-        )
-        assert run.returncode == 1
-        raise OutputWriteError(run.stderr.strip())
+    # This test process plays the other run; the command runs in another process (flock
+    # locks belong to an open file, not to a process).
+    with output_lock(dst):
+        run = subprocess.run(predict_cmd(src, dst, tiny_model_dir), capture_output=True, text=True)
+    assert run.returncode == 1
     line = run.stderr.strip()
-    assert line.count("\n") == 0 and "choose another output" in line
-    assert f"process {__import__('os').getpid()}" in line
+    assert line.count("\n") == 0 and "is writing" in line and "choose another output" in line
+    assert f"process {os.getpid()}" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]  # nothing written, no lock
     # Released: the same command now runs.
-    ok = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "geoseg",
-            "-q",
-            "predict",
-            str(src),
-            "-o",
-            str(dst),
-            "--model",
-            str(tiny_model_dir),
-            "--device",
-            "cpu",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    ok = subprocess.run(predict_cmd(src, dst, tiny_model_dir, "-q"), capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "out.gpkg", "out_classes.tif"]
 
@@ -136,21 +97,7 @@ def test_two_runs_started_together_never_mix_their_outputs(tmp_path, tiny_model_
     dst = tmp_path / "out.gpkg"
     procs = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "geoseg",
-                "-q",
-                "predict",
-                str(src),
-                "-o",
-                str(dst),
-                "--model",
-                str(tiny_model_dir),
-                "--device",
-                "cpu",
-                "--overwrite",
-            ],
+            [*predict_cmd(src, dst, tiny_model_dir, "-q"), "--overwrite"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
