@@ -8,6 +8,9 @@
 2. Renders generated sample scenes (all four classes labelled exactly) at 1 m pixels: the
    image, its class raster and its polygons with one polygon per building (``polygons/``),
    from which training learns where buildings touch.
+3. With ``--suburb-scenes N``, renders N more scenes (seeds 200...) of leafy temperate
+   suburbs (``SceneSpec.suburb``): parks and sports grounds, garden trees against and over
+   roofs, hedges, parked cars, turbid water; each scene's knobs are drawn from its seed.
 
 Usage (from the repository root)::
 
@@ -48,16 +51,36 @@ def convert_lite0(dst: Path) -> Path:
     return dst
 
 
-def render_scenes(outdir: Path, n: int = 6, size: int = 1536) -> None:
+def render_scenes(outdir: Path, n: int = 6, size: int = 1536, suburbs: int = 0) -> None:
+    import numpy as np
+
     from geoseg.synth import SceneSpec, write_scene
     from geoseg.synth.write import scene_polygons
 
     for sub in ("images", "labels", "polygons"):
         (outdir / sub).mkdir(parents=True, exist_ok=True)
-    for seed in range(100, 100 + n):
-        spec = SceneSpec(
-            size, size, pixel_size=1.0, seed=seed, origin=(500000.0 + seed * 5000, 5500000.0)
+    specs = [
+        SceneSpec(size, size, pixel_size=1.0, seed=seed, origin=(500000.0 + seed * 5000, 5500000.0))
+        for seed in range(100, 100 + n)
+    ]
+    for seed in range(200, 200 + suburbs):
+        knobs = np.random.default_rng(seed)
+        specs.append(
+            SceneSpec(
+                size,
+                size,
+                pixel_size=1.0,
+                seed=seed,
+                origin=(500000.0 + seed * 5000, 5500000.0),
+                suburb=float(knobs.uniform(0.6, 1.0)),
+                building_density=float(knobs.uniform(0.55, 0.9)),
+                tree_density=float(knobs.uniform(0.55, 0.85)),
+                field_fraction=float(knobs.uniform(0.05, 0.3)),
+                water_fraction=float(knobs.uniform(0.02, 0.08)),
+            )
         )
+    for spec in specs:
+        seed = spec.seed
         img = outdir / "images" / f"scene_{seed}.tif"
         if not img.exists():
             write_scene(spec, img, outdir / "labels" / f"scene_{seed}.tif")
@@ -72,10 +95,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", nargs="?", default="runs/bundled-inputs", type=Path)
     parser.add_argument("--scenes", type=int, default=6, help="generated scenes (seeds 100...)")
+    parser.add_argument(
+        "--suburb-scenes", type=int, default=0, help="leafy suburb scenes (seeds 200...)"
+    )
     args = parser.parse_args()
     out = args.out
     print(convert_lite0(out / "efficientnet_lite0_imagenet.safetensors"))
-    render_scenes(out / "synthetic", n=args.scenes)
+    render_scenes(out / "synthetic", n=args.scenes, suburbs=args.suburb_scenes)
     print(out / "synthetic")
 
 

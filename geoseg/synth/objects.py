@@ -26,6 +26,7 @@ layer   materials                                   class
 7       roads, dirt tracks                          background
 8       road markings                               background
 9       roofs                                       building
+10      garden tree crowns overhanging roofs        vegetation
 ======  ==========================================  ==========
 
 The classes follow geoseg's one class definition (README, "Classes"):
@@ -34,13 +35,18 @@ uncultivated grass (tree crowns, forest canopy, hedgerows, shrub patches,
 meadows, lawns, gardens and parks); *cropland* is cultivated parcels in
 farmland at every growth stage, ploughed soil, stubble and grass leys in the
 field pattern included; *background* is everything else (dry bare ground,
-soil, sand, water, roads, paved areas).  Shadows (see
+soil, sand, water, roads, paved areas).  Where a garden tree overhangs a
+roof, the crown is what the camera sees and what the class says (vegetation).
+Shadows (see
 :attr:`Layout.shadow_geoms`) only darken the image and never change a class.
 
 Towns mix detached houses (kept at least about 3.5 m apart) with *attached*
 buildings that share side walls exactly: terraced rows of 3 to 10 houses along
 some street frontages (European row houses, or packed informal settlements of
-small, irregular houses) and small compact clusters of touching houses.  Every
+small, irregular houses) and small compact clusters of touching houses.
+With :attr:`~geoseg.synth.scene.SceneSpec.suburb` above 0, towns also get parks
+with sports grounds, garden trees and hedges hugging the houses, parked cars
+and turbid water: what temperate suburbs look like from above.  Every
 house of a row or cluster is a building of its own, with its own roof material,
 colour and height; :attr:`Layout.instance` numbers the buildings and
 :func:`building_instances` gives each one's visible outline, so touching
@@ -101,6 +107,7 @@ class Material(IntEnum):
     ROOF_FLAT = 13
     ROOF_METAL = 14
     GRASS_FIELD = 15
+    CROWN_OVER = 16
 
 
 M = Material
@@ -121,6 +128,7 @@ _LAYER: dict[Material, int] = {
     M.ROOF_HIP: 9,
     M.ROOF_FLAT: 9,
     M.ROOF_METAL: 9,
+    M.CROWN_OVER: 10,
 }
 _ROOF_LAYER = 9
 _CLASS: dict[Material, int] = {
@@ -128,7 +136,7 @@ _CLASS: dict[Material, int] = {
         BUILDING
         if _LAYER[m] == _ROOF_LAYER
         else VEGETATION
-        if m in (M.CANOPY, M.CROWN, M.MEADOW)
+        if m in (M.CANOPY, M.CROWN, M.CROWN_OVER, M.MEADOW)
         else CROPLAND
         if m in (M.FIELD, M.GRASS_FIELD)
         else BACKGROUND
@@ -173,6 +181,24 @@ _METAL_ROOFS: tuple[tuple[_Colour, float], ...] = (
     ((166, 170, 174), 0.4),
 )
 _WATER_COLOURS: tuple[_Colour, ...] = ((40, 60, 64), (32, 54, 72), (46, 70, 64), (36, 52, 56))
+# Rivers and ponds carrying silt or algae (suburb scenes).
+_TURBID_WATER: tuple[_Colour, ...] = ((104, 98, 74), (88, 92, 66), (74, 86, 70), (118, 108, 84))
+_CAR_COLOURS: tuple[tuple[_Colour, float], ...] = (
+    ((226, 226, 224), 0.25),
+    ((40, 40, 44), 0.25),
+    ((142, 144, 148), 0.25),
+    ((150, 36, 34), 0.1),
+    ((40, 64, 120), 0.1),
+    ((190, 184, 170), 0.05),
+)
+# Sports surfaces that are not grass: artificial turf (green, blue), hard courts,
+# clay and gravel, running tracks (all background: sealed or bare ground).
+_TURF_COLOURS: tuple[tuple[_Colour, float], ...] = (
+    ((58, 112, 66), 0.45),
+    ((44, 78, 150), 0.2),
+    ((176, 92, 64), 0.15),
+    ((168, 152, 124), 0.2),
+)
 _SOIL_COLOURS: tuple[_Colour, ...] = (
     (142, 118, 90),
     (124, 102, 80),
@@ -480,6 +506,8 @@ class _Generator:
                 self.farmland(region, road)
             elif use == "forest":
                 self.forest(region)
+            elif self.spec.suburb > 0 and self.rng.random() < 0.4 * self.spec.suburb:
+                self.sports_ground(region)
             else:
                 self.open_land(region)
         self.avenues()
@@ -692,7 +720,10 @@ class _Generator:
             target -= lake.intersection(self.scene).area
 
     def add_water_body(self, poly: BaseGeometry) -> None:
-        self.objs.add(poly, M.WATER, _scaled(self.rng, _WATER_COLOURS[int(self.rng.integers(4))]))
+        colour = _WATER_COLOURS[int(self.rng.integers(4))]
+        if self.spec.suburb > 0 and self.rng.random() < 0.5:
+            colour = _TURBID_WATER[int(self.rng.integers(len(_TURBID_WATER)))]
+        self.objs.add(poly, M.WATER, _scaled(self.rng, colour))
         self.water.append(poly)
 
     # ------------------------------------------------------------------ land use
@@ -832,17 +863,27 @@ class _Generator:
         r: float,
         colour: _Colour,
         height_m: float,
+        *,
+        over: BaseGeometry | None = None,
     ) -> bool:
-        """Add one round-ish tree crown of radius `r` pixels if the spot is free."""
+        """Add one round-ish tree crown of radius `r` pixels if the spot is free.
+
+        With `over` (house footprints nearby) the crown may stand against and
+        overhang those roofs: it is then drawn above them where it touches one,
+        and only roads and water keep it away.
+        """
         rng = self.rng
         n = 14
         t = np.linspace(0, 2 * math.pi, n, endpoint=False) + rng.uniform(0, 2 * math.pi)
         rr = r * (1.0 + rng.uniform(-0.08, 0.08, n))
         xy = np.column_stack([cx + rr * np.cos(t), cy + rr * np.sin(t)])
         poly = Polygon(xy)
-        if not self.free(poly):
+        if not self.free(poly, buildings=over is None):
             return False
-        self.objs.add(poly, M.CROWN, colour, cx=cx, cy=cy, a=r)
+        material = M.CROWN
+        if over is not None and poly.intersects(over):
+            material = M.CROWN_OVER
+        self.objs.add(poly, material, colour, cx=cx, cy=cy, a=r)
         # The crown floats above the ground: its shadow is the crown moved by the
         # shadow of its centre height (trunks are too thin to matter).
         dx, dy = self.shadow_offset(0.7 * height_m)
@@ -1170,6 +1211,8 @@ class _Generator:
         cluster_share = 0.04 + 0.12 * spec.building_density
         houses: list[BaseGeometry] = []
         self._yards = []
+        if spec.suburb > 0:
+            self.parks(cell, inside)
         frontage = [r for r in self.roads if r.main and r.line.intersects(cell)] + streets
         for road in frontage:
             for seg in _lines(road.line.intersection(cell)):
@@ -1234,6 +1277,10 @@ class _Generator:
                 houses.append(fp)
         self.lawns(houses, inside)
         self.gardens(houses, inside)
+        if spec.suburb > 0:
+            self.leafy(houses, inside)
+            for road in frontage:
+                self.street_cars(road, cell)
         self.scatter(cell, inside, trees=0.4, shrubs=0.5, soil=0.3, ponds=0.0)
 
     def yard(
@@ -1257,6 +1304,8 @@ class _Generator:
             )
             self.objs.add(yard, M.PAVED, concrete)
             self._yards.append(yard)
+            if self.spec.suburb > 0:
+                self.cars(yard.difference(footprint.buffer(self.m(2.0))), angle)
             return
         if rng.random() < 0.5:
             return
@@ -1273,10 +1322,11 @@ class _Generator:
     def lawns(self, houses: list[BaseGeometry], inside: BaseGeometry) -> None:
         """Mown lawns (vegetation) on most house plots, around the house, not over the drive."""
         rng = self.rng
+        suburb = self.spec.suburb
         plots = [
-            fp.buffer(self.m(rng.uniform(4.0, 12.0)), join_style="mitre")
+            fp.buffer(self.m(rng.uniform(4.0, 12.0) + 8.0 * suburb), join_style="mitre")
             for fp in houses
-            if rng.random() < 0.7 * min(1.0, 2.0 * self.spec.tree_density)
+            if rng.random() < 0.7 * min(1.0, 2.0 * self.spec.tree_density) + 0.3 * suburb
         ]
         if not plots:
             return
@@ -1301,6 +1351,233 @@ class _Generator:
                 cx, cy = c.x + dist * math.cos(ang), c.y + dist * math.sin(ang)
                 if inside.contains(Point(cx, cy)):
                     self.random_tree(cx, cy, 0.85)
+
+    # ------------------------------------------------------------------ suburbs
+
+    def leafy(self, houses: list[BaseGeometry], inside: BaseGeometry) -> None:
+        """Garden trees against the houses (overhanging some roofs) and hedges round plots.
+
+        Temperate suburbs: tree crowns stand next to and over the roofs, where
+        a model must tell a dark crown with its shadow from a roof.
+        """
+        rng, suburb = self.rng, self.spec.suburb
+        if not houses:
+            return
+        near = shapely.STRtree(houses)
+        for fp in houses:
+            if rng.random() > 0.4 + 0.6 * suburb:
+                continue
+            ring = fp.exterior
+            cx0, cy0 = fp.centroid.x, fp.centroid.y
+            local = shapely.union_all(
+                [houses[i] for i in near.query(fp.buffer(self.m(15.0)), predicate="intersects")]
+            )
+            for _ in range(int(rng.integers(1, 2 + round(3 * suburb)))):
+                p = ring.interpolate(rng.uniform(0.0, ring.length))
+                dx, dy = p.x - cx0, p.y - cy0
+                norm = math.hypot(dx, dy) or 1.0
+                r_m = rng.uniform(2.0, 5.5)
+                dist = self.m(r_m * rng.uniform(0.25, 1.4))
+                cx, cy = p.x + dx / norm * dist, p.y + dy / norm * dist
+                if inside.contains(Point(cx, cy)):
+                    self.crown(
+                        cx,
+                        cy,
+                        self.m(r_m),
+                        self.tree_colour(rng.random() < 0.15),
+                        r_m * rng.uniform(1.8, 2.6) + 3.0,
+                        over=local,
+                    )
+            if rng.random() < 0.5 * suburb:
+                plot = fp.buffer(self.m(rng.uniform(6.0, 12.0)), join_style="mitre")
+                edge = plot.exterior.buffer(self.m(rng.uniform(0.6, 1.3)), cap_style="flat")
+                hedge = self.clear(edge.intersection(inside).difference(local.buffer(self.m(1.0))))
+                if not hedge.is_empty and self.free(hedge):
+                    self.canopy(hedge, self.tree_colour(), 1.5, rng.uniform(1.5, 2.5))
+
+    def parks(self, cell: BaseGeometry, inside: BaseGeometry) -> None:
+        """Town parks: grass with tree clumps and paths, sports pitches and courts.
+
+        Natural grass pitches are vegetation (Urban Atlas 14200, Dynamic World
+        *grass*); artificial turf, hard and clay courts, gravel grounds and
+        running tracks are background.  Parks are reserved before houses are
+        placed, so no house stands in one.
+        """
+        rng, suburb = self.rng, self.spec.suburb
+        area_ha = inside.area / self.m(100.0) ** 2
+        x0, y0, x1, y1 = inside.bounds
+        for _ in range(min(4, int(rng.poisson(suburb * area_ha / 3.0)))):
+            sports = rng.random() < 0.7
+            rx = self.m(rng.uniform(72.0, 120.0) if sports else rng.uniform(40.0, 100.0))
+            ry = rx * rng.uniform(0.78 if sports else 0.6, 1.0)
+            cx, cy = rng.uniform(x0, x1), rng.uniform(y0, y1)
+            theta = rng.uniform(0, math.pi)
+            park = self.clear(self.blob(cx, cy, rx, ry, theta, 0.12).intersection(inside))
+            if park.is_empty or park.area < self.m(30.0) ** 2 or self.buildings.hits(park):
+                continue
+            self.buildings.insert(park)
+            self.park(park, (cx, cy), (rx, ry), theta, pitches=int(sports))
+
+    def sports_ground(self, cell: BaseGeometry) -> None:
+        """An open zone turned into a sports ground: pitches, courts, grass and trees."""
+        rng = self.rng
+        inside = self.clear(cell.buffer(-self.m(1.0)))
+        if inside.is_empty:
+            return
+        c = inside.representative_point()
+        x0, y0, x1, y1 = inside.bounds
+        self.park(
+            inside,
+            (c.x, c.y),
+            ((x1 - x0) / 2, (y1 - y0) / 2),
+            rng.uniform(0, math.pi),
+            pitches=int(rng.integers(1, 4)),
+        )
+
+    def park(
+        self,
+        park: BaseGeometry,
+        centre: tuple[float, float],
+        spread: tuple[float, float],
+        theta: float,
+        *,
+        pitches: int,
+    ) -> None:
+        """Fill `park` with grass, up to `pitches` pitches, maybe courts, paths and trees."""
+        rng, suburb = self.rng, self.spec.suburb
+        (cx, cy), (rx, ry) = centre, spread
+        grass = _mix((70, 124, 58), (150, 150, 96), rng.uniform(0.0, 0.6) ** 2)
+        self.objs.add(park, M.MEADOW, _scaled(rng, grass, 0.05), p0=0.04)
+        taken: list[BaseGeometry] = []
+        want = [self.pitch] * pitches + [self.courts] * int(rng.random() < 0.5)
+        for place in want:
+            # The first try is the park's centre, the pitch along its long axis.
+            spots = [(cx, cy)] + [
+                (cx + rng.normal(0, rx / 2), cy + rng.normal(0, ry / 2)) for _ in range(11)
+            ]
+            for px, py in spots:
+                used = place(park, px, py, theta, taken)
+                if used:
+                    taken += used
+                    break
+        for _ in range(int(rng.integers(0, 3))):
+            a = park.boundary.interpolate(rng.uniform(0, park.boundary.length))
+            b = park.boundary.interpolate(rng.uniform(0, park.boundary.length))
+            path = LineString([a, b]).buffer(self.m(rng.uniform(1.0, 1.8)), cap_style="flat")
+            path = path.intersection(park)
+            if taken:
+                path = path.difference(shapely.union_all(taken))
+            self.objs.add(path, M.TRACK, _scaled(rng, (176, 166, 146), 0.06))
+            taken.append(path)
+        blocked = shapely.union_all(taken).buffer(self.m(3.0)) if taken else Polygon()
+        px0, py0, px1, py1 = park.bounds
+        for _ in range(int(rng.poisson(park.area / self.m(100.0) ** 2 * 40.0 * suburb))):
+            tx, ty = rng.uniform(px0, px1), rng.uniform(py0, py1)
+            r_m = rng.uniform(2.5, 6.5)
+            spot = Point(tx, ty).buffer(self.m(r_m))
+            if park.contains(spot) and not spot.intersects(blocked):
+                self.crown(
+                    tx,
+                    ty,
+                    self.m(r_m),
+                    self.tree_colour(rng.random() < 0.2),
+                    r_m * rng.uniform(2.0, 3.0) + 3.0,
+                    over=Polygon(),
+                )
+
+    def pitch(
+        self, park: BaseGeometry, cx: float, cy: float, theta: float, taken: list[BaseGeometry]
+    ) -> list[BaseGeometry]:
+        """A football pitch, perhaps inside a running track; returns what it covers."""
+        rng = self.rng
+        a, b = self.m(rng.uniform(45.0, 53.0)), self.m(rng.uniform(30.0, 34.0))
+        field = _rect(cx, cy, theta, a, b)
+        track = None
+        if rng.random() < 0.3:
+            track = field.buffer(self.m(rng.uniform(8.0, 11.0))).difference(
+                field.buffer(self.m(1.0))
+            )
+        outer = field if track is None else track.envelope.intersection(field.buffer(self.m(12.0)))
+        if not park.contains(outer) or any(outer.intersects(t) for t in taken):
+            return []
+        if rng.random() < 0.55:
+            green = _mix((62, 126, 58), (104, 150, 70), rng.uniform(0, 1))
+            stripes = self.m(rng.uniform(4.0, 7.0))
+            self.objs.add(
+                field,
+                M.MEADOW,
+                _scaled(rng, green, 0.04),
+                angle=theta + math.pi / 2,
+                a=stripes,
+                p0=0.06,
+            )
+        else:
+            self.objs.add(field, M.PAVED, _scaled(rng, _pick(rng, _TURF_COLOURS), 0.05))
+        taken = [field]
+        if track is not None:
+            self.objs.add(track, M.PAVED, _scaled(rng, (172, 84, 62), 0.06))
+            taken.append(track)
+        return taken
+
+    def courts(
+        self, park: BaseGeometry, cx: float, cy: float, theta: float, taken: list[BaseGeometry]
+    ) -> list[BaseGeometry]:
+        """A row of 2-6 tennis courts (clay, hard or turf): background."""
+        rng = self.rng
+        n = int(rng.integers(2, 7))
+        w, h = self.m(18.3), self.m(36.6)
+        colour = _scaled(rng, _pick(rng, _TURF_COLOURS), 0.05)
+        ux, uy = math.cos(theta), math.sin(theta)
+        block = _rect(cx, cy, theta, w * n / 2, h / 2)
+        if not park.contains(block) or any(block.intersects(t) for t in taken):
+            return []
+        for k in range(n):
+            off = (k - (n - 1) / 2) * w
+            self.objs.add(
+                _rect(cx + ux * off, cy + uy * off, theta, w / 2 - 0.5, h / 2), M.PAVED, colour
+            )
+        return [block]
+
+    def street_cars(self, road: _Road, cell: BaseGeometry) -> None:
+        """Cars parked along both kerbs of a town street (background)."""
+        rng = self.rng
+        if rng.random() > 0.7 * self.spec.suburb:
+            return
+        fill = rng.uniform(0.3, 0.9)
+        for seg in _lines(road.line.intersection(cell)):
+            s = self.m(rng.uniform(0.0, 5.0))
+            while s < seg.length - 1.0:
+                p, q = seg.interpolate(s), seg.interpolate(s + 1.0)
+                ang = math.atan2(q.y - p.y, q.x - p.x)
+                for side in (1.0, -1.0):
+                    if rng.random() > fill:
+                        continue
+                    off = side * (road.width / 2 - self.m(1.3))
+                    cx, cy = p.x - math.sin(ang) * off, p.y + math.cos(ang) * off
+                    car = _rect(cx, cy, ang, self.m(2.25), self.m(0.9))
+                    self.objs.add(car, M.MARKING, _scaled(rng, _pick(rng, _CAR_COLOURS), 0.08))
+                s += self.m(rng.uniform(5.2, 7.5))
+
+    def cars(self, lot: BaseGeometry, angle: float) -> None:
+        """Parked cars in rows on a paved lot (background, like the lot)."""
+        rng = self.rng
+        if lot.is_empty or rng.random() > 0.3 + 0.6 * self.spec.suburb:
+            return
+        ux, uy = math.cos(angle), math.sin(angle)
+        vx, vy = -uy, ux
+        x0, y0, x1, y1 = lot.bounds
+        c = ((x0 + x1) / 2, (y0 + y1) / 2)
+        half = math.hypot(x1 - x0, y1 - y0) / 2
+        pitch_u, pitch_v = self.m(2.6), self.m(6.5)
+        fill = rng.uniform(0.3, 0.9)
+        for j in np.arange(-half, half, pitch_v):
+            for i in np.arange(-half, half, pitch_u):
+                if rng.random() > fill:
+                    continue
+                px, py = c[0] + ux * i + vx * j, c[1] + uy * i + vy * j
+                car = _rect(px, py, angle + math.pi / 2, self.m(2.25), self.m(0.9))
+                if lot.contains(car):
+                    self.objs.add(car, M.MARKING, _scaled(rng, _pick(rng, _CAR_COLOURS), 0.08))
 
     def scatter(
         self,

@@ -262,6 +262,7 @@ _SHADERS: dict[Material, Callable[[Layout, _Pixels], NDArray[np.float32]]] = {
     M.FIELD: _field,
     M.CANOPY: _canopy,
     M.CROWN: _crown,
+    M.CROWN_OVER: _crown,
     M.WATER: _plain(0.05, 0.02, 0.01),
     M.ROAD: _plain(0.03, 0.04, 0.05),
     M.TRACK: _plain(0.03, 0.08, 0.07),
@@ -358,7 +359,7 @@ def render(
         obj = flat[shaded]
         mat = layout.material[obj]
         value = shadow.ravel()[shaded]
-        under_tree = (mat == M.CANOPY) | (mat == M.CROWN)
+        under_tree = (mat == M.CANOPY) | (mat == M.CROWN) | (mat == M.CROWN_OVER)
         keep = (layout.classes[obj] != BUILDING) & ((value != SHADOW_TREE) | ~under_tree)
         factors = np.stack([np.ones(3, F32), _SHADOW[SHADOW_TREE], _SHADOW[SHADOW_BUILDING]])
         rgb[shaded[keep]] *= factors[value[keep]]

@@ -100,6 +100,13 @@ class SceneSpec:
         Mean distance between main roads in metres (>= 50).
     water_fraction : float, optional
         0 to 1: approximate share of the scene covered by rivers and lakes.
+    suburb : float, optional
+        0 to 1: how leafy and green the towns are, as in temperate suburbs:
+        parks with sports pitches (grass pitches are vegetation; artificial
+        turf, hard and clay courts and running tracks are background), garden
+        trees that stand against houses and overhang their roofs, hedges round
+        plots, parked cars, and turbid brown or green water.  0 (the default)
+        adds none of these and leaves every other object as it was.
 
     Raises
     ------
@@ -124,6 +131,7 @@ class SceneSpec:
     field_fraction: float = 0.4
     road_spacing: float = 400.0
     water_fraction: float = 0.04
+    suburb: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("width", "height"):
@@ -161,7 +169,13 @@ class SceneSpec:
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
         object.__setattr__(self, "seed", int(seed))
-        for name in ("building_density", "tree_density", "field_fraction", "water_fraction"):
+        for name in (
+            "building_density",
+            "tree_density",
+            "field_fraction",
+            "water_fraction",
+            "suburb",
+        ):
             _fraction(name, getattr(self, name))
         rs = self.road_spacing
         if not (isinstance(rs, int | float) and math.isfinite(rs) and rs >= 50.0):

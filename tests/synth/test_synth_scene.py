@@ -342,3 +342,85 @@ def test_instance_outlines_follow_draw_order_where_buildings_overlap() -> None:
     polys = list(by_id.values())
     assert sum(p.area for p in polys) == pytest.approx(shapely.union_all(polys).area)
     assert shapely.union_all(polys).equals(class_regions(layout)[BUILDING])
+
+
+# Leafy temperate suburbs: parks, pitches, trees over roofs, cars.
+SUBURB = SceneSpec(
+    1024,
+    1024,
+    pixel_size=1.0,
+    seed=203,
+    suburb=1.0,
+    building_density=0.9,
+    tree_density=0.7,
+    field_fraction=0.15,
+)
+
+
+def test_suburb_zero_adds_nothing() -> None:
+    """The knob at 0 leaves the scene exactly as the generator drew it before."""
+    plain = build_layout(SceneSpec(768, 768, pixel_size=1.0, seed=11))
+    zero = build_layout(SceneSpec(768, 768, pixel_size=1.0, seed=11, suburb=0.0))
+    assert np.array_equal(plain.material, zero.material)
+    assert Material.CROWN_OVER not in set(plain.material.tolist())
+    leafy = build_layout(SceneSpec(768, 768, pixel_size=1.0, seed=11, suburb=0.8))
+    assert leafy.material.size > plain.material.size
+
+
+def test_suburb_trees_overhang_roofs_and_win_the_pixels() -> None:
+    layout = scene_layout(SUBURB)
+    material = layout.material[1:]
+    over = layout.geoms[material == Material.CROWN_OVER]
+    roofs = layout.geoms[layout.classes[1:] == BUILDING]
+    assert len(over) >= 20
+    assert set(layout.classes[1:][material == Material.CROWN_OVER].tolist()) == {2}
+    # Every overhanging crown covers part of some roof ...
+    hits = shapely.STRtree(roofs).query(over, predicate="intersects")
+    assert np.unique(hits[0]).size == len(over)
+    # ... and the rendered class there is vegetation, never building.
+    _, classes = generate_arrays(SUBURB)
+    covered = rasterize(over, out_shape=SUBURB.shape, fill=0, default_value=1, dtype="uint8")
+    under_roof = covered.astype(bool) & (
+        rasterize(roofs, out_shape=SUBURB.shape, fill=0, default_value=1, dtype="uint8") > 0
+    )
+    assert under_roof.sum() > 100
+    assert (classes[under_roof] == 2).all()
+    # The building instances still partition the building pixels exactly.
+    burnt = rasterize(
+        building_instances(layout), out_shape=SUBURB.shape, fill=0, default_value=1, dtype="uint8"
+    )
+    assert np.array_equal(burnt > 0, classes == BUILDING)
+
+
+def test_suburb_parks_hold_pitches_and_no_house(monkeypatch: pytest.MonkeyPatch) -> None:
+    from geoseg.synth import objects
+
+    parks: list[object] = []
+    real = objects._Generator.park
+
+    def spy(self: objects._Generator, park: object, *args: object, **kwargs: object) -> None:
+        parks.append(park)
+        real(self, park, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(objects._Generator, "park", spy)
+    layout = build_layout(SUBURB)
+    assert len(parks) >= 2
+    material = layout.material[1:]
+    classes = layout.classes[1:]
+    roofs = layout.geoms[classes == BUILDING]
+    # No roof stands in a park (parks are reserved before houses are placed).
+    park_union = shapely.union_all(parks)
+    assert not any(r.intersects(park_union) for r in roofs)
+    # Sports grounds in the parks: striped grass pitches (vegetation) or turf, courts
+    # and tracks (paved: background).
+    from geoseg.synth.objects import A
+
+    striped = (material == Material.MEADOW) & (layout.params[A][1:] > 0)
+    sports = layout.geoms[striped | (material == Material.PAVED)]
+    inside = shapely.within(sports, park_union.buffer(1e-6))
+    assert inside.sum() >= 1
+    assert set(classes[material == Material.PAVED].tolist()) == {0}
+    assert set(classes[striped].tolist()) == {2}
+    # Cars (drawn as markings) are background.
+    assert (material == Material.MARKING).sum() > 50
+    assert set(classes[material == Material.MARKING].tolist()) == {0}
