@@ -41,7 +41,7 @@ from geoseg.infer.predictor import Predictor, normalize, tta_transforms
 from geoseg.infer.stream import StreamStats, Strip, stream_segment
 from geoseg.io.atomic import check_output_path
 from geoseg.io.env import gdal_env
-from geoseg.io.read import RasterSource, RasterSpec, north_up_vrt, select_bands
+from geoseg.io.read import RasterSource, RasterSpec, north_up_rpc, north_up_vrt, select_bands
 from geoseg.io.write_raster import RasterStripWriter
 from geoseg.models.card import ClassInfo
 from geoseg.models.checkpoint import LoadedModel, load_checkpoint
@@ -138,6 +138,13 @@ class PredictConfig:
         pixels where two objects of that class meet out of the class, so that
         touching buildings become separate polygons (default True; False
         ignores the output).  Models without one are not affected.
+    rpc_height : float, optional
+        For rasters placed by RPC coefficients: the constant ground height in
+        metres above the WGS 84 ellipsoid used to place them (default: the RPCs'
+        ``HEIGHT_OFF``, the scene's mean height).
+    rpc_dem : Path, optional
+        For rasters placed by RPC coefficients: an elevation raster (heights above
+        the ellipsoid) used instead of a constant height.
     """
 
     tile: int | None = None
@@ -160,8 +167,14 @@ class PredictConfig:
     tta: str = "none"
     precision: str = "auto"
     separate: bool = True
+    rpc_height: float | None = None
+    rpc_dem: Path | None = None
 
     def __post_init__(self) -> None:
+        if self.rpc_height is not None and not math.isfinite(self.rpc_height):
+            raise ConfigError(
+                f"rpc_height must be a finite number of metres, got {self.rpc_height}"
+            )
         tta_transforms(self.tta)
         if self.precision not in ("auto", "fp32", "int8"):
             raise ConfigError(f"precision must be 'auto', 'fp32' or 'int8', got {self.precision!r}")
@@ -247,7 +260,8 @@ def check_georeference(spec: RasterSpec, assume_crs: str | None) -> None:
         georeferencing.
     """
     if spec.georef in ("gcps", "rpcs"):
-        # run_scene warps GCP rasters north-up before they get here; RPCs are not handled.
+        # run_scene warps GCP and RPC rasters north-up before they get here; other callers
+        # (batch windows) refuse them.
         how = "ground control points" if spec.georef == "gcps" else "RPC coefficients"
         flag = "-rpc " if spec.georef == "rpcs" else ""
         raise GeoreferenceError(
@@ -487,19 +501,25 @@ def run_scene(
     with gdal_env():
         with RasterSource(src, assume_crs=(config or PredictConfig()).assume_crs) as probe:
             georef = probe.spec.georef
-        if georef == "gcps":
-            # No geotransform, but ground control points: run on a north-up warped grid
-            # fitted to them; the outputs are on that grid (its CRS and transform).
-            with north_up_vrt(src) as vrt:
-                log.info("%s is placed by ground control points; warped north-up to %s", src, vrt)
+        cfg = config or PredictConfig()
+        if georef in ("gcps", "rpcs"):
+            # No geotransform, but ground control points or RPCs: run on a north-up grid
+            # warped from them; the outputs are on that grid (its CRS and transform).
+            warped = (
+                north_up_vrt(src)
+                if georef == "gcps"
+                else north_up_rpc(src, height=cfg.rpc_height, dem=cfg.rpc_dem)
+            )
+            with warped as grid:
+                log.info("%s is placed by %s; warped north-up to %s", src, georef, grid)
                 try:
-                    return _run_scene(vrt, dst, model, config or PredictConfig(), progress)
+                    return _run_scene(grid, dst, model, cfg, progress)
                 except GeosegError as exc:
-                    # Messages name the user's file, not the temporary VRT.
-                    if vrt in str(exc):
-                        raise type(exc)(str(exc).replace(vrt, str(src))) from exc
+                    # Messages name the user's file, not the temporary grid.
+                    if grid in str(exc):
+                        raise type(exc)(str(exc).replace(grid, str(src))) from exc
                     raise
-        return _run_scene(src, dst, model, config or PredictConfig(), progress)
+        return _run_scene(src, dst, model, cfg, progress)
 
 
 def _run_scene(

@@ -1,14 +1,17 @@
 """End-to-end runs on generated rasters: georeferencing, nodata, outputs, memory."""
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
+from affine import Affine
 from rasterio.transform import from_origin
 
 from geoseg.errors import (
@@ -253,6 +256,152 @@ def test_gcp_raster_runs_on_a_north_up_grid_like_its_geotransform_twin(
     both = (back != 255) & (want != 255)
     assert both.mean() > 0.9
     assert (back[both] == want[both]).mean() > 0.95
+
+
+def _affine_rpcs(lon0: float, lat0: float, d: float, width: int, height: int) -> object:
+    """RPC coefficients that place pixels exactly as the EPSG:4326 geotransform
+    ``from_origin(lon0, lat0, d, d)`` does (RPC pixel (0, 0) is the centre of the
+    first pixel, hence the half-pixel offsets)."""
+    from rasterio.rpc import RPC
+
+    zero = [0.0] * 20
+    num_samp, num_line, den = zero.copy(), zero.copy(), zero.copy()
+    num_samp[1] = 1.0  # longitude
+    num_line[2] = -1.0  # latitude: rows run south
+    den[0] = 1.0
+    return RPC(
+        height_off=0.0,
+        height_scale=500.0,
+        lat_off=lat0 - d * height / 2,
+        lat_scale=d * height / 2,
+        line_den_coeff=den,
+        line_num_coeff=num_line,
+        line_off=height / 2 - 0.5,
+        line_scale=height / 2,
+        long_off=lon0 + d * width / 2,
+        long_scale=d * width / 2,
+        samp_den_coeff=den,
+        samp_num_coeff=num_samp,
+        samp_off=width / 2 - 0.5,
+        samp_scale=width / 2,
+    )
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+@pytest.mark.parametrize("dem", [False, True])
+def test_rpc_raster_runs_on_a_north_up_grid_like_its_geotransform_twin(
+    tmp_path, tiny_model_dir, make_raster, dem
+):
+    """Placed by RPCs, a raster gives the classes of the same pixels placed by a geotransform."""
+    from rasterio.warp import reproject
+
+    h, w, d, lon0, lat0 = 160, 200, 1e-5, 10.0, 50.0
+    img = random_image(h, w)
+    t = from_origin(lon0, lat0, d, d)
+    ref = make_raster(img, transform=t, crs="EPSG:4326")
+    rpc_path = tmp_path / "rpcs.tif"
+    with rasterio.open(ref) as a:
+        profile = a.profile
+        profile.pop("transform")
+        profile.pop("crs")
+        with rasterio.open(rpc_path, "w", **profile) as r:
+            r.write(a.read())
+            r.rpcs = _affine_rpcs(lon0, lat0, d, w, h)
+    with rasterio.open(rpc_path) as r:
+        assert r.transform.is_identity and r.rpcs is not None
+    cfg = CFG
+    if dem:
+        # A flat DEM: the same places as the constant height (the coefficients ignore it).
+        dem_path = make_raster(
+            np.full((1, 20, 20), 120.0, np.float32),
+            transform=from_origin(lon0 - 0.001, lat0 + 0.001, 2e-4, 2e-4),
+            crs="EPSG:4326",
+        )
+        cfg = dataclasses.replace(CFG, rpc_dem=dem_path)
+    run_scene(ref, tmp_path / "ref.tif", tiny_model_dir, CFG)
+    run_scene(rpc_path, tmp_path / "rpc.tif", tiny_model_dir, cfg)
+    assert not list(tmp_path.glob("*.north-up.tif"))  # the warped copy was temporary
+    with rasterio.open(tmp_path / "ref.tif") as a, rasterio.open(tmp_path / "rpc.tif") as b:
+        assert b.crs.to_epsg() == 32632  # UTM zone of 10 E, 50 N
+        # Square pixels between the 0.72 m (longitude) and 1.11 m (latitude) of the source.
+        assert b.transform.is_rectilinear and 0.7 < b.transform.a < 1.12
+        # Put the RPC run's classes on the reference grid: they agree almost everywhere.
+        back = np.full((a.height, a.width), 255, np.uint8)
+        reproject(
+            b.read(1),
+            back,
+            src_transform=b.transform,
+            src_crs=b.crs,
+            dst_transform=a.transform,
+            dst_crs=a.crs,
+            src_nodata=255,
+            dst_nodata=255,
+        )
+        want = a.read(1)
+    both = (back != 255) & (want != 255)
+    assert both.mean() > 0.9
+    # The network saw the pixels resampled onto another grid: most classes agree.
+    assert (back[both] == want[both]).mean() > 0.8
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_rpc_warp_places_pixels_exactly_where_the_geotransform_does(tmp_path, make_raster):
+    """The warped grid's pixels equal the twin warped onto that grid: no half-pixel shift."""
+    from rasterio.warp import Resampling, reproject
+
+    from geoseg.io.read import north_up_rpc
+
+    h, w, d, lon0, lat0 = 160, 200, 1e-5, 10.0, 50.0
+    ref = make_raster(random_image(h, w), transform=from_origin(lon0, lat0, d, d), crs="EPSG:4326")
+    rpc_path = tmp_path / "rpcs.tif"
+    with rasterio.open(ref) as a:
+        profile = a.profile
+        profile.pop("transform")
+        profile.pop("crs")
+        with rasterio.open(rpc_path, "w", **profile) as r:
+            r.write(a.read())
+            r.rpcs = _affine_rpcs(lon0, lat0, d, w, h)
+    with north_up_rpc(rpc_path) as grid, rasterio.open(grid) as b, rasterio.open(ref) as a:
+        assert b.colorinterp[-1] == rasterio.enums.ColorInterp.alpha
+        got = b.read(1).astype(np.float64)
+        covered = b.dataset_mask() > 0
+        errors = {}
+        for shift in (0.0, 0.5):
+            want = np.zeros(got.shape)
+            reproject(
+                a.read(1).astype(np.float64),
+                want,
+                src_transform=a.transform * Affine.translation(shift, 0),
+                src_crs=a.crs,
+                dst_transform=b.transform,
+                dst_crs=b.crs,
+                resampling=Resampling.bilinear,
+            )
+            inner = covered & (want > 0)
+            errors[shift] = np.abs(got[inner] - want[inner]).mean()
+    assert covered.mean() > 0.5
+    assert errors[0.0] < 1.0 < 3.0 < errors[0.5], errors
+    assert not Path(grid).exists()
+
+
+def test_rpc_placement_errors_are_one_line(tmp_path, tiny_model_dir, make_raster):
+    with rasterio.open(make_raster(random_image(40, 50))) as a:
+        profile = a.profile
+        data = a.read()
+    profile.pop("transform")
+    profile.pop("crs")
+    rpc_path = tmp_path / "rpcs.tif"
+    with rasterio.open(rpc_path, "w", **profile) as r:
+        r.write(data)
+        r.rpcs = _affine_rpcs(10.0, 50.0, 1e-5, 50, 40)
+    out = tmp_path / "o.tif"
+    with pytest.raises(GeoreferenceError, match=r"the DEM .*nope.tif.* does not exist"):
+        run_scene(
+            rpc_path, out, tiny_model_dir, dataclasses.replace(CFG, rpc_dem=tmp_path / "nope.tif")
+        )
+    with pytest.raises(ConfigError, match="rpc_height must be a finite"):
+        dataclasses.replace(CFG, rpc_height=float("nan"))
+    assert not out.exists() and not list(tmp_path.glob("o.tif*"))
 
 
 MEMORY_SCRIPT = textwrap.dedent(

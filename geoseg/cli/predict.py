@@ -59,6 +59,19 @@ from geoseg.cli.progress import stage_progress
     "the model's), never, or force.",
 )
 @click.option("--no-resample", is_flag=True, help="Same as --resample never.")
+@click.option(
+    "--rpc-height",
+    type=float,
+    default=None,
+    help="For rasters placed by RPCs: constant ground height in metres above the WGS 84 "
+    "ellipsoid [default: the RPCs' mean scene height].",
+)
+@click.option(
+    "--rpc-dem",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="For rasters placed by RPCs: elevation raster used instead of a constant height.",
+)
 @precision_opt
 @click.option(
     "--threads", type=int, default=None, help="CPU threads for the network [default: all]."
@@ -107,6 +120,8 @@ def predict(
     assume_crs: str | None,
     resample: str,
     no_resample: bool,
+    rpc_height: float | None,
+    rpc_dem: Path | None,
     threads: int | None,
     backend: str,
     compile_model: bool,
@@ -163,6 +178,8 @@ def predict(
             tta=tta or "none",
             separate=separate,
             precision=precision or "auto",
+            rpc_height=rpc_height,
+            rpc_dem=rpc_dem,
         )
     stats, outputs = result.stats, result.outputs
     if result.vector_stats is not None:

@@ -502,3 +502,123 @@ def north_up_vrt(path: str | Path) -> Iterator[str]:
         yield str(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _utm_for(lon: float, lat: float) -> CRS:
+    """The WGS 84 UTM zone CRS around a longitude/latitude."""
+    zone = min(60, max(1, math.floor((lon + 180.0) / 6.0) + 1))
+    return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
+
+
+@contextlib.contextmanager
+def north_up_rpc(
+    path: str | Path, *, height: float | None = None, dem: str | Path | None = None
+) -> Iterator[str]:
+    """An RPC-georeferenced raster warped onto a north-up UTM grid (a temporary GeoTIFF).
+
+    GDAL's RPC transformer places each pixel from the rational polynomial
+    coefficients and a ground height: the constant `height` (metres above the
+    ellipsoid; default the RPCs' own ``HEIGHT_OFF``, the mean height of the
+    scene) or the heights of a `dem` raster.  The grid is in the UTM zone of the
+    scene's centre at about the source's resolution; pixels are warped
+    bilinearly, window by window within GDAL's warp memory limit, so memory stays
+    bounded whatever the raster's size.  An alpha band marks the pixels the
+    source does not cover (and its nodata), so they are nodata downstream.
+
+    The warped copy needs about the source's size on disk (DEFLATE), under the
+    system's temporary directory (``TMPDIR``).
+
+    Yields
+    ------
+    str
+        Path of the warped GeoTIFF, removed on exit.
+
+    Raises
+    ------
+    GeoreferenceError
+        If the RPCs cannot place the raster, or `dem` cannot be read.
+    """
+    import shutil
+    import tempfile
+
+    from rasterio.warp import calculate_default_transform, reproject
+
+    from geoseg.errors import GeoreferenceError
+
+    src_path = str(Path(path).resolve()) if Path(path).exists() else str(path)
+    if dem is not None and not Path(dem).exists():
+        raise GeoreferenceError(
+            f"the DEM {dem} for placing {path} by its RPCs does not exist; give an existing "
+            "elevation raster (heights above the WGS 84 ellipsoid) or leave the DEM out"
+        )
+    if height is not None and not math.isfinite(height):
+        raise GeoreferenceError(f"the RPC height must be a finite number of metres, got {height}")
+    tmp = tempfile.mkdtemp(prefix="geoseg-rpcs-")
+    out = Path(tmp) / (Path(str(path)).stem + ".north-up.tif")
+    try:
+        with rasterio.open(src_path) as src:
+            rpcs = src.rpcs
+            if rpcs is None:
+                raise GeoreferenceError(f"{path} has no RPC coefficients to place it by")
+            opts: dict[str, Any]
+            if dem is not None:
+                opts = {"RPC_DEM": str(Path(dem).resolve())}
+                where = f"heights of {dem}"
+            else:
+                h = float(rpcs.height_off) if height is None else float(height)
+                opts = {"RPC_HEIGHT": h}
+                where = f"a constant height of {h:g} m"
+            crs = _utm_for(float(rpcs.long_off), float(rpcs.lat_off))
+            count = src.count
+            bands = list(range(1, count + 1))
+            try:
+                transform, width, height_px = calculate_default_transform(
+                    "EPSG:4326", crs, src.width, src.height, rpcs=rpcs, **opts
+                )
+                profile: dict[str, Any] = {
+                    "driver": "GTiff",
+                    "width": width,
+                    "height": height_px,
+                    "count": count + 1,
+                    "dtype": src.dtypes[0],
+                    "crs": crs,
+                    "transform": transform,
+                    "tiled": True,
+                    "blockxsize": 512,
+                    "blockysize": 512,
+                    "compress": "deflate",
+                    "BIGTIFF": "IF_SAFER",
+                }
+                with rasterio.open(out, "w", **profile) as dst:
+                    dst.colorinterp = [*src.colorinterp, ColorInterp.alpha]
+                    for i, desc in enumerate(src.descriptions, start=1):
+                        if desc:
+                            dst.set_band_description(i, desc)
+                    reproject(
+                        rasterio.band(src, bands),
+                        rasterio.band(dst, bands),
+                        rpcs=rpcs,
+                        src_crs="EPSG:4326",
+                        src_nodata=src.nodata,
+                        dst_transform=transform,
+                        dst_crs=crs,
+                        dst_alpha=count + 1,
+                        resampling=Resampling.bilinear,
+                        warp_mem_limit=256,
+                        **opts,
+                    )
+            except RasterioError as exc:
+                raise GeoreferenceError(
+                    f"cannot place {path} by its RPC coefficients ({exc}); check them and the "
+                    "DEM, or warp it first: gdalwarp -rpc -r bilinear IN OUT.tif"
+                ) from exc
+        log.info(
+            "%s is placed by RPCs: warped north-up onto %s at %.3g m with %s",
+            path,
+            crs.to_string(),
+            transform.a,
+            where,
+        )
+        yield str(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -18,7 +18,7 @@ import pytest
 import rasterio
 
 from geoseg.cli import main
-from geoseg.io.read import north_up_vrt
+from geoseg.io.read import north_up_rpc, north_up_vrt
 from tests.conftest import shared_data
 
 TABLE = Path(__file__).with_name("corpus_outcomes.csv")
@@ -115,9 +115,16 @@ def test_corpus_raster(
     assume = shlex.split(row["args"])
     with rasterio.open(src) as probe:
         by_gcps = probe.transform.is_identity and bool(probe.gcps[0])
+        by_rpcs = probe.transform.is_identity and probe.rpcs is not None
     with contextlib.ExitStack() as stack:
-        # A GCP raster's outputs lie on the north-up grid fitted to its GCPs.
-        grid = stack.enter_context(north_up_vrt(src)) if by_gcps else src
+        # A GCP (RPC) raster's outputs lie on the north-up grid fitted to its GCPs (RPCs).
+        grid = (
+            stack.enter_context(north_up_vrt(src))
+            if by_gcps
+            else stack.enter_context(north_up_rpc(src))
+            if by_rpcs
+            else src
+        )
         a = stack.enter_context(rasterio.open(grid))
         b = stack.enter_context(rasterio.open(classes))
         want_crs = (
