@@ -111,8 +111,10 @@ class PredictConfig:
         CPU threads for the network.
     region : PixelWindow, optional
         Compute and write only this window of the raster, bit-identical to the
-        same pixels of a whole-raster run (batch runs use it; implies
-        ``resample="never"``).
+        same pixels of a whole-raster run (batch runs use it).  When the raster
+        is resampled to the model's pixel size, the region's part of the model
+        grid is computed with the whole run's tiles and brought back as the
+        whole run brings it back (north-up rasters; rotated ones refuse).
     backend : {"auto", "torch", "onnx"}
         Inference engine (see :mod:`geoseg.infer.backends`); ``auto`` is the
         fastest one ``geoseg tune`` measured on this machine for the model
@@ -186,8 +188,6 @@ class PredictConfig:
             raise ConfigError(
                 "--compile applies to the PyTorch backend; drop it or use --backend torch"
             )
-        if self.region is not None and self.resample != "never":
-            object.__setattr__(self, "resample", "never")
         if self.tile is not None and self.tile < 1:
             raise ConfigError(f"--tile must be positive, got {self.tile}")
         if self.threads is not None and self.threads < 1:
@@ -438,6 +438,41 @@ def crop_strips(
         out_row += b - a
 
 
+def model_window(region: PixelWindow, spec: RasterSpec, model: RasterSpec) -> PixelWindow:
+    """The window of the model grid whose pixels the read-back of ``region`` uses.
+
+    ``region`` is a window of the input grid (``spec``), ``model`` the same extent
+    resampled to the model's pixel size (north-up, as
+    :class:`~geoseg.io.read.RasterSource` builds it).  The result covers the
+    region's extent with a margin of two model pixels (nearest classes and the
+    bilinear kernel of the probabilities), clipped to the model grid.
+
+    Raises
+    ------
+    ConfigError
+        The input is rotated or sheared: its read-back goes through a warper
+        whose approximations depend on the window, so a region would not equal
+        the whole run.
+    """
+    t, mt = spec.transform, model.transform
+    if t.b or t.d or mt.b or mt.d:
+        raise ConfigError(
+            f"{spec.path} has a rotated grid at another pixel size than the model's; regions of "
+            "it cannot be resampled exactly as one run; warp it north-up first (gdalwarp -r "
+            "bilinear IN OUT.tif), or set 'resample: never'"
+        )
+    x0, y0 = t * (region.col_off, region.row_off)
+    x1, y1 = t * (region.col_off + region.width, region.row_off + region.height)
+    c0, r0 = ~mt * (min(x0, x1), max(y0, y1))
+    c1, r1 = ~mt * (max(x0, x1), min(y0, y1))
+    margin = 2
+    row0 = max(0, math.floor(r0) - margin)
+    col0 = max(0, math.floor(c0) - margin)
+    row1 = min(model.height, math.ceil(r1) + margin)
+    col1 = min(model.width, math.ceil(c1) + margin)
+    return PixelWindow(row0, col0, row1 - row0, col1 - col0)
+
+
 def check_upsampling(src_m: float, model_m: float, resample: str, name: str) -> None:
     """Refuse, before any work, an input far coarser than the model's pixels.
 
@@ -614,8 +649,13 @@ def _run_scene(
             s.read for s in sources
         ]
         out_transform, out_w, out_h = spec.transform, spec.width, spec.height
+        model_core: PixelWindow | None = None
         if cfg.region is not None:
+            # With resampling, the region of the model grid that covers the region
+            # (plus a margin for the bilinear read-back) is computed instead.
             core = cfg.region
+            if resolution is not None:
+                core = model_core = model_window(cfg.region, spec, rspec)
             grid = region_grid(grid, core)
             oy, ox = grid.origin
 
@@ -652,7 +692,7 @@ def _run_scene(
             contact_class=card.contact_class if cfg.separate else None,
         )
         if cfg.region is not None:
-            strips = crop_strips(strips, cfg.region, grid.origin)
+            strips = crop_strips(strips, model_core or cfg.region, grid.origin)
         crs = rspec.crs
         if resolution is None:
             with RasterStripWriter(
@@ -685,6 +725,8 @@ def _run_scene(
                 tags=tags,
                 counts=counts,
                 assume_crs=cfg.assume_crs,
+                model_window=model_core,
+                region=cfg.region,
             )
 
     stats.tiles, stats.skipped_tiles = stream_stats.tiles, stream_stats.skipped_tiles

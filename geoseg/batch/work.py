@@ -445,30 +445,36 @@ def plan_regions(spec: WorkSpec) -> list[Region]:
 
 
 def check_resolution(spec: WorkSpec, model_pixel_size_m: float | None) -> None:
-    """Refuse, before any work, window regions at a pixel size the model was not trained for.
+    """Refuse, before any work, window regions that cannot be resampled as one run.
 
-    ``geoseg predict`` resamples such a raster on the fly onto the model's grid; batch
-    regions do not (yet), and running them at the raster's own pixels would give other
-    classes than ``predict`` for the same raster.  With ``resample: never`` in the work
-    file's ``predict:`` section both run at the raster's pixels and agree.
+    ``geoseg predict`` resamples a raster whose pixels differ from the model's by
+    more than 25 % onto the model's grid; batch regions of a north-up raster are
+    computed on the same model grid, with the same tiles, and brought back the
+    same way (:func:`geoseg.pipeline.model_window`), so they agree with it.  A
+    rotated raster's read-back goes through a warper whose approximations depend
+    on the window, so its regions are refused unless ``resample: never``.
 
     Raises
     ------
     ConfigError
-        The pixel sizes differ by more than 25 % and ``resample`` is not ``never``.
+        A rotated or sheared raster at another pixel size than the model's, and
+        ``resample`` is not ``never``.
     """
     if spec.mode == "rasters" or not model_pixel_size_m or spec.predict.resample == "never":
         return
     from geoseg.io.read import describe
 
-    ps = describe(spec.sources[0]).pixel_size_m
-    if ps and abs(ps / model_pixel_size_m - 1) > RESAMPLE_TOLERANCE:
+    raster = describe(spec.sources[0])
+    ps = raster.pixel_size_m
+    t = raster.transform
+    if ps and abs(ps / model_pixel_size_m - 1) > RESAMPLE_TOLERANCE and (t.b or t.d):
         m = f"{model_pixel_size_m:g}"
         raise ConfigError(
-            f"{spec.sources[0]} has {ps:.3g} m pixels but the model was trained at "
-            f"{model_pixel_size_m:.3g} m, and batch regions are not resampled as 'geoseg predict' "
-            f"resamples; warp the raster first (gdalwarp -tr {m} {m} -r bilinear IN OUT), or set "
-            "'resample: never' under predict: in the work file to run at its own pixel size"
+            f"{spec.sources[0]} has a rotated grid with {ps:.3g} m pixels but the model was "
+            f"trained at {model_pixel_size_m:.3g} m, and regions of a rotated grid cannot be "
+            f"resampled exactly as 'geoseg predict' resamples it; warp it north-up first "
+            f"(gdalwarp -tr {m} {m} -r bilinear IN OUT), or set 'resample: never' under "
+            "predict: in the work file to run at its own pixel size"
         )
 
 

@@ -31,7 +31,7 @@ from rasterio.windows import bounds as window_bounds
 
 from geoseg.io.read import RasterSpec
 from geoseg.io.write_raster import RasterStripWriter
-from geoseg.types import CLASS_NODATA, PROB_NODATA, Strip
+from geoseg.types import CLASS_NODATA, PROB_NODATA, PixelWindow, Strip
 
 STRIP_ROWS = 512
 
@@ -41,9 +41,9 @@ _ReadBack = Callable[[Window, list[int] | None], tuple[np.ndarray, np.ndarray | 
 
 
 def _same_extent_north_up(
-    transform: Affine, width: int, height: int, stage: DatasetReader, crs: CRS
+    transform: Affine, width: int, height: int, model: RasterSpec, crs: CRS
 ) -> bool:
-    """Whether ``stage`` covers exactly the input's extent, both north-up in the same CRS.
+    """Whether the model grid covers exactly the input's extent, both north-up in one CRS.
 
     That is how the reader builds the model grid for a north-up input
     (:meth:`~geoseg.io.read.RasterSource._warped`); the predictions can then be
@@ -51,15 +51,16 @@ def _same_extent_north_up(
     classes exactly and its bilinear probabilities to within one unit of 254
     (rounding), about 7x faster for probabilities and 12x for classes.
     """
-    st = stage.transform
+    st = model.transform
     if transform.b or transform.d or st.b or st.d or transform.e >= 0 or st.e >= 0:
         return False
-    if stage.crs is None or stage.crs != crs:
+    if model.crs is None or model.crs != crs:
         return False
     left, top = transform.c, transform.f
     right, bottom = left + width * transform.a, top + height * transform.e
     tol = 1e-6 * min(abs(transform.a), abs(st.a))
-    s_left, s_bottom, s_right, s_top = stage.bounds
+    s_left, s_top = st.c, st.f
+    s_right, s_bottom = s_left + model.width * st.a, s_top + model.height * st.e
     return all(
         abs(a - b) <= tol
         for a, b in ((left, s_left), (top, s_top), (right, s_right), (bottom, s_bottom))
@@ -111,12 +112,20 @@ def resample_back(
     tags: Mapping[str, str],
     counts: np.ndarray,
     assume_crs: str | None = None,
+    model_window: PixelWindow | None = None,
+    region: PixelWindow | None = None,
 ) -> None:
     """Stage ``strips`` (model grid) and write them back on ``source``'s grid.
 
-    ``counts`` (length 256) is incremented with the final class histogram.
+    ``counts`` (length 256) is incremented with the final class histogram.  With
+    ``region`` (a window of the input grid), ``strips`` cover ``model_window`` of
+    the model grid (see :func:`geoseg.pipeline.model_window`) and only the
+    region is written, read back exactly as a whole-raster call reads back
+    those pixels (north-up inputs).
     """
     n = len(class_names)
+    mw = model_window or PixelWindow(0, 0, model_spec.height, model_spec.width)
+    stage_transform = model_spec.transform * Affine.translation(mw.col_off, mw.row_off)
     fd, name = tempfile.mkstemp(
         prefix=f".{dst.stem}.geoseg-model-grid-", suffix=".tif", dir=dst.parent
     )
@@ -124,10 +133,10 @@ def resample_back(
     stage = Path(name)
     profile = {
         "driver": "GTiff",
-        "width": model_spec.width,
-        "height": model_spec.height,
+        "width": mw.width,
+        "height": mw.height,
         "crs": model_spec.crs,
-        "transform": model_spec.transform,
+        "transform": stage_transform,
         "tiled": True,
         "compress": "LZW",
         "bigtiff": "IF_SAFER",
@@ -138,22 +147,28 @@ def resample_back(
     try:
         with rasterio.open(stage, "w", **profile) as st:
             for s in strips:
-                win = Window(0, s.row_off, model_spec.width, s.classes.shape[0])
+                win = Window(0, s.row_off, mw.width, s.classes.shape[0])
                 st.write(s.classes, 1, window=win)
                 if probabilities is not None and s.probs is not None:
                     st.write(s.probs, list(range(2, n + 2)), window=win)
         with rasterio.open(source) as src, rasterio.open(stage) as st:
             crs = src.crs if src.crs is not None else rasterio.crs.CRS.from_user_input(assume_crs)
+            out = region or PixelWindow(0, 0, src.height, src.width)
+            out_transform = src.transform * Affine.translation(out.col_off, out.row_off)
             common = {
                 "crs": crs,
-                "transform": src.transform,
-                "width": src.width,
-                "height": src.height,
+                "transform": out_transform,
+                "width": out.width,
+                "height": out.height,
             }
-            direct = _same_extent_north_up(src.transform, src.width, src.height, st, crs)
+            direct = _same_extent_north_up(src.transform, src.width, src.height, model_spec, crs)
             with contextlib.ExitStack() as views:
                 if direct:
+                    # Windows in the input grid's own pixel coordinates, so the
+                    # fractional stage windows are those of a whole-raster call.
                     read_back = _resampled_reader(st, src.transform)
+                elif region is not None:
+                    raise ValueError("regions are read back only from north-up model grids")
                 else:
                     read_back = _warped_reader(
                         views.enter_context(WarpedVRT(st, resampling=Resampling.nearest, **common)),
@@ -168,9 +183,9 @@ def resample_back(
                     RasterStripWriter(
                         dst,
                         crs=crs,
-                        transform=src.transform,
-                        width=src.width,
-                        height=src.height,
+                        transform=out_transform,
+                        width=out.width,
+                        height=out.height,
                         colormap=colormap,
                         class_names=class_names,
                         probabilities=probabilities,
@@ -179,9 +194,13 @@ def resample_back(
                     )
                 )
                 prob_bands = list(range(2, n + 2)) if probabilities is not None else None
-                for row in range(0, src.height, STRIP_ROWS):
-                    win = Window(0, row, src.width, min(STRIP_ROWS, src.height - row))
-                    cls, probs = read_back(win, prob_bands)
+                for row in range(0, out.height, STRIP_ROWS):
+                    h = min(STRIP_ROWS, out.height - row)
+                    # Input-grid window (read-back, masks); the warped views are on `out`.
+                    win = Window(out.col_off, out.row_off + row, out.width, h)
+                    cls, probs = read_back(
+                        win if direct else Window(0, row, out.width, h), prob_bands
+                    )
                     invalid = cls == CLASS_NODATA
                     if not all_valid:
                         invalid |= ~np.any(src.read_masks(list(bands), window=win) > 0, axis=0)

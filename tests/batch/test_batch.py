@@ -298,3 +298,37 @@ def test_rotated_raster_grid_and_aoi_regions_equal_the_single_run(scene, tmp_pat
     np.testing.assert_array_equal(
         mosaic[10 - r0 : 80 - r0, 20 - c0 : 100 - c0], scene.classes[10:80, 20:100]
     )
+
+
+@pytest.mark.parametrize("pixel", [0.5, 0.4])
+def test_regions_of_a_finer_raster_are_resampled_exactly_as_predict(
+    tmp_path, cluster_address, pixel
+):
+    """A raster finer than the model: batch regions equal one 'geoseg predict' of it."""
+    import torch
+
+    from geoseg.models import build_model, save_checkpoint
+    from geoseg.pipeline import VectorizeConfig, run_vectorize
+    from tests.conftest import tiny_card
+
+    torch.manual_seed(1)
+    card = tiny_card(pixel_size_m=1.0)
+    model = save_checkpoint(build_model(card), card, tmp_path / "m1")
+    transform = rasterio.Affine(pixel, 0, 500000, 0, -pixel, 6000000)
+    src = write_raster(tmp_path / "fine.tif", random_image(230, 250, seed=4), transform=transform)
+    ref = tmp_path / "ref_classes.tif"
+    stats = run_scene(src, ref, model, PredictConfig(**PREDICT))
+    assert stats.resampled_to_m == 1.0
+    run_vectorize(ref, tmp_path / "ref.gpkg", VectorizeConfig())
+    work = load_work(
+        write_work(tmp_path / "regions.yaml", raster=str(src), region_size=90, model=str(model))
+    )
+    result = run_batch(work, tmp_path / "out", address=cluster_address)
+    assert result.ok and len(result.computed) == 9
+    classes, t = read_classes(tmp_path / "out" / "classes.vrt")
+    with rasterio.open(ref) as ds:
+        want = ds.read(1)
+        assert t == ds.transform
+    assert (want != 255).all() and len(np.unique(want)) > 1
+    np.testing.assert_array_equal(classes, want)
+    assert layers(tmp_path / "out" / "polygons.gpkg") == layers(tmp_path / "ref.gpkg")

@@ -160,27 +160,28 @@ def test_unreachable_paths_names_missing_inputs_and_output_directory(tmp_path):
     ]
 
 
-def test_windows_at_another_pixel_size_are_refused_unless_resample_never(tmp_path):
+def test_rotated_windows_at_another_pixel_size_are_refused_unless_resample_never(tmp_path):
     from geoseg.batch.work import check_resolution
     from tests.conftest import random_image, write_raster
 
-    src = write_raster(
-        tmp_path / "half.tif",
-        random_image(64, 64),
-        transform=Affine(0.5, 0, 500000, 0, -0.5, 6000000),
-    )
+    half = Affine(0.5, 0, 500000, 0, -0.5, 6000000)
+    src = write_raster(tmp_path / "half.tif", random_image(64, 64), transform=half)
     work = work_from_dict({"raster": "half.tif", "region_size": 32}, base=tmp_path)
+    check_resolution(work, 1.0)  # north-up: regions are resampled as predict resamples
+    write_raster(tmp_path / "rot.tif", random_image(64, 64), transform=half * Affine.rotation(20))
+    rot = work_from_dict({"raster": "rot.tif", "region_size": 32}, base=tmp_path)
     with pytest.raises(
-        ConfigError, match=r"0\.5 m pixels .* 1 m.*gdalwarp -tr 1 1.*resample: never"
+        ConfigError,
+        match=r"rotated grid with 0\.5 m pixels .* 1 m.*gdalwarp -tr 1 1.*resample: never",
     ):
-        check_resolution(work, 1.0)
-    check_resolution(work, 0.5)  # the model's own pixel size (within 25 %)
-    check_resolution(work, 0.6)
+        check_resolution(rot, 1.0)
+    check_resolution(rot, 0.5)  # the model's own pixel size (within 25 %)
+    check_resolution(rot, 0.6)
     never = work_from_dict(
-        {"raster": str(src), "region_size": 32, "predict": {"resample": "never"}}, base=tmp_path
+        {"raster": "rot.tif", "region_size": 32, "predict": {"resample": "never"}}, base=tmp_path
     )
     check_resolution(never, 1.0)  # runs at 0.5 m, as 'geoseg predict --resample never' does
-    rasters = work_from_dict({"rasters": ["half.tif"]}, base=tmp_path)
+    rasters = work_from_dict({"rasters": ["rot.tif", str(src)]}, base=tmp_path)
     check_resolution(rasters, 1.0)  # whole rasters run the predict pipeline, resampling included
 
 
@@ -194,13 +195,13 @@ def test_a_refused_resolution_leaves_no_output_directory(tmp_path):
     card = tiny_card(pixel_size_m=1.0)
     model = save_checkpoint(build_model(card), card, tmp_path / "m1")
     write_raster(
-        tmp_path / "half.tif",
+        tmp_path / "rot.tif",
         random_image(64, 64),
-        transform=Affine(0.5, 0, 500000, 0, -0.5, 6000000),
+        transform=Affine(0.5, 0, 500000, 0, -0.5, 6000000) * Affine.rotation(20),
     )
     work = work_from_dict(
-        {"raster": "half.tif", "region_size": 32, "model": str(model)}, base=tmp_path
+        {"raster": "rot.tif", "region_size": 32, "model": str(model)}, base=tmp_path
     )
-    with pytest.raises(ConfigError, match="batch regions are not resampled"):
+    with pytest.raises(ConfigError, match="cannot be resampled exactly"):
         run_batch(work, tmp_path / "out", workers=1, dashboard_address=None)
     assert not (tmp_path / "out").exists()
