@@ -76,6 +76,7 @@ from geoseg.errors import (
     OutputExistsError,
     OutputWriteError,
 )
+from geoseg.io.atomic import probe_writable
 from geoseg.types import PixelWindow
 
 if TYPE_CHECKING:
@@ -186,7 +187,14 @@ def _prepare(out: Path, *, resume: bool, overwrite: bool) -> tuple[Manifest, Man
         raise ConfigError("--resume keeps finished regions and --overwrite discards them; pick one")
     if out.exists() and not out.is_dir():
         raise OutputWriteError(f"output {out} is a file; batch outputs go to a directory")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputWriteError(
+            f"cannot create the output directory {out} ({exc.strerror or exc}); choose a "
+            "writable directory with room for the outputs"
+        ) from exc
+    probe_writable(out)
     manifest = Manifest(out)
     if manifest.exists():
         if overwrite:

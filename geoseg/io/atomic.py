@@ -19,6 +19,7 @@ import contextlib
 import errno
 import os
 import secrets
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ __all__ = [
     "atomic_output",
     "check_output_path",
     "output_lock",
+    "probe_writable",
     "remove_with_sidecars",
 ]
 
@@ -104,11 +106,11 @@ def check_output_path(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
             f"output directory {parent} is not writable; fix its permissions "
             "or choose another output directory"
         )
-    _probe_writable(parent)
+    probe_writable(parent)
     return target
 
 
-def _probe_writable(directory: Path) -> None:
+def probe_writable(directory: Path) -> None:
     """Create and remove a file in `directory`, raising OutputWriteError if that fails."""
     try:
         fd, probe = tempfile.mkstemp(dir=directory, prefix=".geoseg-probe-")
@@ -220,8 +222,11 @@ def _acquire(target: Path, fcntl: Any) -> int | None:
         except FileNotFoundError:
             same = False
         if same:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            # The holder's pid is for the message of a run that finds the lock taken;
+            # a full disk may refuse it, and the lock holds without it.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, str(os.getpid()).encode(), 0)
             return fd
         os.close(fd)
 
@@ -256,7 +261,21 @@ def remove_with_sidecars(path: str | os.PathLike[str]) -> None:
             os.unlink(name)
 
 
-def is_disk_full(exc: BaseException) -> bool:
+#: Free space under which a failed write is taken for a full disk whatever GDAL said (a
+#: GeoPackage that could not grow can fail with a message about missing tables).
+_NEARLY_FULL_BYTES = 1 << 20
+
+
+def is_disk_full(exc: BaseException, directory: str | os.PathLike[str] | None = None) -> bool:
+    """Whether `exc` (or an exception it was raised from) comes from a full disk.
+
+    Known by errno, by GDAL's and SQLite's wording, or, with `directory`, by
+    less than 1 MiB left on the filesystem that holds it.
+    """
+    if directory is not None:
+        with contextlib.suppress(OSError):
+            if shutil.disk_usage(directory).free < _NEARLY_FULL_BYTES:
+                return True
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
@@ -354,7 +373,7 @@ def _replace_on_success(target: Path) -> Iterator[Path]:
             ) from exc
     except BaseException as exc:
         remove_with_sidecars(tmp)
-        if isinstance(exc, Exception) and is_disk_full(exc):
+        if isinstance(exc, Exception) and is_disk_full(exc, target.parent):
             raise OutputWriteError(
                 f"disk full (or file size limit reached) while writing {target}; free space on "
                 f"the disk holding {target.parent} or choose another output directory"

@@ -129,3 +129,30 @@ def test_a_filesystem_without_locks_still_gets_its_output(tmp_path, monkeypatch)
     with output_lock(tmp_path / "out.gpkg"):
         (tmp_path / "out.gpkg").write_text("x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.gpkg"]
+
+
+def test_a_lock_whose_pid_cannot_be_written_still_locks_and_releases(tmp_path, monkeypatch):
+    """On a full disk the holder's pid cannot be written: the lock still holds and is let go
+    (it used to leak its file descriptor, so every later try in the process reported
+    another run)."""
+    import errno
+
+    def full(*args: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    dst = tmp_path / "out.tif"
+    with monkeypatch.context() as m:
+        m.setattr(os, "pwrite", full)
+        with output_lock(dst):
+            # Another process would be refused while we hold it.
+            probe = subprocess.run(
+                [sys.executable, "-c",
+                 "import sys; from geoseg.io.atomic import output_lock\n"
+                 "try:\n    output_lock(sys.argv[1]).__enter__()\n"
+                 "except Exception as e:\n    print(type(e).__name__)",
+                 str(dst)],
+                capture_output=True, text=True,
+            )  # fmt: skip
+            assert probe.stdout.strip() == "OutputWriteError"
+    with output_lock(dst):  # released: this process takes it again at once
+        pass
