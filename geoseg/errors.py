@@ -8,6 +8,8 @@ failed, the offending value and how to fix it; the CLI prints them as one line.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class GeosegError(Exception):
     """Root of every error raised deliberately by geoseg."""
@@ -38,7 +40,28 @@ class OutputWriteError(GeosegError, OSError):
 
 
 class ConfigError(GeosegError, ValueError):
-    """An option or configuration value is invalid."""
+    """An option or configuration value is invalid.
+
+    Parameters
+    ----------
+    message : str
+        What is wrong and how to fix it, naming the parameter (``tile must be
+        positive, got 0``).
+    field : str, optional
+        The parameter's name; the command line uses it to name its flag instead
+        (``--tile must be positive, got 0``).
+    """
+
+    def __init__(self, message: str = "", *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keeps `field` across processes (dask)
+        return (_config_error, (str(self), self.field))
+
+
+def _config_error(message: str, field: str | None) -> ConfigError:
+    return ConfigError(message, field=field)
 
 
 class ModelCardError(GeosegError, ValueError):

@@ -22,7 +22,7 @@ import logging
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from geoseg.io.read import RasterSource, select_bands
 from geoseg.metrics import ConfusionMatrix, PixelMetrics
 from geoseg.models.card import ClassInfo, ModelCard
 from geoseg.pipeline import PredictConfig
+from geoseg.settings import from_mapping, load_yaml_mapping
 from geoseg.training.config import SourceConfig
 from geoseg.types import IGNORE_INDEX, PixelWindow
 
@@ -123,13 +124,58 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         if not 0 < self.iou_threshold <= 1:
-            raise ConfigError(f"--iou-threshold must be in (0, 1], got {self.iou_threshold}")
+            raise ConfigError(
+                f"iou_threshold must be in (0, 1], got {self.iou_threshold}", field="iou_threshold"
+            )
         if self.min_object_pixels < 0:
-            raise ConfigError(f"--min-object-pixels must be >= 0, got {self.min_object_pixels}")
+            raise ConfigError(
+                f"min_object_pixels must be >= 0, got {self.min_object_pixels}",
+                field="min_object_pixels",
+            )
         if self.strip_rows < 1:
-            raise ConfigError(f"strip_rows must be >= 1, got {self.strip_rows}")
+            raise ConfigError(f"strip_rows must be >= 1, got {self.strip_rows}", field="strip_rows")
         if self.sample_size < 16:
-            raise ConfigError(f"sample_size must be >= 16, got {self.sample_size}")
+            raise ConfigError(
+                f"sample_size must be >= 16, got {self.sample_size}", field="sample_size"
+            )
+
+    @classmethod
+    def from_dict(cls, data: Any, *, section: str = "evaluate") -> EvalConfig:
+        """Options from a mapping (a config file's ``evaluate:`` section).
+
+        ``class_map`` is a mapping of label value to class name (or ``ignore``),
+        ``predict`` a mapping of :meth:`PredictConfig.from_dict`; lists become
+        tuples.  Errors name the field (``evaluate.iou_threshold must be in (0, 1]``).
+
+        Examples
+        --------
+        >>> cfg = EvalConfig.from_dict({"class_map": {1: "building"}, "predict": {"tile": 256}})
+        >>> cfg.class_map, cfg.predict.tile
+        (((1, 'building'),), 256)
+        """
+
+        def class_map(value: Any, where: str) -> tuple[tuple[str | int, str], ...]:
+            if not isinstance(value, Mapping) or not all(
+                isinstance(k, str | int) and isinstance(v, str) for k, v in value.items()
+            ):
+                raise ConfigError(
+                    f"{where} must map label values to class names, e.g. {{1: building}}, got "
+                    f"{value!r}",
+                    field="class_map",
+                )
+            return tuple(value.items())
+
+        def predict(value: Any, where: str) -> PredictConfig:
+            return PredictConfig.from_dict(value, section=where)
+
+        return from_mapping(
+            cls, data, section=section, convert={"class_map": class_map, "predict": predict}
+        )
+
+    @classmethod
+    def from_yaml(cls, text: str, *, section: str = "evaluate") -> EvalConfig:
+        """Options from YAML text holding the mapping of :meth:`from_dict`."""
+        return cls.from_dict(load_yaml_mapping(text, section), section=section)
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from geoseg.io.read import RasterSource, RasterSpec, north_up_rpc, north_up_vrt,
 from geoseg.io.write_raster import RasterStripWriter
 from geoseg.models.card import ClassInfo
 from geoseg.models.checkpoint import LoadedModel, load_checkpoint
+from geoseg.settings import from_mapping, load_yaml_mapping
 from geoseg.tiling import make_grid, region_grid
 from geoseg.types import PixelWindow
 from geoseg.vectorize.clean import CleanupParams, clean_geometries, default_cleanup
@@ -175,39 +176,66 @@ class PredictConfig:
     def __post_init__(self) -> None:
         if self.rpc_height is not None and not math.isfinite(self.rpc_height):
             raise ConfigError(
-                f"rpc_height must be a finite number of metres, got {self.rpc_height}"
+                f"rpc_height must be a finite number of metres, got {self.rpc_height}",
+                field="rpc_height",
             )
         tta_transforms(self.tta)
         if self.precision not in ("auto", "fp32", "int8"):
-            raise ConfigError(f"precision must be 'auto', 'fp32' or 'int8', got {self.precision!r}")
+            raise ConfigError(
+                f"precision must be 'auto', 'fp32' or 'int8', got {self.precision!r}",
+                field="precision",
+            )
         if self.backend not in BACKENDS:
             raise ConfigError(
-                f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}"
+                f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}",
+                field="backend",
             )
         if self.compile and self.backend == "onnx":
             raise ConfigError(
-                "--compile applies to the PyTorch backend; drop it or use --backend torch"
+                "compile applies to the PyTorch backend; drop it or use backend 'torch'",
+                field="compile",
             )
-        if self.tile is not None and self.tile < 1:
-            raise ConfigError(f"--tile must be positive, got {self.tile}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.workers is not None and self.workers < 1:
-            raise ConfigError(f"--workers must be >= 1, got {self.workers}")
+        for name, low in (("tile", 1), ("threads", 1), ("batch_size", 1), ("workers", 1)):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise ConfigError(f"{name} must be >= {low}, got {value}", field=name)
         if self.readers is not None and not 1 <= self.readers <= MAX_READERS:
-            raise ConfigError(f"--readers must be between 1 and {MAX_READERS}, got {self.readers}")
+            raise ConfigError(
+                f"readers must be between 1 and {MAX_READERS}, got {self.readers}", field="readers"
+            )
         if self.overlap is not None and self.overlap < 0:
-            raise ConfigError(f"--overlap must be >= 0, got {self.overlap}")
+            raise ConfigError(f"overlap must be >= 0, got {self.overlap}", field="overlap")
         if self.resample not in ("auto", "never", "force"):
-            raise ConfigError(f"resample must be 'auto', 'never' or 'force', got {self.resample!r}")
+            raise ConfigError(
+                f"resample must be 'auto', 'never' or 'force', got {self.resample!r}",
+                field="resample",
+            )
         if self.input_range is not None:
             lo, hi = self.input_range
             if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
                 raise ConfigError(
-                    f"--input-range must be LOW,HIGH with HIGH > LOW, got {self.input_range}"
+                    f"input_range must be LOW,HIGH with HIGH > LOW, got {self.input_range}",
+                    field="input_range",
                 )
+
+    @classmethod
+    def from_dict(cls, data: Any, *, section: str = "predict") -> PredictConfig:
+        """Options from a mapping (a config file's ``predict:`` section).
+
+        Keys are the parameters above (``region`` is set by code only); lists
+        become tuples.  Errors name the field (``predict.tile must be >= 1``).
+
+        Examples
+        --------
+        >>> PredictConfig.from_dict({"tile": 256, "bands": [3, 2, 1]}).bands
+        (3, 2, 1)
+        """
+        return from_mapping(cls, data, section=section, exclude=("region",))
+
+    @classmethod
+    def from_yaml(cls, text: str, *, section: str = "predict") -> PredictConfig:
+        """Options from YAML text holding the mapping of :meth:`from_dict`."""
+        return cls.from_dict(load_yaml_mapping(text, section), section=section)
 
 
 @dataclass
@@ -931,6 +959,45 @@ class VectorizeConfig:
     block_rows: int = 512
     batch: int = 2000
     workers: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: Any, *, section: str = "vectorize") -> VectorizeConfig:
+        """Options from a mapping (a config file's ``vectorize:`` section).
+
+        ``cleanup`` maps class names to clean-up settings
+        (:meth:`CleanupParams.from_dict`); ``classes`` is set by code only.
+        Errors name the field (``vectorize.block_rows must be an integer``).
+
+        Examples
+        --------
+        >>> cfg = VectorizeConfig.from_dict({"cleanup": {"building": {"min_area_m2": 8}}})
+        >>> cfg.cleanup["building"].min_area_m2
+        8
+        """
+
+        def cleanup(value: Any, where: str) -> dict[str, CleanupParams]:
+            if not isinstance(value, Mapping):
+                raise ConfigError(
+                    f"{where} must map class names to settings, e.g. 'building: "
+                    "{style: regularize}'",
+                    field="cleanup",
+                )
+            out = {}
+            for name, options in value.items():
+                try:
+                    out[str(name)] = CleanupParams.from_dict(options or {})
+                except ConfigError as exc:
+                    raise ConfigError(f"{where}.{name}: {exc}", field="cleanup") from exc
+            return out
+
+        return from_mapping(
+            cls, data, section=section, exclude=("classes",), convert={"cleanup": cleanup}
+        )
+
+    @classmethod
+    def from_yaml(cls, text: str, *, section: str = "vectorize") -> VectorizeConfig:
+        """Options from YAML text holding the mapping of :meth:`from_dict`."""
+        return cls.from_dict(load_yaml_mapping(text, section), section=section)
 
     def __post_init__(self) -> None:
         if self.block_rows < 1:

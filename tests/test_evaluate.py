@@ -221,7 +221,7 @@ def test_bad_inputs(threshold_model, scene):
         evaluate(threshold_model, [image], [labels], EvalConfig(labelled_classes=("tree",)))
     with pytest.raises(ConfigError, match="object-classes"):
         evaluate(threshold_model, [image], [labels], EvalConfig(object_classes=("tree",)))
-    with pytest.raises(ConfigError, match="iou-threshold"):
+    with pytest.raises(ConfigError, match="iou_threshold must be in"):
         EvalConfig(iou_threshold=0)
 
 

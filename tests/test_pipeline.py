@@ -528,9 +528,9 @@ def test_masks_are_read_only_when_a_band_has_one(make_raster, tmp_path):
         assert not r._all_valid
         _, valid = r.read(win)
         assert not valid[18:28, 38:48].any() and valid.sum() < 80 * 80
-    with pytest.raises(ConfigError, match="--readers"):
+    with pytest.raises(ConfigError, match="readers must be between"):
         PredictConfig(readers=17)
-    with pytest.raises(ConfigError, match="--workers"):
+    with pytest.raises(ConfigError, match="workers must be >= 1"):
         PredictConfig(workers=0)
 
 

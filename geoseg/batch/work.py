@@ -42,7 +42,6 @@ from geoseg import __version__
 from geoseg.errors import ConfigError, GeosegWarning
 from geoseg.pipeline import RESAMPLE_TOLERANCE, PredictConfig, VectorizeConfig
 from geoseg.types import PixelWindow
-from geoseg.vectorize.clean import CleanupParams
 
 __all__ = [
     "Region",
@@ -200,31 +199,14 @@ def _predict_config(d: Mapping[str, Any]) -> PredictConfig:
     unknown = sorted(set(d) - _PREDICT_KEYS)
     if unknown:
         raise ConfigError(f"unknown 'predict' keys {unknown}; known: {sorted(_PREDICT_KEYS)}")
-    kw = dict(d)
-    if "separate" in kw and not isinstance(kw["separate"], bool):
-        raise ConfigError(f"predict: separate must be true or false, got {kw['separate']!r}")
-    if kw.get("bands") is not None:
-        kw["bands"] = tuple(int(b) for b in kw["bands"])
-    if kw.get("input_range") is not None:
-        lo, hi = kw["input_range"]
-        kw["input_range"] = (float(lo), float(hi))
-    return PredictConfig(**kw)
+    return PredictConfig.from_dict(d, section="predict")
 
 
 def _vectorize_config(d: Mapping[str, Any]) -> VectorizeConfig:
     unknown = sorted(set(d) - _VECTORIZE_KEYS)
     if unknown:
         raise ConfigError(f"unknown 'vectorize' keys {unknown}; known: {sorted(_VECTORIZE_KEYS)}")
-    kw = dict(d)
-    cleanup = kw.pop("cleanup", None)
-    if cleanup is not None:
-        if not isinstance(cleanup, Mapping):
-            raise ConfigError(
-                "'vectorize: cleanup:' must map class names to settings, e.g. "
-                "'building: {style: regularize}'"
-            )
-        kw["cleanup"] = {str(k): CleanupParams.from_dict(v or {}) for k, v in cleanup.items()}
-    return VectorizeConfig(**kw)
+    return VectorizeConfig.from_dict(d, section="vectorize")
 
 
 def load_work(path: str | os.PathLike[str], *, model: str | None = None) -> WorkSpec:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import signal
@@ -17,7 +18,7 @@ import click
 
 from geoseg import __version__
 from geoseg.cli.options import configure_logging
-from geoseg.errors import GeosegError, GeosegWarning, InterruptedRunError
+from geoseg.errors import ConfigError, GeosegError, GeosegWarning, InterruptedRunError
 from geoseg.runtime import bound_malloc, passive_openmp
 
 
@@ -47,6 +48,49 @@ def _register() -> None:
 
     cli.add_command(train.train)
     cli.add_command(evaluate.evaluate)
+    _name_flags(cli)
+
+
+def flag_for(command: click.Command, field: str) -> str | None:
+    """The long flag of `command` that sets the library parameter `field`, if any.
+
+    >>> flag_for(cli.commands["predict"], "batch_size"), flag_for(cli.commands["predict"], "x")
+    ('--batch-size', None)
+    """
+    dashed = "--" + field.replace("_", "-")
+    for param in command.params:
+        if isinstance(param, click.Option) and (param.name == field or dashed in param.opts):
+            longs = [o for o in param.opts if o.startswith("--")]
+            return dashed if dashed in longs else (longs[0] if longs else None)
+    return None
+
+
+def _name_flags(command: click.Command) -> None:
+    """Make ConfigErrors raised under `command` name its flags, not library parameters.
+
+    Library messages start with the parameter (``batch_size must be >= 1``); on the
+    command line the same message says ``--batch-size must be >= 1``.
+    """
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _name_flags(sub)
+    callback = command.callback
+    if callback is None or getattr(callback, "_geoseg_flags", False):
+        return
+
+    @functools.wraps(callback)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return callback(*args, **kwargs)
+        except ConfigError as exc:
+            field, text = exc.field, str(exc)
+            flag = flag_for(command, field) if field else None
+            if flag is None or not text.startswith(field or ""):
+                raise
+            raise ConfigError(flag + text[len(field or "") :], field=field) from exc
+
+    run._geoseg_flags = True  # type: ignore[attr-defined]
+    command.callback = run
 
 
 _register()

@@ -200,7 +200,9 @@ def choose_backend(requested: str, device: Device) -> str:
     """
     name = (requested or "auto").lower()
     if name not in BACKENDS:
-        raise ConfigError(f"--backend {requested!r} is not a backend; use one of {BACKENDS}")
+        raise ConfigError(
+            f"backend must be one of {', '.join(BACKENDS)}, got {requested!r}", field="backend"
+        )
     if name != "auto":
         return name
     if device.type == "cpu" and onnxruntime_available():

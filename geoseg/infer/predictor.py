@@ -71,7 +71,7 @@ def tta_transforms(mode: str | None) -> tuple[tuple[int, bool], ...]:
     """
     key = "none" if mode is None else str(mode).lower()
     if key not in TTA_MODES:
-        raise ConfigError(f"--tta must be one of {', '.join(TTA_MODES)}, got {mode!r}")
+        raise ConfigError(f"tta must be one of {', '.join(TTA_MODES)}, got {mode!r}", field="tta")
     return TTA_MODES[key]
 
 
@@ -284,11 +284,12 @@ class Predictor:
         if threads is not None and threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {threads}")
         if workers is not None and workers < 1:
-            raise ConfigError(f"--workers must be >= 1, got {workers}")
+            raise ConfigError(f"workers must be >= 1, got {workers}", field="workers")
         name = (backend or "auto").lower()
         if compile and name == "onnx":
             raise ConfigError(
-                "--compile applies to the PyTorch backend; drop it or use --backend torch"
+                "compile applies to the PyTorch backend; drop it or use backend 'torch'",
+                field="compile",
             )
         if compile and name == "auto":
             name = "torch"

@@ -69,9 +69,9 @@ def test_tta_on_onnx_runtime_matches_pytorch(net, tmp_path):
 
 def test_unknown_tta_is_refused(net):
     model, card = net
-    with pytest.raises(ConfigError, match="--tta must be one of"):
+    with pytest.raises(ConfigError, match="tta must be one of"):
         Predictor(model, card, device="cpu", backend="torch", tta="rotate")
-    with pytest.raises(ConfigError, match="--tta"):
+    with pytest.raises(ConfigError, match="tta must be"):
         PredictConfig(tta="x8")
     assert tta_transforms("none") == ((0, False),)
 
