@@ -19,6 +19,10 @@ class GeosegWarning(UserWarning):
     """Root of geoseg warnings (all-nodata inputs, dtype mismatches, ...)."""
 
 
+class DeprecatedOptionWarning(GeosegWarning, FutureWarning):
+    """A command-line option was renamed; the old spelling still works for now."""
+
+
 class RasterReadError(GeosegError, OSError):
     """A raster is missing, unreadable, corrupt or not a raster at all."""
 

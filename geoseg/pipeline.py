@@ -901,7 +901,8 @@ def _result(fut: Any) -> Any:
         return fut.result()
     except BrokenProcessPool as exc:
         raise GeosegError(
-            "a clean-up worker process died (out of memory?); rerun with --workers 1"
+            "a clean-up worker process died (out of memory?); rerun with one clean-up worker "
+            "(workers=1, 'geoseg vectorize --cleanup-workers 1')"
         ) from exc
 
 
@@ -1001,12 +1002,13 @@ class VectorizeConfig:
 
     def __post_init__(self) -> None:
         if self.block_rows < 1:
-            raise ConfigError(f"block_rows must be >= 1, got {self.block_rows}")
+            raise ConfigError(f"block_rows must be >= 1, got {self.block_rows}", field="block_rows")
         if self.batch < 1:
-            raise ConfigError(f"batch must be >= 1, got {self.batch}")
+            raise ConfigError(f"batch must be >= 1, got {self.batch}", field="batch")
         if self.workers is not None and not 1 <= self.workers <= MAX_CLEANUP_WORKERS:
             raise ConfigError(
-                f"--workers must be from 1 to {MAX_CLEANUP_WORKERS}, got {self.workers}"
+                f"workers must be from 1 to {MAX_CLEANUP_WORKERS}, got {self.workers}",
+                field="workers",
             )
 
 

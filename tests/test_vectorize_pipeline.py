@@ -235,7 +235,7 @@ def test_cleanup_workers_give_the_same_geopackage(tmp_path, monkeypatch):
         b = pyogrio.read_dataframe(tmp_path / "w2.gpkg", layer=layer)
         assert a.drop(columns="geometry").equals(b.drop(columns="geometry"))
         assert list(a.geometry.to_wkb()) == list(b.geometry.to_wkb())
-    with pytest.raises(ConfigError, match="--workers"):
+    with pytest.raises(ConfigError, match=r"^workers must be from 1 to"):
         VectorizeConfig(workers=0)
 
 
@@ -248,7 +248,7 @@ def test_a_dead_cleanup_worker_is_one_clear_error():
 
     fut: Future = Future()
     fut.set_exception(BrokenProcessPool("A process in the process pool was terminated abruptly"))
-    with pytest.raises(GeosegError, match="--workers 1"):
+    with pytest.raises(GeosegError, match="--cleanup-workers 1"):
         _result(fut)
     assert _usable_cleanup_workers(None) == 1 and _usable_cleanup_workers(3) == 3
 

@@ -228,13 +228,15 @@ def load_work(path: str | os.PathLike[str], *, model: str | None = None) -> Work
     ConfigError
         Unreadable YAML, unknown keys, or not exactly one kind of work.
     """
-    import yaml
 
     p = Path(path)
+    from geoseg.settings import load_yaml_mapping
+
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read the work file {p}: {exc}") from exc
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the work file {p}: {exc.strerror or exc}") from exc
+    data = load_yaml_mapping(text, f"the work file {p}")
     if not isinstance(data, Mapping):
         raise ConfigError(
             f"{p} must be a YAML mapping with 'rasters:' or 'raster:'; see examples/regions.yaml"

@@ -7,11 +7,13 @@ from pathlib import Path
 import click
 
 from geoseg.cli.options import (
+    bands_opt,
     device_opt,
     model_opt,
     overwrite_opt,
     precision_opt,
     separate_opt,
+    threads_opt,
     tta_opt,
 )
 from geoseg.cli.progress import TileProgress
@@ -80,10 +82,8 @@ from geoseg.cli.train import expand_images
 @click.option("--tile", type=int, default=None, help="Tile edge in pixels [default: the model's].")
 @click.option("--overlap", type=int, default=None, help="Tile overlap [default: the model's].")
 @click.option("--batch-size", type=int, default=None, help="Tiles per forward pass.")
-@click.option(
-    "--bands", default=None, help="1-based raster bands in the model's order, e.g. 3,2,1."
-)
-@click.option("--threads", type=int, default=None, help="CPU threads for the network.")
+@bands_opt
+@threads_opt
 @device_opt
 @click.option(
     "--through-polygons",

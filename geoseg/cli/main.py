@@ -173,7 +173,9 @@ def main(argv: list[str] | None = None) -> None:
     except GeosegError as exc:
         if verbose:
             traceback.print_exc()
-        click.echo(f"geoseg: error: {exc}", err=True)
+        # One line, whatever a library below put in the message.
+        text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        click.echo(f"geoseg: error: {text}", err=True)
         sys.exit(1)
     except MemoryError:
         click.echo("geoseg: error: out of memory; try a smaller --tile or --batch-size", err=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from geoseg.cli.options import overwrite_opt
+from geoseg.cli.options import overwrite_opt, renamed_opt
 
 
 @click.group(invoke_without_command=True)
@@ -130,8 +130,12 @@ def _parse_classes(text: str) -> list[dict[str, object]]:
 @click.option(
     "--encoder", default=None, help="Encoder name, e.g. resnet34 or tu-efficientnet_lite0."
 )
-@click.option(
-    "--bands", "band_names", required=True, help="Band names in input order, e.g. red,green,blue."
+@renamed_opt(
+    "--band-names",
+    "--bands",
+    "band_names",
+    default=None,
+    help="Band names in input order, e.g. red,green,blue.  [required]",
 )
 @click.option(
     "--classes",
@@ -154,7 +158,7 @@ def wrap(
     dst: Path,
     arch: str,
     encoder: str | None,
-    band_names: str,
+    band_names: str | None,
     classes: str,
     name: str | None,
     pixel_size: float | None,
@@ -171,6 +175,8 @@ def wrap(
     WEIGHTS is a .safetensors file or a .pt/.pth/.ckpt state dict; it is read
     with torch.load(weights_only=True), so files needing code are refused.
     """
+    if not band_names:
+        raise click.UsageError("Missing option '--band-names'.")
     from geoseg.extras import require
 
     require("torch", "wrapping weights")

@@ -15,6 +15,57 @@ from geoseg.cli.progress import PROGRESS_MODES, reported_outcome
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def renamed_opt(new: str, old: str, dest: str, *, help: str, **kwargs: Any) -> Callable[[F], F]:
+    """Option ``new`` (stored as ``dest``) that still accepts its old name ``old``.
+
+    ``old`` is hidden from ``--help``; using it works as before and prints one
+    deprecation warning naming the new spelling.  One option name then keeps one
+    meaning across commands (``--workers`` is the batch cluster's worker processes).
+    """
+
+    def keep_alias(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        # The alias may have been processed first (it came first on the command line).
+        return value if value is not None else ctx.params.get(dest)
+
+    def alias(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value is None:
+            return
+        import warnings
+
+        from geoseg.errors import DeprecatedOptionWarning
+
+        name = ctx.command_path
+        warnings.warn(
+            f"{old} of '{name}' is now {new}; the old name will be removed in a later release",
+            DeprecatedOptionWarning,
+            stacklevel=2,
+        )
+        ctx.params[dest] = value
+
+    def decorate(f: F) -> F:
+        f = click.option(old, hidden=True, expose_value=False, callback=alias, **kwargs)(f)
+        return click.option(new, dest, help=help, callback=keep_alias, **kwargs)(f)
+
+    return decorate
+
+
+def bands_opt(f: F) -> F:
+    """``--bands 3,2,1``: 1-based raster band numbers in the model's band order."""
+    return click.option(
+        "--bands", default=None, help="1-based raster bands in the model's order, e.g. 3,2,1."
+    )(f)
+
+
+def threads_opt(f: F) -> F:
+    """``--threads``: CPU threads for the network."""
+    return click.option(
+        "--threads",
+        type=click.IntRange(min=1),
+        default=None,
+        help="CPU threads for the network [default: all].",
+    )(f)
+
+
 def overwrite_opt(f: F) -> F:
     """``--overwrite``: required before an existing output is replaced."""
     return click.option(

@@ -7,13 +7,16 @@ from pathlib import Path
 import click
 
 from geoseg.cli.options import (
+    bands_opt,
     cleanup_opts,
     device_opt,
     model_opt,
     overwrite_opt,
     precision_opt,
     progress_opt,
+    renamed_opt,
     separate_opt,
+    threads_opt,
     tta_opt,
 )
 from geoseg.cli.progress import stage_progress
@@ -38,9 +41,7 @@ from geoseg.cli.progress import stage_progress
     "--batch-size", type=int, default=None, help="Tiles per forward pass [default: 8 GPU, 2 CPU]."
 )
 @device_opt
-@click.option(
-    "--bands", default=None, help="1-based raster bands in the model's order, e.g. 3,2,1."
-)
+@bands_opt
 @click.option(
     "--probabilities",
     type=click.Path(path_type=Path),
@@ -73,9 +74,7 @@ from geoseg.cli.progress import stage_progress
     help="For rasters placed by RPCs: elevation raster used instead of a constant height.",
 )
 @precision_opt
-@click.option(
-    "--threads", type=int, default=None, help="CPU threads for the network [default: all]."
-)
+@threads_opt
 @click.option(
     "--backend",
     type=click.Choice(["auto", "torch", "onnx"]),
@@ -87,8 +86,10 @@ from geoseg.cli.progress import stage_progress
 @click.option(
     "--compile", "compile_model", is_flag=True, help="torch.compile the network (PyTorch backend)."
 )
-@click.option(
+@renamed_opt(
+    "--net-workers",
     "--workers",
+    "workers",
     type=int,
     default=None,
     help="Network runs at once on CPU (ONNX), threads/N cores each [default: 1 per core, max 4].",

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from geoseg.cli.options import device_opt, overwrite_opt
+from geoseg.cli.options import device_opt, overwrite_opt, renamed_opt
 
 
 def expand_images(values: tuple[str, ...]) -> list[str]:
@@ -127,8 +127,12 @@ def _saved_config(run_dir: Path) -> dict[str, Any]:
 @click.option(
     "--class-map", default=None, help="Label value to class: 1=building,2=background,0=ignore."
 )
-@click.option(
-    "--bands", "band_names", default=None, help="Band names in model order: red,green,blue."
+@renamed_opt(
+    "--band-names",
+    "--bands",
+    "band_names",
+    default=None,
+    help="Band names in the model's order: red,green,blue.",
 )
 @click.option("--name", default=None, help="Model name in the card.")
 @click.option("--arch", default=None, help="Architecture (see 'geoseg models').")
@@ -163,7 +167,10 @@ def _saved_config(run_dir: Path) -> dict[str, Any]:
 @device_opt
 @click.option("--amp/--no-amp", default=None, help="Mixed precision [default: on CUDA].")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch.")
-@click.option("--workers", type=int, default=None, help="DataLoader worker processes.")
+@renamed_opt(
+    "--loader-workers", "--workers", "workers", type=int, default=None,
+    help="DataLoader worker processes.",
+)  # fmt: skip
 @click.option(
     "--resume",
     "resume",
@@ -228,7 +235,6 @@ def train(
     from geoseg.extras import require
 
     require("train", "training")
-    import yaml
 
     from geoseg.errors import ConfigError
     from geoseg.training import TrainConfig
@@ -247,10 +253,9 @@ def train(
             text = config_path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot read --config {config_path}: {exc.strerror or exc}") from exc
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--config {config_path} is not valid YAML: {exc}") from exc
+        from geoseg.settings import load_yaml_mapping
+
+        loaded = load_yaml_mapping(text, f"--config {config_path}")
         if not isinstance(loaded, dict):
             raise ConfigError(f"--config {config_path} must hold a mapping of settings")
         data = loaded

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from geoseg.cli.options import cleanup_opts, overwrite_opt, progress_opt
+from geoseg.cli.options import cleanup_opts, overwrite_opt, progress_opt, renamed_opt
 from geoseg.cli.progress import stage_progress
 
 
@@ -15,15 +15,16 @@ def load_cleanup_config(path: Path | None) -> dict[str, Any] | None:
     """Read a post-processing YAML: ``{class name: {style, min_area_m2, ...}}``."""
     if path is None:
         return None
-    import yaml
 
     from geoseg.errors import ConfigError
+    from geoseg.settings import load_yaml_mapping
     from geoseg.vectorize.clean import CleanupParams
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read --config {path}: {exc}") from exc
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read --config {path}: {exc.strerror or exc}") from exc
+    data = load_yaml_mapping(text, f"--config {path}")
     if isinstance(data, dict) and "classes" in data:
         data = data["classes"]
     if not isinstance(data, dict):
@@ -53,8 +54,10 @@ def load_cleanup_config(path: Path | None) -> dict[str, Any] | None:
 @click.option(
     "--model", default=None, help="Model whose classes the raster holds, when it does not say."
 )
-@click.option(
+@renamed_opt(
+    "--cleanup-workers",
     "--workers",
+    "workers",
     type=click.IntRange(1, 8),
     default=None,
     help="Processes cleaning polygons side by side [default: 1 per core, max 8].",

@@ -779,7 +779,7 @@ class OnnxBackend:
         import onnxruntime as ort
 
         if workers < 1:
-            raise ConfigError(f"--workers must be >= 1, got {workers}")
+            raise ConfigError(f"workers must be >= 1, got {workers}", field="workers")
         self.path = Path(path)
         self.device = device
         self.threads = threads or default_threads()

@@ -877,13 +877,9 @@ class TrainConfig:
         ConfigError
             If the text is not valid YAML or a field is invalid.
         """
-        import yaml
+        from geoseg.settings import load_yaml_mapping
 
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"training config is not valid YAML: {exc}") from exc
-        return cls.from_dict(data, base_dir)
+        return cls.from_dict(load_yaml_mapping(text, "training config"), base_dir)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly data that :meth:`from_dict` turns back into an equal config."""
