@@ -444,6 +444,36 @@ class _BackgroundWriter:
             raise self._exc
 
 
+def make_predictor(loaded: LoadedModel, cfg: PredictConfig) -> Predictor:
+    """The network runner every front end uses (CLI, batch workers, Python API, xarray).
+
+    Parameters
+    ----------
+    loaded : LoadedModel
+        The model and its card.
+    cfg : PredictConfig
+        Run options; ``device``, ``batch_size``, ``amp``, ``threads``, ``backend``,
+        ``compile``, ``workers``, ``tta`` and ``precision`` decide the runner.
+
+    Returns
+    -------
+    Predictor
+    """
+    return Predictor(
+        loaded,
+        loaded.card,
+        device=cfg.device,
+        batch_size=cfg.batch_size,
+        amp=cfg.amp,
+        threads=cfg.threads,
+        backend=cfg.backend,
+        compile=cfg.compile,
+        workers=cfg.workers,
+        tta=cfg.tta,
+        precision=cfg.precision,
+    )
+
+
 def crop_strips(
     strips: Iterator[Strip], core: PixelWindow, origin: tuple[int, int]
 ) -> Iterator[Strip]:
@@ -623,19 +653,7 @@ def _run_scene(
                 card.pixel_size_m,
             )
 
-    predictor = Predictor(
-        loaded,
-        card,
-        device=cfg.device,
-        batch_size=cfg.batch_size,
-        amp=cfg.amp,
-        threads=cfg.threads,
-        backend=cfg.backend,
-        compile=cfg.compile,
-        workers=cfg.workers,
-        tta=cfg.tta,
-        precision=cfg.precision,
-    )
+    predictor = make_predictor(loaded, cfg)
     tags = _model_tags(loaded, cfg, str(src))
     # What actually ran: the engine and the network's precision.
     tags["GEOSEG_ENGINE"] = f"{predictor.backend.name} {predictor.precision}"

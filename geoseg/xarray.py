@@ -34,7 +34,7 @@ from geoseg.infer.predictor import Predictor, normalize
 from geoseg.infer.stream import CLASS_NODATA, stream_segment
 from geoseg.models.cache import cached_model, remember_model
 from geoseg.models.checkpoint import LoadedModel, load_checkpoint
-from geoseg.pipeline import crop_strips
+from geoseg.pipeline import PredictConfig, crop_strips, make_predictor
 from geoseg.tiling import make_grid, region_grid
 from geoseg.types import PixelWindow, TileGrid
 
@@ -88,23 +88,14 @@ def _reader(data: np.ndarray, valid: np.ndarray) -> Any:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_predictor(
-    model_path: str,
-    model_sha256: str,
-    device: str,
-    batch_size: int | None,
-    amp: bool | None,
-    threads: int | None,
-) -> Predictor:
+def _cached_predictor(model_path: str, model_sha256: str, cfg: PredictConfig) -> Predictor:
     """One predictor per process and option set, shared by every block it computes.
 
     Building one hashes the weights and creates an inference session (an ONNX
     export on first use); doing that per dask block cost ~0.1 s or more each.
+    It is built as every front end builds it (:func:`geoseg.pipeline.make_predictor`).
     """
-    loaded = cached_model(model_path, model_sha256)
-    return Predictor(
-        loaded, loaded.card, device=device, batch_size=batch_size, amp=amp, threads=threads
-    )
+    return make_predictor(cached_model(model_path, model_sha256), cfg)
 
 
 def _segment_block(
@@ -114,21 +105,14 @@ def _segment_block(
     nodata: float | None,
     model_path: str,
     model_sha256: str,
-    options: dict[str, Any],
+    cfg: PredictConfig,
 ) -> np.ndarray:
     """Classes of ``core`` from the input pixels under ``grid`` (one dask task)."""
-    predictor = _cached_predictor(
-        model_path,
-        model_sha256,
-        options["device"],
-        options["batch_size"],
-        options["amp"],
-        options["threads"],
-    )
+    predictor = _cached_predictor(model_path, model_sha256, cfg)
     card = predictor.card
     data = np.asarray(data)
     valid = _valid_mask(data, nodata)
-    input_range = options["input_range"]
+    input_range = cfg.input_range
     strips = stream_segment(
         grid,
         _reader(data, valid),
@@ -137,7 +121,7 @@ def _segment_block(
         card.n_classes,
         batch_size=predictor.batch_size,
         workers=predictor.workers,
-        contact_class=card.contact_class,
+        contact_class=card.contact_class if cfg.separate else None,
     )
     out = np.full((core.height, core.width), CLASS_NODATA, dtype=np.uint8)
     for strip in crop_strips(strips, core, grid.origin):
@@ -197,6 +181,12 @@ def segment(
     chunks: int | tuple[int, int] | None = None,
     amp: bool | None = None,
     threads: int | None = None,
+    backend: str = "auto",
+    compile: bool = False,
+    workers: int | None = None,
+    tta: str = "none",
+    precision: str = "auto",
+    separate: bool = True,
 ) -> xr.DataArray:
     """Segment a (dask-backed) DataArray into a lazy class DataArray.
 
@@ -209,8 +199,10 @@ def segment(
     model : LoadedModel, str or Path
         A loaded model, a checkpoint directory or a bundled model name.  Dask
         workers load it once per process from its path (checked by sha256).
-    tile, overlap, batch_size, device, input_range, amp, threads
-        As :class:`geoseg.pipeline.PredictConfig`.
+    tile, overlap, batch_size, device, input_range, amp, threads, backend, compile, workers,
+    tta, precision, separate
+        As :class:`geoseg.pipeline.PredictConfig` (checked by it); the network runner
+        is built as ``geoseg predict`` builds it.
     bands : sequence of int, optional
         1-based positions along the band dimension, in the model's band order
         (default: all bands, which must match the model's count).
@@ -246,6 +238,23 @@ def segment(
     import dask
     import dask.array as dsa
 
+    cfg = PredictConfig(
+        tile=tile,
+        overlap=overlap,
+        batch_size=batch_size,
+        device=device,
+        input_range=input_range,
+        amp=amp,
+        threads=threads,
+        backend=backend,
+        compile=compile,
+        workers=workers,
+        tta=tta,
+        precision=precision,
+        separate=separate,
+        resample="never",
+    )
+
     loaded = model if isinstance(model, LoadedModel) else load_checkpoint(model, lazy=True)
     remember_model(loaded)
     card = loaded.card
@@ -279,13 +288,6 @@ def segment(
         col_chunks = _chunk_sizes(width, DEFAULT_CHUNK)
     if not isinstance(data, dsa.Array):
         data = dsa.from_array(data, chunks=(-1, row_chunks, col_chunks))
-    options = {
-        "device": device,
-        "batch_size": batch_size,
-        "amp": amp,
-        "threads": threads,
-        "input_range": input_range,
-    }
     block = dask.delayed(_segment_block, pure=True)
     rows_out = []
     r0 = 0
@@ -296,7 +298,7 @@ def segment(
             sub = region_grid(grid, core)
             oy, ox = sub.origin
             part = data[sel, oy : oy + sub.height, ox : ox + sub.width]
-            task = block(part, sub, core, nodata, str(loaded.path), loaded.sha256, options)
+            task = block(part, sub, core, nodata, str(loaded.path), loaded.sha256, cfg)
             row.append(dsa.from_delayed(task, shape=(rh, cw), dtype=np.uint8))
             c0 += cw
         rows_out.append(row)

@@ -61,3 +61,18 @@ def test_band_count_must_match_or_be_chosen(scene, tmp_path):
     np.testing.assert_array_equal(out.values, scene.classes)
     with rasterio.open(scene.src) as ds:
         assert ds.count == 3
+
+
+def test_network_options_are_honoured_as_in_predict(scene, tmp_path):
+    """backend, tta, workers: the xarray path builds its runner as run_scene does."""
+    from geoseg.errors import ConfigError
+
+    options = {**PREDICT, "backend": "torch", "tta": "flips", "workers": 1}
+    run_scene(scene.src, tmp_path / "tta.tif", scene.model, PredictConfig(**options))
+    expected, _ = read_classes(tmp_path / "tta.tif")
+    assert (expected != scene.classes).any()  # TTA changes some pixels of this model
+    da = rioxarray.open_rasterio(scene.src, chunks={"band": -1, "y": 100, "x": 100})
+    out = da.geoseg.predict(scene.model, **options)
+    np.testing.assert_array_equal(out.compute().values, expected)
+    with pytest.raises(ConfigError, match="compile applies to the PyTorch backend"):
+        da.geoseg.predict(scene.model, backend="onnx", compile=True)
