@@ -83,6 +83,14 @@ def _run(loaded, img, valid, grid, **kw) -> tuple[np.ndarray, np.ndarray | None]
     return _assemble(strips, *img.shape[1:])
 
 
+def _join_geoseg_threads(timeout: float = 30.0) -> None:
+    """Wait for the streaming loop's threads to end (a join, not a sleep); a thread that
+    is still alive after `timeout` fails the caller's check."""
+    for t in threading.enumerate():
+        if t.name.startswith("geoseg-") and t is not threading.current_thread():
+            t.join(timeout)
+
+
 def test_readers_and_workers_do_not_change_a_pixel(tiny_model_dir, scene) -> None:
     img, valid = scene
     loaded = load_checkpoint(tiny_model_dir)
@@ -231,7 +239,7 @@ def test_a_failing_network_stops_every_stage(tiny_model_dir, scene) -> None:
     before = {t.name for t in threading.enumerate()}
     with pytest.raises(RuntimeError, match="on purpose"):
         _run(loaded, img, valid, grid, predict=flaky, batch_size=1, workers=2)
-    time.sleep(0.3)
+    _join_geoseg_threads()
     left = {t.name for t in threading.enumerate()} - before
     assert not any(n.startswith("geoseg-") for n in left), left
 
@@ -254,7 +262,7 @@ def test_closing_the_stream_early_ends_its_threads(tiny_model_dir, scene) -> Non
     first = next(strips)
     assert first.row_off == 0
     strips.close()
-    time.sleep(0.3)
+    _join_geoseg_threads()
     assert not any(t.name.startswith("geoseg-") for t in threading.enumerate())
 
 
