@@ -3,10 +3,11 @@
 The CLI, the Python API (:mod:`geoseg.api`), batch workers, the demo and the xarray
 accessor all run these functions; the package is split by job:
 
-* :mod:`geoseg.pipeline.predict` -- the raster stage: :func:`run_scene` checks
-  inputs and outputs before any work, builds the network runner
-  (:func:`make_predictor`), streams the raster through the model and writes a class COG
-  on the input's exact grid;
+* :mod:`geoseg.pipeline.predict` -- the raster stage: :func:`run_scene` is
+  :func:`plan_scene` (every check before any work: georeferencing, outputs, model card,
+  bands, pixel size) then :func:`execute_scene` (the network runner of
+  :func:`make_predictor`, streamed over the raster, written as a class COG on the input's
+  exact grid);
 * :mod:`geoseg.pipeline.vectorize` -- the vector stage: :func:`run_vectorize`
   polygonizes a class raster strip by strip into a styled GeoPackage;
 * :mod:`geoseg.pipeline.pool` -- the clean-up worker processes of one vectorization;
@@ -39,17 +40,20 @@ from geoseg.pipeline.predict import (
     PredictConfig,
     ProgressFn,
     RunStats,
+    ScenePlan,
     _BackgroundWriter,
     check_dtype,
     check_georeference,
     check_upsampling,
     crop_strips,
     default_readers,
+    execute_scene,
     make_predictor,
     model_window,
     parse_bands,
     parse_range,
     peak_rss_mb,
+    plan_scene,
     run_scene,
 )
 from geoseg.pipeline.vectorize import VectorizeConfig, VectorStats, run_vectorize
@@ -63,6 +67,7 @@ __all__ = [
     "PredictConfig",
     "ProgressFn",
     "RunStats",
+    "ScenePlan",
     "VectorStats",
     "VectorizeConfig",
     "_BackgroundWriter",
@@ -77,11 +82,13 @@ __all__ = [
     "crop_strips",
     "default_cleanup_workers",
     "default_readers",
+    "execute_scene",
     "make_predictor",
     "model_window",
     "parse_bands",
     "parse_range",
     "peak_rss_mb",
+    "plan_scene",
     "run_scene",
     "run_vectorize",
     "shapely_total_bounds",

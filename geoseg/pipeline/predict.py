@@ -615,17 +615,56 @@ def run_scene(
         return _run_scene(src, dst, model, cfg, progress)
 
 
-def _run_scene(
-    src: str | Path,
-    dst: str | Path,
-    model: LoadedModel | str | Path,
-    cfg: PredictConfig,
-    progress: ProgressFn | None,
-) -> RunStats:
+@dataclass(frozen=True)
+class ScenePlan:
+    """What :func:`plan_scene` decided, before any work, for one scene.
+
+    Attributes
+    ----------
+    src : str
+        The raster to read (a warped grid for GCP/RPC rasters).
+    dst : Path
+        The class COG to write.
+    cfg : PredictConfig
+        Run options.
+    spec : RasterSpec
+        The input's grid.
+    loaded : LoadedModel
+        The model (weights loaded lazily, on first use).
+    bands : tuple of int
+        1-based raster bands feeding the model, in its band order.
+    resolution : float or None
+        Pixel size (CRS units) of the model grid the network runs on, when the
+        input is resampled; None to run on the input's own pixels.
+    started : float
+        ``time.perf_counter()`` when planning began (the run's clock).
+    """
+
+    src: str
+    dst: Path
+    cfg: PredictConfig
+    spec: RasterSpec
+    loaded: LoadedModel
+    bands: tuple[int, ...]
+    resolution: float | None
+    started: float
+
+
+def plan_scene(
+    src: str | Path, dst: str | Path, model: LoadedModel | str | Path, cfg: PredictConfig
+) -> ScenePlan:
+    """Check everything about one scene that can be checked before any work.
+
+    The input's georeferencing, the outputs (existing, writable), the model card,
+    the band choice, the data type and the pixel-size policy; cheap checks first,
+    so a bad path fails before a model is loaded.  Nothing is written.
+
+    Raises
+    ------
+    GeosegError
+        The subclass that names what is wrong and how to fix it.
+    """
     t0 = time.perf_counter()
-    dst = Path(dst)
-    stats = RunStats()
-    # Cheap checks first, so a bad path fails before a model is loaded.
     with RasterSource(src, assume_crs=cfg.assume_crs) as probe:
         spec = probe.spec
     check_georeference(spec, cfg.assume_crs)
@@ -636,9 +675,6 @@ def _run_scene(
     card = loaded.card
     bands = select_bands(spec, card.bands, cfg.bands)
     check_dtype(spec, card.input_range, cfg.input_range)
-    stats.width, stats.height, stats.pixels = spec.width, spec.height, spec.width * spec.height
-    stats.area_km2 = spec.area_km2
-
     resolution = None
     src_ps = spec.pixel_size_m
     if cfg.resample in ("auto", "force") and card.pixel_size_m and src_ps:
@@ -646,12 +682,45 @@ def _run_scene(
         check_upsampling(src_ps, card.pixel_size_m, cfg.resample, str(src))
         if abs(ratio - 1) > RESAMPLE_TOLERANCE:
             resolution = spec.res[0] * card.pixel_size_m / src_ps
-            stats.resampled_to_m = card.pixel_size_m
             log.info(
                 "input pixel size %.3g m differs from the model's %.3g m; resampling on the fly",
                 src_ps,
                 card.pixel_size_m,
             )
+    return ScenePlan(str(src), Path(dst), cfg, spec, loaded, tuple(bands), resolution, t0)
+
+
+def _run_scene(
+    src: str | Path,
+    dst: str | Path,
+    model: LoadedModel | str | Path,
+    cfg: PredictConfig,
+    progress: ProgressFn | None,
+) -> RunStats:
+    return execute_scene(plan_scene(src, dst, model, cfg), progress)
+
+
+def execute_scene(plan: ScenePlan, progress: ProgressFn | None = None) -> RunStats:
+    """Run a planned scene: stream it through the network and write the class COG.
+
+    Parameters
+    ----------
+    plan : ScenePlan
+        From :func:`plan_scene`.
+    progress : callable, optional
+        ``progress(done, total)`` in tiles.
+
+    Returns
+    -------
+    RunStats
+    """
+    src, dst, cfg, spec, loaded = plan.src, plan.dst, plan.cfg, plan.spec, plan.loaded
+    card, bands, resolution, t0 = loaded.card, list(plan.bands), plan.resolution, plan.started
+    stats = RunStats()
+    stats.width, stats.height, stats.pixels = spec.width, spec.height, spec.width * spec.height
+    stats.area_km2 = spec.area_km2
+    if resolution is not None:
+        stats.resampled_to_m = card.pixel_size_m
 
     predictor = make_predictor(loaded, cfg)
     tags = _model_tags(loaded, cfg, str(src))
