@@ -135,50 +135,33 @@ class ParquetDataset:
         ``confidence`` is NaN where unknown (written as null); ``source`` is one
         value for every row or one per row.  Returns the number of rows written.
         """
-        import geopandas as gpd
-        import pandas as pd
-        import shapely
-
-        n = len(class_id)
-        ids = np.asarray(class_id, dtype=np.int32)
-        geoms = np.asarray(geometry, dtype=object)
-        # MultiPolygon throughout, as in the GeoPackage layers: one type per column.
-        single = shapely.get_type_id(geoms) == 3
-        if single.any():
-            geoms = geoms.copy()
-            geoms[single] = [shapely.MultiPolygon([g]) for g in geoms[single]]
-        names = [self.classes.get(int(c), str(int(c))) for c in ids]
-        frame = gpd.GeoDataFrame(
-            {
-                "class": pd.array(names, dtype="string"),
-                "class_id": ids,
-                "area_m2": np.asarray(area_m2, dtype=np.float64),
-                "perimeter_m": np.asarray(perimeter_m, dtype=np.float64),
-                "confidence": np.asarray(confidence, dtype=np.float64),
-                "source": pd.array(
-                    [source] * n if isinstance(source, str) else list(source), dtype="string"
-                ),
-                "region": pd.array([part] * n, dtype="string"),
-            },
-            geometry=gpd.GeoSeries(geoms, crs=self.crs),
+        n = write_part_file(
+            self._tmp,
+            part,
+            crs=self.crs,
+            classes=self.classes,
+            class_id=class_id,
+            area_m2=area_m2,
+            perimeter_m=perimeter_m,
+            confidence=confidence,
+            geometry=geometry,
+            source=source,
         )
-        path = self._tmp / f"{_safe_part(part)}.parquet"
-        try:
-            frame.to_parquet(
-                path,
-                index=False,
-                compression="zstd",
-                schema_version="1.1.0",
-                write_covering_bbox=True,
-            )
-        except OSError as exc:
-            raise OutputWriteError(
-                f"cannot write {self.dst / path.name}: {exc}; free space or choose another output"
-            ) from exc
-        self.counts[part] = n
+        self.record(part, n, np.asarray(class_id, dtype=np.int32))
+        return n
+
+    @property
+    def staging(self) -> Path:
+        """The directory the parts are written to until :meth:`close` (workers may write
+        parts there themselves with :func:`write_part_file`, then :meth:`record` them)."""
+        return self._tmp
+
+    def record(self, part: str, rows: int, class_id: np.ndarray) -> None:
+        """Count a part written into :attr:`staging` (by this process or a worker)."""
+        self.counts[part] = int(rows)
+        ids = np.asarray(class_id, dtype=np.int64)
         for c, k in zip(*np.unique(ids, return_counts=True), strict=True):
             self.class_counts[int(c)] = self.class_counts.get(int(c), 0) + int(k)
-        return n
 
     def close(self) -> None:
         """Write the metadata file and move the directory into place."""
@@ -213,6 +196,68 @@ class ParquetDataset:
                 raise
         else:
             self.abort()
+
+
+def write_part_file(
+    directory: Path,
+    part: str,
+    *,
+    crs: Any,
+    classes: Mapping[int, str],
+    class_id: np.ndarray,
+    area_m2: np.ndarray,
+    perimeter_m: np.ndarray,
+    confidence: np.ndarray,
+    geometry: np.ndarray,
+    source: str | Sequence[str],
+) -> int:
+    """Write the polygons of one part to ``directory/<part>.parquet``; the number of rows.
+
+    GeoParquet 1.1 with a bbox covering column, zstd, MultiPolygon geometries (as in
+    the GeoPackage layers: one type per column).  Any process that sees ``directory``
+    may call it: batch workers write their regions' files side by side.
+    """
+    import geopandas as gpd
+    import pandas as pd
+    import shapely
+
+    n = len(class_id)
+    ids = np.asarray(class_id, dtype=np.int32)
+    geoms = np.asarray(geometry, dtype=object)
+    single = shapely.get_type_id(geoms) == 3
+    if single.any():
+        geoms = geoms.copy()
+        geoms[single] = [shapely.MultiPolygon([g]) for g in geoms[single]]
+    names = [classes.get(int(c), str(int(c))) for c in ids]
+    frame = gpd.GeoDataFrame(
+        {
+            "class": pd.array(names, dtype="string"),
+            "class_id": ids,
+            "area_m2": np.asarray(area_m2, dtype=np.float64),
+            "perimeter_m": np.asarray(perimeter_m, dtype=np.float64),
+            "confidence": np.asarray(confidence, dtype=np.float64),
+            "source": pd.array(
+                [source] * n if isinstance(source, str) else list(source), dtype="string"
+            ),
+            "region": pd.array([part] * n, dtype="string"),
+        },
+        geometry=gpd.GeoSeries(geoms, crs=crs),
+    )
+    path = Path(directory) / f"{_safe_part(part)}.parquet"
+    try:
+        frame.to_parquet(
+            path,
+            index=False,
+            compression="zstd",
+            schema_version="1.1.0",
+            write_covering_bbox=True,
+        )
+    except OSError as exc:
+        raise OutputWriteError(
+            f"cannot write {path.name} of a GeoParquet dataset: {exc}; free space or choose "
+            "another output"
+        ) from exc
+    return n
 
 
 def _safe_part(part: str) -> str:

@@ -490,7 +490,9 @@ def merge_parts(
     parquet : Path, optional
         Also write a partitioned GeoParquet dataset here
         (:mod:`geoseg.batch.parquet`): one file per region with its own
-        polygons, and ``seams.parquet`` with the joined ones.
+        polygons, and ``seams.parquet`` with the joined ones.  With a
+        ``mapper``, the region files are written through it (on the cluster,
+        side by side); only the seam file is written here.
     region_ids : sequence of str, optional
         Region ids of ``parts`` (the parquet file names); default the part
         file names without ``.vector.npz``.
@@ -565,9 +567,33 @@ def merge_parts(
             if parquet is not None
             else None
         )
+        written: list[tuple[int, npt.NDArray[np.int32]]] | None = None
+        if dataset is not None and mapper is not None:
+            # Each region's file is written where the cluster runs, side by side: the
+            # GeoParquet dataset has no single writer (the GeoPackage has one, below).
+            n_parts = len(parts)
+            written = list(
+                mapper(
+                    write_region_file,
+                    [str(dataset.staging)] * n_parts,
+                    ids,
+                    [str(p) for p in parts],
+                    [out_crs.to_wkt()] * n_parts,
+                    [dict(dataset.classes)] * n_parts,
+                    [plan.source] * n_parts,
+                )
+            )
+            for part_id, (n_rows, class_ids) in zip(ids, written, strict=True):
+                dataset.record(part_id, n_rows, class_ids)
         for i, path in enumerate(parts):
+            if writer is None and written is not None:
+                for class_id in counts:
+                    counts[class_id] += int(np.count_nonzero(written[i][1] == class_id))
+                if progress is not None:
+                    progress(i + 1, len(parts))
+                continue
             interior = read_interior(path)
-            if dataset is not None:
+            if dataset is not None and written is None:
                 _write_part(dataset, ids[i], interior.sorted(), plan.source)
             if writer is not None:
                 mine = seams.take(by_home[cuts[i] : cuts[i + 1]])
@@ -596,6 +622,33 @@ def merge_parts(
         timings["seams"] = t1 - t0
         timings["write"] = time.perf_counter() - t1
     return {names[c]: n for c, n in counts.items()} if writer is None else writer.feature_counts
+
+
+def write_region_file(
+    directory: str, part: str, path: str, crs_wkt: str, classes: dict[int, str], source: str
+) -> tuple[int, npt.NDArray[np.int32]]:
+    """Write one region's finished polygons (its vector part) as ``<part>.parquet``.
+
+    Runs on a worker; returns the rows written and their class ids.
+    """
+    import pyproj
+
+    from geoseg.batch.parquet import write_part_file
+
+    rows = read_interior(Path(path)).sorted()
+    n = write_part_file(
+        Path(directory),
+        part,
+        crs=pyproj.CRS.from_wkt(crs_wkt),
+        classes=classes,
+        class_id=rows.class_id,
+        area_m2=rows.area_m2,
+        perimeter_m=rows.perimeter_m,
+        confidence=rows.confidence,
+        geometry=rows.geometry,
+        source=source,
+    )
+    return n, np.asarray(rows.class_id, dtype=np.int32)
 
 
 def _part_id(path: Path) -> str:

@@ -190,3 +190,39 @@ def test_without_pyarrow_the_run_stops_before_any_work_with_the_install_line(
     with pytest.raises(GeosegError, match=r"pip install 'geoseg\[parquet\]' or use --format gpkg"):
         run_batch(grid_work(tmp_path, scene, size=70), tmp_path / "out", formats=("parquet",))
     assert not (tmp_path / "out").exists()
+
+
+def test_region_files_are_written_through_the_mapper_side_by_side(tmp_path):
+    """With a mapper (the cluster), each region's file is written by a task of its own; the
+    dataset is the same as the one this process writes alone, with and without a GeoPackage."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    arr = blobs(40, 36, 7)
+    parts, plan = region_parts(tmp_path, arr, TRANSFORM, grid_windows(40, 36, 14, 12))
+    crs = read_tags(tmp_path / "crs.tif")[2].crs
+    calls: list[str] = []
+
+    def mapper(fn, *iterables):
+        calls.append(fn.__name__)
+        with ThreadPoolExecutor(4) as pool:  # tasks run concurrently, as on workers
+            return list(pool.map(fn, *iterables))
+
+    alone = merge_parts(parts, plan, None, crs=crs, metadata={}, parquet=tmp_path / "a.parquet")
+    mapped = merge_parts(
+        parts, plan, None, crs=crs, metadata={}, parquet=tmp_path / "b.parquet", mapper=mapper
+    )
+    both = merge_parts(
+        parts, plan, tmp_path / "c.gpkg", crs=crs, metadata={}, parquet=tmp_path / "c.parquet",
+        mapper=mapper,
+    )  # fmt: skip
+    assert calls.count("write_region_file") == 2
+    assert mapped == alone == both
+    a, b, c = (gpd.read_parquet(tmp_path / f"{x}.parquet") for x in "abc")
+    for other in (b, c):
+        assert Counter(zip(other["region"], other.geometry.to_wkb(), strict=True)) == Counter(
+            zip(a["region"], a.geometry.to_wkb(), strict=True)
+        )
+    assert (
+        json.loads((tmp_path / "b.parquet" / "_geoseg.json").read_text())["rows"]
+        == json.loads((tmp_path / "a.parquet" / "_geoseg.json").read_text())["rows"]
+    )
