@@ -216,7 +216,6 @@ def test_gcp_raster_runs_on_a_north_up_grid_like_its_geotransform_twin(
     tmp_path, tiny_model_dir, make_raster
 ):
     from rasterio.control import GroundControlPoint
-    from rasterio.warp import reproject
 
     img = random_image(120, 160)
     t = from_origin(500000, 6000000, 1.0, 1.0)
@@ -240,7 +239,18 @@ def test_gcp_raster_runs_on_a_north_up_grid_like_its_geotransform_twin(
         assert b.crs == a.crs and b.transform.is_rectilinear
         for u, v in zip(a.bounds, b.bounds, strict=True):
             assert abs(u - v) <= 1.0  # within a pixel
-        # Put the GCP run's classes on the reference grid: they agree almost everywhere.
+    # Put the GCP run's classes on the reference grid: they agree almost everywhere.
+    back, want = classes_on_grid_of(tmp_path / "gcp.tif", tmp_path / "ref.tif")
+    both = (back != 255) & (want != 255)
+    assert both.mean() > 0.9
+    assert (back[both] == want[both]).mean() > 0.95
+
+
+def classes_on_grid_of(path: Path, reference: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The classes of `path` warped (nearest) onto the grid of `reference`, and its own."""
+    from rasterio.warp import reproject
+
+    with rasterio.open(reference) as a, rasterio.open(path) as b:
         back = np.full((a.height, a.width), 255, np.uint8)
         reproject(
             b.read(1),
@@ -252,10 +262,7 @@ def test_gcp_raster_runs_on_a_north_up_grid_like_its_geotransform_twin(
             src_nodata=255,
             dst_nodata=255,
         )
-        want = a.read(1)
-    both = (back != 255) & (want != 255)
-    assert both.mean() > 0.9
-    assert (back[both] == want[both]).mean() > 0.95
+        return back, a.read(1)
 
 
 def _affine_rpcs(lon0: float, lat0: float, d: float, width: int, height: int) -> object:
@@ -287,18 +294,11 @@ def _affine_rpcs(lon0: float, lat0: float, d: float, width: int, height: int) ->
     )
 
 
-@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
-@pytest.mark.parametrize("dem", [False, True])
-def test_rpc_raster_runs_on_a_north_up_grid_like_its_geotransform_twin(
-    tmp_path, tiny_model_dir, make_raster, dem
-):
-    """Placed by RPCs, a raster gives the classes of the same pixels placed by a geotransform."""
-    from rasterio.warp import reproject
-
+def rpc_twin(tmp_path: Path, make_raster) -> tuple[Path, Path]:
+    """A 160 x 200 EPSG:4326 raster at (10 E, 50 N), 1e-5 degree pixels, and the same
+    pixels placed by RPC coefficients instead of its geotransform."""
     h, w, d, lon0, lat0 = 160, 200, 1e-5, 10.0, 50.0
-    img = random_image(h, w)
-    t = from_origin(lon0, lat0, d, d)
-    ref = make_raster(img, transform=t, crs="EPSG:4326")
+    ref = make_raster(random_image(h, w), transform=from_origin(lon0, lat0, d, d), crs="EPSG:4326")
     rpc_path = tmp_path / "rpcs.tif"
     with rasterio.open(ref) as a:
         profile = a.profile
@@ -307,6 +307,18 @@ def test_rpc_raster_runs_on_a_north_up_grid_like_its_geotransform_twin(
         with rasterio.open(rpc_path, "w", **profile) as r:
             r.write(a.read())
             r.rpcs = _affine_rpcs(lon0, lat0, d, w, h)
+    return ref, rpc_path
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+@pytest.mark.parametrize("dem", [False, True])
+def test_rpc_raster_runs_on_a_north_up_grid_like_its_geotransform_twin(
+    tmp_path, tiny_model_dir, make_raster, dem
+):
+    """Placed by RPCs, a raster gives the classes of the same pixels placed by a geotransform."""
+
+    ref, rpc_path = rpc_twin(tmp_path, make_raster)
+    lon0, lat0 = 10.0, 50.0
     with rasterio.open(rpc_path) as r:
         assert r.transform.is_identity and r.rpcs is not None
     cfg = CFG
@@ -321,23 +333,12 @@ def test_rpc_raster_runs_on_a_north_up_grid_like_its_geotransform_twin(
     run_scene(ref, tmp_path / "ref.tif", tiny_model_dir, CFG)
     run_scene(rpc_path, tmp_path / "rpc.tif", tiny_model_dir, cfg)
     assert not list(tmp_path.glob("*.north-up.tif"))  # the warped copy was temporary
-    with rasterio.open(tmp_path / "ref.tif") as a, rasterio.open(tmp_path / "rpc.tif") as b:
+    with rasterio.open(tmp_path / "rpc.tif") as b:
         assert b.crs.to_epsg() == 32632  # UTM zone of 10 E, 50 N
         # Square pixels between the 0.72 m (longitude) and 1.11 m (latitude) of the source.
         assert b.transform.is_rectilinear and 0.7 < b.transform.a < 1.12
-        # Put the RPC run's classes on the reference grid: they agree almost everywhere.
-        back = np.full((a.height, a.width), 255, np.uint8)
-        reproject(
-            b.read(1),
-            back,
-            src_transform=b.transform,
-            src_crs=b.crs,
-            dst_transform=a.transform,
-            dst_crs=a.crs,
-            src_nodata=255,
-            dst_nodata=255,
-        )
-        want = a.read(1)
+    # Put the RPC run's classes on the reference grid: they agree almost everywhere.
+    back, want = classes_on_grid_of(tmp_path / "rpc.tif", tmp_path / "ref.tif")
     both = (back != 255) & (want != 255)
     assert both.mean() > 0.9
     # The network saw the pixels resampled onto another grid: most classes agree.
@@ -351,16 +352,7 @@ def test_rpc_warp_places_pixels_exactly_where_the_geotransform_does(tmp_path, ma
 
     from geoseg.io.read import north_up_rpc
 
-    h, w, d, lon0, lat0 = 160, 200, 1e-5, 10.0, 50.0
-    ref = make_raster(random_image(h, w), transform=from_origin(lon0, lat0, d, d), crs="EPSG:4326")
-    rpc_path = tmp_path / "rpcs.tif"
-    with rasterio.open(ref) as a:
-        profile = a.profile
-        profile.pop("transform")
-        profile.pop("crs")
-        with rasterio.open(rpc_path, "w", **profile) as r:
-            r.write(a.read())
-            r.rpcs = _affine_rpcs(lon0, lat0, d, w, h)
+    ref, rpc_path = rpc_twin(tmp_path, make_raster)
     with north_up_rpc(rpc_path) as grid, rasterio.open(grid) as b, rasterio.open(ref) as a:
         assert b.colorinterp[-1] == rasterio.enums.ColorInterp.alpha
         got = b.read(1).astype(np.float64)

@@ -119,35 +119,16 @@ class ParquetDataset:
                 "choose a writable output directory"
             ) from exc
 
-    def write(
-        self,
-        part: str,
-        *,
-        class_id: np.ndarray,
-        area_m2: np.ndarray,
-        perimeter_m: np.ndarray,
-        confidence: np.ndarray,
-        geometry: np.ndarray,
-        source: str | Sequence[str],
-    ) -> int:
+    def write(self, part: str, **columns: Any) -> int:
         """Write the polygons of one part (a region id or :data:`SEAMS_PART`) to ``<part>.parquet``.
 
-        ``confidence`` is NaN where unknown (written as null); ``source`` is one
-        value for every row or one per row.  Returns the number of rows written.
+        ``columns`` are those of :func:`write_part_file`: ``class_id``, ``area_m2``,
+        ``perimeter_m``, ``confidence`` (NaN where unknown, written as null),
+        ``geometry`` and ``source`` (one value for every row or one per row).
+        Returns the number of rows written.
         """
-        n = write_part_file(
-            self._tmp,
-            part,
-            crs=self.crs,
-            classes=self.classes,
-            class_id=class_id,
-            area_m2=area_m2,
-            perimeter_m=perimeter_m,
-            confidence=confidence,
-            geometry=geometry,
-            source=source,
-        )
-        self.record(part, n, np.asarray(class_id, dtype=np.int32))
+        n = write_part_file(self._tmp, part, crs=self.crs, classes=self.classes, **columns)
+        self.record(part, n, np.asarray(columns["class_id"], dtype=np.int32))
         return n
 
     @property

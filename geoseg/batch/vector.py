@@ -636,19 +636,21 @@ def write_region_file(
     from geoseg.batch.parquet import write_part_file
 
     rows = read_interior(Path(path)).sorted()
-    n = write_part_file(
-        Path(directory),
-        part,
-        crs=pyproj.CRS.from_wkt(crs_wkt),
-        classes=classes,
-        class_id=rows.class_id,
-        area_m2=rows.area_m2,
-        perimeter_m=rows.perimeter_m,
-        confidence=rows.confidence,
-        geometry=rows.geometry,
-        source=source,
-    )
+    crs = pyproj.CRS.from_wkt(crs_wkt)
+    n = write_part_file(Path(directory), part, crs=crs, classes=classes, **_columns(rows, source))
     return n, np.asarray(rows.class_id, dtype=np.int32)
+
+
+def _columns(rows: InteriorPolygons, source: str) -> dict[str, Any]:
+    """The GeoParquet columns of some polygons (see :func:`~geoseg.batch.parquet.write_part_file`)."""
+    return {
+        "class_id": rows.class_id,
+        "area_m2": rows.area_m2,
+        "perimeter_m": rows.perimeter_m,
+        "confidence": rows.confidence,
+        "geometry": rows.geometry,
+        "source": source,
+    }
 
 
 def _part_id(path: Path) -> str:
@@ -657,12 +659,4 @@ def _part_id(path: Path) -> str:
 
 
 def _write_part(dataset: ParquetDataset, part: str, rows: InteriorPolygons, source: str) -> None:
-    dataset.write(
-        part,
-        class_id=rows.class_id,
-        area_m2=rows.area_m2,
-        perimeter_m=rows.perimeter_m,
-        confidence=rows.confidence,
-        geometry=rows.geometry,
-        source=source,
-    )
+    dataset.write(part, **_columns(rows, source))

@@ -354,6 +354,99 @@ class _Batches:
         return x, mask, source
 
 
+def _chip_cache(config: TrainConfig, data: Any, emit: TrainCallback) -> Any:
+    """The images in memory as chips (:class:`ChipCache`) when asked and there is room."""
+    if not config.cache:
+        return None
+    import psutil
+
+    from geoseg.training.data import ChipCache, allowed_values
+
+    need = ChipCache.estimate_bytes(data)
+    room = psutil.virtual_memory().available // 2
+    if need > room:
+        log.warning(
+            "the images need about %.0f MB in memory, more than half of what is free "
+            "(%.0f MB): reading chips one by one",
+            need / 1e6,
+            room / 1e6,
+        )
+        return None
+    emit(TrainEvent("setup", 0, config.epochs, message="reading the images into memory"))
+    cache = ChipCache(data, allowed_values(data))
+    log.info("chip cache: %.0f MB", cache.nbytes / 1e6)
+    return cache
+
+
+def _initial_model(
+    config: TrainConfig,
+    run: RunDir,
+    data: Any,
+    cache: Any,
+    state: dict[str, Any] | None,
+    emit: TrainCallback,
+) -> tuple[Any, ModelCard]:
+    """The network and card to train: the last checkpoint of a resumed run, else a new
+    network (band statistics measured on training chips, encoder and initial weights)."""
+    import torch
+
+    from geoseg.models.checkpoint import load_checkpoint
+    from geoseg.models.registry import build_model
+    from geoseg.training.data import ChipDataset, band_statistics
+
+    if state is not None:
+        _check_resumable(state.get("config", {}), config)
+        loaded = load_checkpoint(run.last)
+        return loaded.model, loaded.card
+    # Only now that the data is known to be usable is an earlier run replaced.
+    run.clear()
+    emit(TrainEvent("setup", 0, config.epochs, message="estimating band statistics"))
+    stats_seed = _derive(config.seed, 1 << 20)
+    stats_chips = ChipDataset(data, data.train_queries(stats_seed, count=config.stats_chips), cache)
+    mean, std = band_statistics(stats_chips, config.input_range)
+    card = _card(config, data, mean, std)
+    torch.manual_seed(config.seed)
+    model = build_model(card)
+    if config.encoder_weights is not None:
+        n = load_encoder_weights(model, config.encoder_weights)
+        log.info("initialised %d encoder tensors from %s", n, config.encoder_weights)
+    if config.init_weights is not None:
+        n = load_init_weights(model, config.init_weights, _shared_outputs(config, card))
+        log.info("initialised %d tensors from %s", n, config.init_weights)
+    return model, card
+
+
+def _epoch_steps(
+    loader: Any,
+    one_step: Any,
+    emit: TrainCallback,
+    epoch: int,
+    config: TrainConfig,
+) -> tuple[float, int, float]:
+    """Run ``one_step(step, batch) -> (loss, lr)`` over an epoch's batches, reporting each.
+
+    Returns the summed loss, the number of steps and the last learning rate.
+    """
+    total_loss, n_steps, lr = 0.0, 0, config.lr
+    n_batches = len(loader)
+    for step, batch in enumerate(loader):
+        loss, lr = one_step(step, batch)
+        total_loss += loss
+        n_steps += 1
+        emit(
+            TrainEvent(
+                "step",
+                epoch + 1,
+                config.epochs,
+                step + 1,
+                n_batches,
+                loss=total_loss / n_steps,
+                lr=lr,
+            )
+        )
+    return total_loss, n_steps, lr
+
+
 def train(config: TrainConfig, callback: TrainCallback | None = None) -> TrainResult:
     """Train a segmentation model as ``config`` says and save it as a geoseg checkpoint.
 
@@ -381,13 +474,8 @@ def train(config: TrainConfig, callback: TrainCallback | None = None) -> TrainRe
     from torch.utils.data import DataLoader
 
     from geoseg.infer.predictor import resolve_device
-    from geoseg.models.checkpoint import load_checkpoint
-    from geoseg.models.registry import build_model
     from geoseg.training.data import (
-        ChipCache,
         ChipDataset,
-        allowed_values,
-        band_statistics,
         build_training_data,
     )
     from geoseg.training.losses import PartialLabelLoss, labelled_matrix
@@ -412,47 +500,10 @@ def train(config: TrainConfig, callback: TrainCallback | None = None) -> TrainRe
 
     emit(TrainEvent("setup", 0, config.epochs, message="indexing imagery and labels"))
     data = build_training_data(config)
-    cache = None
-    if config.cache:
-        import psutil
-
-        need = ChipCache.estimate_bytes(data)
-        room = psutil.virtual_memory().available // 2
-        if need <= room:
-            emit(TrainEvent("setup", 0, config.epochs, message="reading the images into memory"))
-            cache = ChipCache(data, allowed_values(data))
-            log.info("chip cache: %.0f MB", cache.nbytes / 1e6)
-        else:
-            log.warning(
-                "the images need about %.0f MB in memory, more than half of what is free "
-                "(%.0f MB): reading chips one by one",
-                need / 1e6,
-                room / 1e6,
-            )
+    cache = _chip_cache(config, data, emit)
     n_classes = len(config.classes)
     state: dict[str, Any] | None = run.read_state() if config.resume else None
-    if state is not None:
-        _check_resumable(state.get("config", {}), config)
-        loaded = load_checkpoint(run.last)
-        model, card = loaded.model, loaded.card
-    else:
-        # Only now that the data is known to be usable is an earlier run replaced.
-        run.clear()
-        emit(TrainEvent("setup", 0, config.epochs, message="estimating band statistics"))
-        stats_seed = _derive(config.seed, 1 << 20)
-        stats_chips = ChipDataset(
-            data, data.train_queries(stats_seed, count=config.stats_chips), cache
-        )
-        mean, std = band_statistics(stats_chips, config.input_range)
-        card = _card(config, data, mean, std)
-        torch.manual_seed(config.seed)
-        model = build_model(card)
-        if config.encoder_weights is not None:
-            n = load_encoder_weights(model, config.encoder_weights)
-            log.info("initialised %d encoder tensors from %s", n, config.encoder_weights)
-        if config.init_weights is not None:
-            n = load_init_weights(model, config.init_weights, _shared_outputs(config, card))
-            log.info("initialised %d tensors from %s", n, config.init_weights)
+    model, card = _initial_model(config, run, data, cache, state, emit)
     # Convolutions run faster on NHWC tensors on CPUs (oneDNN) and GPUs (tensor cores).
     model = model.to(device).to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.AdamW(
@@ -503,9 +554,11 @@ def train(config: TrainConfig, callback: TrainCallback | None = None) -> TrainRe
         )
         generator = torch.Generator().manual_seed(_derive(config.seed, epoch, 1))
         model.train()
-        total_loss, n_steps, lr = 0.0, 0, config.lr
         n_batches = len(loader)
-        for step, batch in enumerate(loader):
+
+        def one_step(
+            step: int, batch: Any, epoch: int = epoch, generator: Any = generator
+        ) -> tuple[float, float]:
             lr = lr_at(epoch * steps + step, total_steps, config.lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -517,19 +570,9 @@ def train(config: TrainConfig, callback: TrainCallback | None = None) -> TrainRe
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            total_loss += float(loss.detach())
-            n_steps += 1
-            emit(
-                TrainEvent(
-                    "step",
-                    epoch + 1,
-                    config.epochs,
-                    step + 1,
-                    n_batches,
-                    loss=total_loss / n_steps,
-                    lr=lr,
-                )
-            )
+            return float(loss.detach()), lr
+
+        total_loss, n_steps, lr = _epoch_steps(loader, one_step, emit, epoch, config)
         row: dict[str, Any] = {
             "epoch": epoch + 1,
             "train_loss": total_loss / max(1, n_steps),
