@@ -21,6 +21,56 @@ REPO = Path(__file__).resolve().parents[1]
 # --doctest-modules pytest would import them here, where qgis does not exist.
 collect_ignore = ["io/qgis_check.py", "qgis/qgis_driver.py"]
 
+#: Modules whose tests start clusters or subprocesses, walk the shared corpus or build
+#: virtual environments: marked ``slow`` so that ``pytest -m "not slow"`` is a fast lane
+#: (under two minutes on a 2-core machine); CI runs everything.
+SLOW_MODULES = frozenset(
+    {
+        "tests/test_core_install.py",
+        "tests/test_bundled.py",
+        "tests/test_cli.py",
+        "tests/test_faults.py",
+        "tests/batch/test_batch.py",
+        "tests/batch/test_cli_cluster.py",
+        "tests/batch/test_filesystems.py",
+        "tests/batch/test_manifest_damage.py",
+        "tests/batch/test_vector.py",
+        "tests/batch/test_vector_stage.py",
+        "tests/batch/test_xarray.py",
+        "tests/batch/test_parquet.py",
+        "tests/robustness/test_corpus.py",
+        "tests/robustness/test_corpus_bundled.py",
+        "tests/robustness/test_odd_inputs.py",
+        "tests/synth/test_synth_write.py",
+        "tests/qgis/test_progress_json.py",
+        "tests/qgis/test_runner.py",
+        "tests/qgis/test_plugin_cli.py",
+        "tests/qgis/test_plugin_qgis.py",
+    }
+)
+#: Single slow tests in otherwise fast modules (memory growth checks in subprocesses).
+SLOW_TESTS = frozenset(
+    {
+        "test_peak_memory_does_not_grow_with_height",
+        "test_cached_onnx_runs_never_import_torch",
+        "test_block_memory_does_not_grow_with_the_scene",
+        "test_suburb_trees_overhang_roofs_and_win_the_pixels",
+        "test_suburb_parks_hold_pitches_and_no_house",
+        "test_streamed_equals_whole_raster",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = Path(__file__).resolve().parents[1]
+    for item in items:
+        try:
+            module = Path(item.fspath).resolve().relative_to(root).as_posix()
+        except ValueError:
+            continue
+        if module in SLOW_MODULES or getattr(item, "originalname", None) in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+
 
 def shared_data() -> Path | None:
     """../shared/data (or $GEOSEG_TEST_DATA) when present."""

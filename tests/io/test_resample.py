@@ -87,10 +87,11 @@ def test_direct_read_back_equals_the_warped_view(
 
 
 class _Stage:
-    """What ``_same_extent_north_up`` reads of the staged model-grid dataset."""
+    """What ``_same_extent_north_up`` reads of the model grid's spec."""
 
     def __init__(self, transform: Affine, width: int, height: int, crs: str = "EPSG:32633"):
         self.transform, self.crs = transform, rasterio.crs.CRS.from_user_input(crs)
+        self.width, self.height = width, height
         west, south, east, north = (
             transform.c,
             transform.f + height * transform.e,
