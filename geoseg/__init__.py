@@ -27,6 +27,7 @@ from geoseg.errors import (
     BatchError,
     CheckpointError,
     ConfigError,
+    DeprecatedOptionWarning,
     GeoreferenceError,
     GeosegError,
     GeosegWarning,
@@ -61,6 +62,7 @@ _LAZY = {
 
 __all__ = [
     "AllNodataWarning",
+    "DeprecatedOptionWarning",
     "BandError",
     "BatchError",
     "CheckpointError",
