@@ -204,10 +204,45 @@ def run_vectorize(
         return _run_vectorize(Path(classes_path), Path(dst), cfg, progress)
 
 
+def _output_crs(crs: Any, dst_crs: str | None) -> tuple[Any, Any]:
+    """The polygons' CRS, and the coordinate transform to it (None: the raster's own)."""
+    import pyproj
+
+    own = pyproj.CRS.from_user_input(crs.to_wkt())
+    if not dst_crs:
+        return own, None
+    out = pyproj.CRS.from_user_input(dst_crs)
+    return out, pyproj.Transformer.from_crs(own, out, always_xy=True).transform
+
+
+def _vector_metadata(
+    tags: Mapping[str, str],
+    classes_path: Path,
+    cfg: VectorizeConfig,
+    cleanup: Mapping[str, CleanupParams],
+) -> dict[str, str]:
+    """The GeoPackage's metadata: model, inputs and every parameter that made the polygons."""
+    return {
+        "geoseg_version": __version__,
+        "model": tags.get("GEOSEG_MODEL", "unknown"),
+        "model_sha256": tags.get("GEOSEG_MODEL_SHA256", "unknown"),
+        "input": tags.get("GEOSEG_SOURCE", classes_path.name),
+        "class_raster": classes_path.name,
+        "predict_parameters": tags.get("GEOSEG_PARAMETERS", "{}"),
+        "parameters": json.dumps(
+            {
+                "cleanup": {name: asdict(v) for name, v in cleanup.items()},
+                "dst_crs": cfg.dst_crs,
+                "confidence": cfg.confidence.name if cfg.confidence else None,
+            }
+        ),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
 def _run_vectorize(
     classes_path: Path, dst: Path, cfg: VectorizeConfig, progress: ProgressFn | None
 ) -> VectorStats:
-    import pyproj
     import shapely
 
     from geoseg.io.read import iter_confidence_strips, iter_strips, read_tags
@@ -226,35 +261,12 @@ def _run_vectorize(
     params = {c.id: cleanup_for(c, card_post, cfg.cleanup) for c in wanted}
     skip = [c.id for c in classes if not c.vectorize]
     bounds = spec.bounds
-    out_crs = (
-        pyproj.CRS.from_user_input(cfg.dst_crs)
-        if cfg.dst_crs
-        else pyproj.CRS.from_user_input(spec.crs.to_wkt())
-    )
-    to_out = None
-    if cfg.dst_crs:
-        tr = pyproj.Transformer.from_crs(
-            pyproj.CRS.from_user_input(spec.crs.to_wkt()), out_crs, always_xy=True
-        )
-        to_out = tr.transform
+    out_crs, to_out = _output_crs(spec.crs, cfg.dst_crs)
     layers = [LayerSpec(c.layer, c.id, c.name, c.color) for c in wanted]
     by_id = {c.id: c for c in wanted}
-    metadata = {
-        "geoseg_version": __version__,
-        "model": tags.get("GEOSEG_MODEL", "unknown"),
-        "model_sha256": tags.get("GEOSEG_MODEL_SHA256", "unknown"),
-        "input": tags.get("GEOSEG_SOURCE", classes_path.name),
-        "class_raster": classes_path.name,
-        "predict_parameters": tags.get("GEOSEG_PARAMETERS", "{}"),
-        "parameters": json.dumps(
-            {
-                "cleanup": {by_id[k].name: asdict(v) for k, v in params.items()},
-                "dst_crs": cfg.dst_crs,
-                "confidence": cfg.confidence.name if cfg.confidence else None,
-            }
-        ),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    metadata = _vector_metadata(
+        tags, classes_path, cfg, {by_id[k].name: v for k, v in params.items()}
+    )
     source = tags.get("GEOSEG_SOURCE", classes_path.name)
     pending: dict[int, list[tuple[Any, float | None]]] = {c.id: [] for c in wanted}
     stats.polygons = {c.layer: 0 for c in wanted}
