@@ -57,7 +57,7 @@ def require(extra: str, what: str) -> None:
     ----------
     extra : {"torch", "train"}
     what : str
-        The feature, as the start of the message ("training", "--backend torch").
+        The feature, as the start of the message ("training", "backend='torch'").
 
     Raises
     ------

@@ -111,7 +111,7 @@ def test_refuses_existing_output_and_leaves_it_untouched(tiny_model_dir, make_ra
     src = make_raster()
     out = tmp_path / "o.tif"
     out.write_bytes(b"previous")
-    with pytest.raises(OutputExistsError, match="--overwrite"):
+    with pytest.raises(OutputExistsError, match="overwrite=True"):
         run_scene(src, out, tiny_model_dir, CFG)
     assert out.read_bytes() == b"previous"
     run_scene(

@@ -124,7 +124,7 @@ def visible_gpus(device: str) -> tuple[str, ...]:
     if name.startswith("cuda:"):
         index = int(name.split(":", 1)[1])
         if not 0 <= index < len(ids):
-            raise ConfigError(f"--device {device}: only {len(ids)} CUDA device(s) present")
+            raise ConfigError(f"device={device!r}: only {len(ids)} CUDA device(s) present")
         return (ids[index],)
     return tuple(ids)
 

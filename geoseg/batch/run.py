@@ -184,7 +184,9 @@ def _new_run_id() -> str:
 
 def _prepare(out: Path, *, resume: bool, overwrite: bool) -> tuple[Manifest, ManifestState]:
     if resume and overwrite:
-        raise ConfigError("--resume keeps finished regions and --overwrite discards them; pick one")
+        raise ConfigError(
+            "resume=True keeps finished regions and overwrite=True discards them; pick one"
+        )
     if out.exists() and not out.is_dir():
         raise OutputWriteError(f"output {out} is a file; batch outputs go to a directory")
     try:
@@ -203,12 +205,12 @@ def _prepare(out: Path, *, resume: bool, overwrite: bool) -> tuple[Manifest, Man
         if resume:
             return manifest, manifest.read()
         raise OutputExistsError(
-            f"{out} already holds a batch ({manifest.path.name}); pass --resume to continue it "
-            "or --overwrite to start over"
+            f"{out} already holds a batch ({manifest.path.name}); pass resume=True to continue it "
+            "or overwrite=True to start over"
         )
     for name in (MOSAIC_NAME, POLYGONS_NAME):
         if (out / name).exists() and not overwrite:
-            raise OutputExistsError(f"{out / name} exists; pass --overwrite to replace it")
+            raise OutputExistsError(f"{out / name} exists; pass overwrite=True to replace it")
     return manifest, ManifestState()
 
 
@@ -526,12 +528,12 @@ def _checked_parts(out: Path, regions: Sequence[Region], state: ManifestState) -
         if part is None or not outputs_valid(out, {"vector": part}):
             raise BatchError(
                 f"region {r.id}: its vector part {REGIONS_DIR}/{r.id}{PART_SUFFIX} is missing or "
-                "changed since it was written; rerun with --resume to redo it"
+                "changed since it was written; rerun with resume=True to redo it"
             )
         if classes is None or not (out / classes.path).is_file():
             raise BatchError(
                 f"region {r.id}: its class raster {REGIONS_DIR}/{r.id}.tif is missing; rerun "
-                "with --resume to predict it again"
+                "with resume=True to predict it again"
             )
         parts.append(out / part.path)
     return parts

@@ -129,7 +129,7 @@ def _vectorize_part(task: RegionTask, raster: Path, part: Path) -> tuple[dict[st
     except RasterReadError as exc:
         raise RasterReadError(
             f"region {task.region}: cannot use its class raster {task.raster}: {exc}; delete it "
-            "and rerun with --resume to predict the region again"
+            "and rerun with resume=True to predict the region again"
         ) from exc
     interior, seams = vectorize_region(classes, spec.crs, task.plan, task.share)
     write_part(part, interior, seams)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import io
 import os
@@ -17,8 +18,9 @@ from typing import Any
 import click
 
 from geoseg import __version__
+from geoseg.cli.flags import cli_message
 from geoseg.cli.options import configure_logging
-from geoseg.errors import ConfigError, GeosegError, GeosegWarning, InterruptedRunError
+from geoseg.errors import GeosegError, GeosegWarning, InterruptedRunError
 from geoseg.runtime import bound_malloc, passive_openmp
 
 
@@ -51,25 +53,10 @@ def _register() -> None:
     _name_flags(cli)
 
 
-def flag_for(command: click.Command, field: str) -> str | None:
-    """The long flag of `command` that sets the library parameter `field`, if any.
-
-    >>> flag_for(cli.commands["predict"], "batch_size"), flag_for(cli.commands["predict"], "x")
-    ('--batch-size', None)
-    """
-    dashed = "--" + field.replace("_", "-")
-    for param in command.params:
-        if isinstance(param, click.Option) and (param.name == field or dashed in param.opts):
-            longs = [o for o in param.opts if o.startswith("--")]
-            return dashed if dashed in longs else (longs[0] if longs else None)
-    return None
-
-
 def _name_flags(command: click.Command) -> None:
-    """Make ConfigErrors raised under `command` name its flags, not library parameters.
+    """Make geoseg errors raised under `command` name its flags, not library parameters.
 
-    Library messages start with the parameter (``batch_size must be >= 1``); on the
-    command line the same message says ``--batch-size must be >= 1``.
+    See :func:`cli_message`; the exception keeps its type (and its other attributes).
     """
     if isinstance(command, click.Group):
         for sub in command.commands.values():
@@ -82,12 +69,14 @@ def _name_flags(command: click.Command) -> None:
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return callback(*args, **kwargs)
-        except ConfigError as exc:
-            field, text = exc.field, str(exc)
-            flag = flag_for(command, field) if field else None
-            if flag is None or not text.startswith(field or ""):
+        except GeosegError as exc:
+            text = str(exc)
+            said = cli_message(text, getattr(exc, "field", None), command)
+            if said == text:
                 raise
-            raise ConfigError(flag + text[len(field or "") :], field=field) from exc
+            flagged = copy.copy(exc)
+            flagged.args = (said,)
+            raise flagged from exc
 
     run._geoseg_flags = True  # type: ignore[attr-defined]
     command.callback = run

@@ -19,6 +19,7 @@ from typing import Any
 import click
 from tqdm import tqdm
 
+from geoseg.cli.flags import cli_message
 from geoseg.errors import GeosegError
 
 #: Values of ``--progress``.
@@ -120,7 +121,10 @@ def one_line(exc: BaseException) -> str:
     if isinstance(exc, click.ClickException):
         text = exc.format_message()
     elif isinstance(exc, GeosegError):
-        text = str(exc)
+        # Flags, not parameter names, as in the final error line (geoseg.cli.flags).
+        ctx = click.get_current_context(silent=True)
+        field = getattr(exc, "field", None)
+        text = str(exc) if ctx is None else cli_message(str(exc), field, ctx.command)
     elif isinstance(exc, MemoryError):
         text = "out of memory; try a smaller --tile or --batch-size"
     else:

@@ -675,7 +675,7 @@ def ship_onnx(checkpoint: str | Path, *, overwrite: bool = False) -> Path:
     directory = resolve_model_path(checkpoint)
     graph, meta = directory / ONNX_NAME, directory / ONNX_META_NAME
     if graph.exists() and not overwrite:
-        raise OutputExistsError(f"{graph} exists; pass --overwrite to export it again")
+        raise OutputExistsError(f"{graph} exists; pass overwrite=True to export it again")
     loaded = load_checkpoint(directory)
     export_onnx(loaded.model, loaded.card, graph)
     record = {
@@ -735,7 +735,7 @@ def onnx_providers(device: Device) -> list[Any]:
         return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
     raise ConfigError(
         f"onnxruntime {ort.__version__} has no execution provider for {device}; install "
-        "onnxruntime-gpu for CUDA, or use --backend torch"
+        "onnxruntime-gpu for CUDA, or use backend='torch'"
     )
 
 

@@ -106,26 +106,24 @@ def resolve_device(device: str = "auto") -> torch.device:
         dev = torch.device(name)
     except RuntimeError as exc:
         raise ConfigError(
-            f"--device {device!r} is not a device name; use auto, cpu, cuda, cuda:N or mps"
+            f"device={device!r} is not a device name; use auto, cpu, cuda, cuda:N or mps"
         ) from exc
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(
-                f"--device {device} asked for CUDA but no CUDA GPU is available; use --device cpu"
+                f"device={device!r} asked for CUDA but no CUDA GPU is available; use device='cpu'"
             )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ConfigError(
-                f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present"
+                f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) present"
             )
     elif dev.type == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise ConfigError(
-                f"--device {device} asked for MPS but it is not available; use --device cpu"
+                f"device={device!r} asked for MPS but it is not available; use device='cpu'"
             )
     elif dev.type != "cpu":
-        raise ConfigError(
-            f"--device {device!r} is not supported; use auto, cpu, cuda, cuda:N or mps"
-        )
+        raise ConfigError(f"device={device!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
     return dev
 
 
@@ -159,9 +157,9 @@ def _host_cpu_if_enough(device: str, backend: str) -> HostCPU | None:
     if "torch" not in sys.modules and not extras.installed("torch"):
         # The core install: ONNX Runtime on the CPU is all there is.
         if backend not in ("auto", "onnx"):
-            extras.require("torch", f"--backend {backend}")
+            extras.require("torch", f"backend={backend!r}")
         if name not in ("auto", "cpu"):
-            extras.require("torch", f"--device {device}")
+            extras.require("torch", f"device={device!r}")
         return HostCPU()
     if backend not in ("auto", "onnx") or name not in ("auto", "cpu"):
         return None
@@ -273,7 +271,9 @@ class Predictor:
         self.card = card
         self._source = model
         if precision not in ("auto", "fp32", "int8"):
-            raise ConfigError(f"--precision must be auto, fp32 or int8, got {precision!r}")
+            raise ConfigError(
+                f"precision must be auto, fp32 or int8, got {precision!r}", field="precision"
+            )
         self._want_precision = precision
         #: The precision of the network that runs: ``fp32`` or ``int8``.
         self.precision = "fp32"
@@ -316,8 +316,8 @@ class Predictor:
         name = choose_backend(name, self.device)
         if name == "onnx" and not onnxruntime_available():
             raise ConfigError(
-                "--backend onnx needs onnxruntime and onnx: pip install onnxruntime onnx "
-                "(or use --backend auto/torch)"
+                "backend='onnx' needs onnxruntime and onnx: pip install onnxruntime onnx "
+                "(or use backend='auto' or backend='torch')"
             )
         self.backend: Backend = self._make_backend(name, compile, cache_dir)
         self.workers: int = self.backend.workers
@@ -345,8 +345,8 @@ class Predictor:
 
         if self._want_precision == "int8" and (name != "onnx" or self.device.type != "cpu"):
             raise ConfigError(
-                "--precision int8 runs on the CPU with ONNX Runtime; drop --backend torch / "
-                "--device, or use --precision fp32"
+                "precision='int8' runs on the CPU with ONNX Runtime; drop backend='torch' / "
+                "the GPU device, or use precision='fp32'"
             )
         if name == "onnx":
             src = self._source
@@ -396,7 +396,7 @@ class Predictor:
                     self.card.encoder,
                     exc,
                 )
-        extras.require("torch", f"the PyTorch backend (--backend {name})")
+        extras.require("torch", f"the PyTorch backend (backend={name!r})")
         import torch
 
         if isinstance(self.device, HostCPU):
@@ -430,7 +430,7 @@ class Predictor:
             if found is None:
                 raise ConfigError(
                     f"model {self.card.name!r} has no int8 graph; make one with "
-                    "'geoseg models quantize CHECKPOINT', or use --precision fp32"
+                    "'geoseg models quantize CHECKPOINT', or use precision='fp32'"
                 )
             return found[0]
         if found is not None and found[1].get("check", {}).get("passed") is True:
@@ -473,7 +473,7 @@ class Predictor:
         """
         if not isinstance(self.backend, TorchBackend):
             raise ConfigError(
-                f"the {self.backend.name} backend returns host arrays; use --backend torch "
+                f"the {self.backend.name} backend returns host arrays; use backend='torch' "
                 "to keep probabilities on the device"
             )
         x = self._check(batch)

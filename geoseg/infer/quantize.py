@@ -219,7 +219,7 @@ def quantize_checkpoint(
         )
     out, meta = directory / INT8_NAME, directory / INT8_META_NAME
     if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} exists; pass --overwrite to quantize again")
+        raise OutputExistsError(f"{out} exists; pass overwrite=True to quantize again")
     card = loaded.card
     calib = _tiles(card, [str(p) for p in calibration], tile_size, tiles, seed=1)
     held = _tiles(card, [str(p) for p in check], tile_size, tiles, seed=10_001)

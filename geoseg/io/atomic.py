@@ -94,7 +94,7 @@ def check_output_path(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
     if target.is_dir():
         raise OutputWriteError(f"output {target} is a directory; choose a file name")
     if (target.exists() or target.is_symlink()) and not overwrite:
-        raise OutputExistsError(f"output {target} exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"output {target} exists; pass overwrite=True to replace it")
     if not parent.exists():
         raise OutputWriteError(
             f"output directory {parent} does not exist; create it first (mkdir -p {parent})"

@@ -297,7 +297,7 @@ def save_checkpoint(
 
     dst = Path(path)
     if dst.exists() and not overwrite:
-        raise OutputExistsError(f"{dst} exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"{dst} exists; pass overwrite=True to replace it")
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.geoseg-tmp-", dir=dst.parent))
     umask = os.umask(0)

@@ -317,7 +317,7 @@ def _check_resumable(saved: Mapping[str, Any], config: TrainConfig) -> None:
     if changed:
         raise ConfigError(
             f"cannot resume: {', '.join(changed)} differ from the run being resumed; restore "
-            "them, or start a new run with --overwrite (only epochs, device, workers, threads "
+            "them, or start a new run with overwrite=True (only epochs, device, workers, threads "
             "and amp may change)"
         )
 
@@ -517,7 +517,7 @@ def train(config: TrainConfig, callback: TrainCallback | None = None) -> TrainRe
             scaler.load_state_dict(opt_state.get("scaler", {}))
         except (KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(
-                f"{run.optimizer} does not fit this model ({exc}); use --overwrite"
+                f"{run.optimizer} does not fit this model ({exc}); use overwrite=True"
             ) from exc
     loss_fn = PartialLabelLoss(
         config.loss, class_weights=config.class_weights, gamma=config.focal_gamma

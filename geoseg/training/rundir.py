@@ -74,14 +74,14 @@ class RunDir:
             if not (self.state.is_file() and self.last.is_dir()):
                 raise ConfigError(
                     f"nothing to resume in {self.root}: it has no {self.state.name} and "
-                    f"{self.last.name}/; drop --resume to start a new run"
+                    f"{self.last.name}/; drop resume to start a new run"
                 )
             return
         existing = [p for p in self._ours() if p.exists()]
         if existing and not overwrite:
             raise OutputExistsError(
                 f"{self.root} already holds a training run ({', '.join(p.name for p in existing)}); "
-                "pass --resume to continue it or --overwrite to start again"
+                "pass resume=True to continue it or overwrite=True to start again"
             )
 
     def clear(self) -> None:
@@ -114,11 +114,11 @@ class RunDir:
             state = json.loads(self.state.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise CheckpointError(
-                f"cannot read {self.state} ({exc}); start again with --overwrite"
+                f"cannot read {self.state} ({exc}); start again with overwrite=True"
             ) from exc
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             raise CheckpointError(
-                f"{self.state} is not a geoseg training state; start again with --overwrite"
+                f"{self.state} is not a geoseg training state; start again with overwrite=True"
             )
         return state
 
@@ -144,7 +144,7 @@ class RunDir:
         except Exception as exc:  # torch raises UnpicklingError, RuntimeError, OSError, ...
             raise CheckpointError(
                 f"cannot read {self.optimizer} with weights_only=True ({type(exc).__name__}); "
-                "start again with --overwrite"
+                "start again with overwrite=True"
             ) from exc
         return state
 

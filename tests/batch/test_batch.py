@@ -116,7 +116,7 @@ def test_interrupted_run_resumes_without_recomputing_finished_regions(
     }
     assert not (out / "classes.vrt").exists()
 
-    with pytest.raises(OutputExistsError, match="--resume"):
+    with pytest.raises(OutputExistsError, match="resume=True"):
         run_batch(work, out, address=cluster_address)
     result = run_batch(work, out, address=cluster_address, resume=True)
     assert result.ok

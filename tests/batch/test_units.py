@@ -145,7 +145,7 @@ def test_run_batch_refuses_conflicting_flags_and_existing_outputs(tmp_path, tiny
         run_batch(work, tmp_path / "out", resume=True, overwrite=True)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "polygons.gpkg").write_bytes(b"")
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(FileExistsError, match="overwrite=True"):
         run_batch(work, tmp_path / "out")
 
 

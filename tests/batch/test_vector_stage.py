@@ -156,7 +156,7 @@ def test_a_damaged_class_raster_is_reported_by_region(scene, tmp_path, cluster_a
     assert list(result.failed) == [victim]
     message = result.failed[victim]
     assert f"region {victim}: cannot use its class raster regions/{victim}.tif" in message
-    assert "--resume" in message
+    assert "resume=True" in message
 
     cog.unlink()
     result = run_batch(work, out, address=cluster_address, resume=True)

@@ -62,7 +62,7 @@ def test_a_shipped_graph_is_used_as_is_and_agrees_with_pytorch(
     assert graph == ckpt / ONNX_NAME
     record = json.loads((ckpt / ONNX_META_NAME).read_text())
     assert record["weights_sha256"] == load_checkpoint(ckpt).sha256
-    with pytest.raises(OutputExistsError, match="--overwrite"):
+    with pytest.raises(OutputExistsError, match="overwrite=True"):
         ship_onnx(ckpt)
 
     def no_export(*args: object, **kwargs: object) -> None:

@@ -157,7 +157,7 @@ def test_predict_on_device_needs_the_torch_backend(tiny_model_dir) -> None:
     assert pred.blend_device is None  # on a CPU the host blender is used
     if backends.onnxruntime_available():
         onnx = Predictor(loaded.model, loaded.card, device="cpu", backend="onnx")
-        with pytest.raises(Exception, match="--backend torch"):
+        with pytest.raises(Exception, match="backend='torch'"):
             onnx.predict_on_device(np.zeros((1, 3, 8, 8), np.float32))
 
 

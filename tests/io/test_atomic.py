@@ -14,7 +14,7 @@ from geoseg.io.atomic import atomic_output, check_output_path, is_disk_full, out
 def test_output_checks_name_the_problem(tmp_path):
     (tmp_path / "here.tif").write_bytes(b"x")
     assert check_output_path(tmp_path / "new.tif", overwrite=False) == tmp_path / "new.tif"
-    with pytest.raises(OutputExistsError, match="--overwrite"):
+    with pytest.raises(OutputExistsError, match="overwrite=True"):
         check_output_path(tmp_path / "here.tif", overwrite=False)
     assert check_output_path(tmp_path / "here.tif", overwrite=True).name == "here.tif"
     with pytest.raises(OutputWriteError, match="is a directory"):

@@ -377,7 +377,7 @@ def test_existing_output_refused_without_overwrite(tmp_path: Path) -> None:
     out.write_bytes(b"previous")
     writer = VectorWriter(out, crs=32633, layers=SPECS, metadata={})
     with (
-        pytest.raises(OutputExistsError, match="exists; pass --overwrite to replace it"),
+        pytest.raises(OutputExistsError, match="exists; pass overwrite=True to replace it"),
         writer,
     ):
         pass  # pragma: no cover
@@ -736,7 +736,7 @@ def test_atomic_output_refuses_existing(tmp_path: Path) -> None:
     out.write_bytes(b"old")
     with (
         pytest.raises(
-            OutputExistsError, match=r"result\.gpkg exists; pass --overwrite to replace it"
+            OutputExistsError, match=r"result\.gpkg exists; pass overwrite=True to replace it"
         ),
         atomic_output(out, overwrite=False),
     ):

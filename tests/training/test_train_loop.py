@@ -108,7 +108,7 @@ def test_resume_continues_exactly(roofs, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [r["train_loss"] for r in straight.history] == [r["train_loss"] for r in resumed.history]
 
-    with pytest.raises(OutputExistsError, match="--resume"):
+    with pytest.raises(OutputExistsError, match="resume=True"):
         train(TrainConfig.from_dict(part))
     with pytest.raises(ConfigError, match="cannot resume: lr"):
         train(TrainConfig.from_dict({**part, "resume": True, "lr": 0.5}))
