@@ -581,7 +581,10 @@ def evaluate(
         obj_names = tuple(n for n in names[1:] if n in OBJECT_CLASSES and cover[names.index(n)])
     bad = [n for n in obj_names if n not in names[1:]]
     if bad:
-        raise ConfigError(f"--object-classes {bad} are not classes of the model ({names[1:]})")
+        raise ConfigError(
+            f"object_classes {bad} are not classes of the model ({names[1:]})",
+            field="object_classes",
+        )
     obj_ids = [names.index(n) for n in obj_names]
     frames = (
         [

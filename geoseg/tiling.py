@@ -71,12 +71,12 @@ def make_grid(
     if tile <= 0 or tile % stride:
         raise ConfigError(
             f"tile size {tile} must be a positive multiple of the model stride {stride}; "
-            f"try --tile {round_up(max(tile, stride), stride)}"
+            f"try tile={round_up(max(tile, stride), stride)}"
         )
     if overlap < 0 or 2 * overlap >= tile:
         raise ConfigError(
             f"overlap {overlap} must be >= 0 and less than half the tile size {tile}; "
-            f"try --overlap {tile // 8}"
+            f"try overlap={tile // 8}"
         )
     tile_h = min(tile, round_up(height, stride))
     tile_w = min(tile, round_up(width, stride))

@@ -219,7 +219,7 @@ def test_bad_inputs(threshold_model, scene):
         evaluate(threshold_model, [], [labels])
     with pytest.raises(ConfigError, match="labelled_classes"):
         evaluate(threshold_model, [image], [labels], EvalConfig(labelled_classes=("tree",)))
-    with pytest.raises(ConfigError, match="object-classes"):
+    with pytest.raises(ConfigError, match="object_classes"):
         evaluate(threshold_model, [image], [labels], EvalConfig(object_classes=("tree",)))
     with pytest.raises(ConfigError, match="iou_threshold must be in"):
         EvalConfig(iou_threshold=0)

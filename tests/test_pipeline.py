@@ -131,7 +131,7 @@ def test_bad_inputs_raise_clear_errors(tiny_model_dir, make_raster, tmp_path):
     junk.write_bytes(b"II*\x00garbage" * 10)
     with pytest.raises(RasterReadError):
         run_scene(junk, tmp_path / "o.tif", tiny_model_dir, CFG)
-    with pytest.raises(GeoreferenceError, match="--assume-crs"):
+    with pytest.raises(GeoreferenceError, match="assume_crs='EPSG:XXXX'"):
         run_scene(make_raster(crs=None), tmp_path / "o.tif", tiny_model_dir, CFG)
     with pytest.raises(BandError, match="--bands"):
         run_scene(
@@ -194,7 +194,7 @@ def test_inputs_far_coarser_than_the_model_are_refused_before_any_work(tmp_path,
     src = make_raster(random_image(40, 30), transform=from_origin(500000, 6000000, 3.0, 3.0))
     out = tmp_path / "o.tif"
     with pytest.raises(
-        ConfigError, match=r"3 m pixels, 3x coarser than the 1 m .*--resample force"
+        ConfigError, match=r"3 m pixels, 3x coarser than the 1 m .*resample='force'"
     ):
         run_scene(src, out, mdir, CFG)
     assert not out.exists() and list(tmp_path.glob("o.tif*")) == []

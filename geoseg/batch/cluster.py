@@ -95,7 +95,7 @@ def local_layout(
     LocalLayout(n_workers=2, torch_threads=8, gpus=('0', '1'))
     """
     if workers is not None and workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {workers}")
+        raise ConfigError(f"workers must be >= 1, got {workers}", field="workers")
     cores = max(1, cores)
     if gpus:
         n = min(workers or len(gpus), len(gpus))

@@ -765,7 +765,7 @@ def run_batch(
     """
     t0 = time.perf_counter()
     if retries < 0:
-        raise ConfigError(f"--retries must be >= 0, got {retries}")
+        raise ConfigError(f"retries must be >= 0, got {retries}", field="retries")
     if address is not None and workers is not None:
         raise ConfigError(
             "--workers sizes the local cluster; start the workers of --scheduler with "

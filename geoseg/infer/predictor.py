@@ -280,9 +280,9 @@ class Predictor:
         self.tta = "none" if tta is None else str(tta).lower()
         self._transforms = tta_transforms(self.tta)
         if batch_size is not None and batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}", field="batch_size")
         if threads is not None and threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {threads}")
+            raise ConfigError(f"threads must be >= 1, got {threads}", field="threads")
         if workers is not None and workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}", field="workers")
         name = (backend or "auto").lower()

@@ -233,13 +233,15 @@ def tune(
     from geoseg.infer.predictor import Predictor, _host_cpu_if_enough, resolve_device
 
     if seconds <= 0:
-        raise ConfigError(f"--seconds must be > 0, got {seconds}")
+        raise ConfigError(f"seconds must be > 0, got {seconds}", field="seconds")
     if rounds < 1:
-        raise ConfigError(f"--rounds must be >= 1, got {rounds}")
+        raise ConfigError(f"rounds must be >= 1, got {rounds}", field="rounds")
     threads = threads or default_threads()
     tile = tile or card.tile_size
     if tile % card.stride:
-        raise ConfigError(f"--tile {tile} must be a multiple of the model stride {card.stride}")
+        raise ConfigError(
+            f"tile {tile} must be a multiple of the model stride {card.stride}", field="tile"
+        )
     dev = _host_cpu_if_enough(device, "auto") or resolve_device(device)
     # Build every engine first, then time them in interleaved rounds and keep each one's
     # best: a shared machine's load drifts, and interleaving spreads the drift over all.

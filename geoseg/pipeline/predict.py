@@ -306,7 +306,7 @@ def check_georeference(spec: RasterSpec, assume_crs: str | None) -> None:
     if spec.crs is None and assume_crs is None:
         raise GeoreferenceError(
             f"{spec.path} has no CRS, so outputs could not be placed on a map; "
-            "pass --assume-crs EPSG:XXXX if you know it"
+            "pass assume_crs='EPSG:XXXX' if you know it"
         )
     t = spec.transform
     if not math.isfinite(t.determinant) or abs(t.determinant) < 1e-300:
@@ -335,7 +335,7 @@ def check_dtype(
     if input_range is None and dt.kind in "ui" and card_range[1] <= 255 and dt.itemsize > 1:
         warnings.warn(
             f"{spec.path} is {spec.dtype} but the model expects values in "
-            f"[{card_range[0]:g}, {card_range[1]:g}]; pass --input-range LOW,HIGH (e.g. 0,10000 "
+            f"[{card_range[0]:g}, {card_range[1]:g}]; pass input_range=LOW,HIGH (e.g. 0,10000 "
             "for reflectance, 0,4095 for 12-bit) or predictions will be meaningless",
             GeosegWarning,
             stacklevel=3,
@@ -547,7 +547,7 @@ def check_upsampling(src_m: float, model_m: float, resample: str, name: str) -> 
     >>> check_upsampling(28.5, 1.0, "auto", "x.tif")
     Traceback (most recent call last):
     ...
-    geoseg.errors.ConfigError: x.tif has 28.5 m pixels, 28.5x coarser than the 1 m the model was trained at: it cannot see objects at that scale, and upsampling would cost 812x the pixels; use a model trained near 28.5 m, or --resample force to run anyway
+    geoseg.errors.ConfigError: x.tif has 28.5 m pixels, 28.5x coarser than the 1 m the model was trained at: it cannot see objects at that scale, and upsampling would cost 812x the pixels; use a model trained near 28.5 m, or resample='force' to run anyway
     """
     ratio = src_m / model_m
     if resample == "auto" and ratio > MAX_UPSAMPLE:
@@ -555,7 +555,7 @@ def check_upsampling(src_m: float, model_m: float, resample: str, name: str) -> 
             f"{name} has {src_m:.3g} m pixels, {ratio:.3g}x coarser than the {model_m:.3g} m the "
             f"model was trained at: it cannot see objects at that scale, and upsampling would "
             f"cost {ratio * ratio:.0f}x the pixels; use a model trained near {src_m:.3g} m, or "
-            "--resample force to run anyway"
+            "resample='force' to run anyway"
         )
 
 

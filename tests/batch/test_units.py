@@ -76,9 +76,9 @@ def test_local_layouts():
     assert local_layout(None, cores=4, memory=10**9).n_workers == 1
     gpu = local_layout(4, cores=16, gpus=["3", "5"])
     assert gpu.n_workers == 2 and gpu.gpus == ("3", "5") and gpu.torch_threads == 8
-    with pytest.raises(ConfigError, match="--workers"):
+    with pytest.raises(ConfigError, match="workers must be >= 1"):
         local_layout(0, cores=4)
-    with pytest.raises(ConfigError, match="--workers"), open_client("tcp://127.0.0.1:1", workers=2):
+    with pytest.raises(ConfigError, match="workers"), open_client("tcp://127.0.0.1:1", workers=2):
         pass
 
 

@@ -218,9 +218,9 @@ def test_engine_that_cannot_run_is_reported_not_chosen() -> None:
 
 def test_bad_arguments_are_config_errors() -> None:
     model, card = tiny(), tiny_card()
-    with pytest.raises(ConfigError, match="--seconds"):
+    with pytest.raises(ConfigError, match="seconds must be > 0"):
         tune(model, card, device="cpu", seconds=0)
-    with pytest.raises(ConfigError, match="--rounds"):
+    with pytest.raises(ConfigError, match="rounds must be >= 1"):
         tune(model, card, device="cpu", rounds=0)
 
 
