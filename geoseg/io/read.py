@@ -190,7 +190,7 @@ def select_bands(
     Raises
     ------
     BandError
-        Naming the raster's bands, the model's, and the ``--bands`` option.
+        Naming the raster's bands, the model's, and the ``bands`` parameter.
     """
     n = len(wanted)
     listing = ", ".join(f"{i + 1}:{name}" for i, name in enumerate(spec.band_names))
@@ -198,11 +198,13 @@ def select_bands(
         bad = [b for b in bands if not 1 <= b <= spec.count]
         if bad:
             raise BandError(
-                f"--bands {list(bands)} names band(s) {bad} but the raster has bands {listing}"
+                f"bands={','.join(map(str, bands))} names band(s) {bad} but the raster has bands "
+                f"{listing}"
             )
         if len(bands) != n:
             raise BandError(
-                f"--bands selects {len(bands)} band(s) but the model expects {n} ({', '.join(wanted)})"
+                f"bands={','.join(map(str, bands))} selects {len(bands)} band(s) but the model "
+                f"expects {n} ({', '.join(wanted)})"
             )
         return tuple(bands)
     non_alpha = [i + 1 for i, c in enumerate(spec.colorinterp) if c != ColorInterp.alpha.name]
@@ -232,7 +234,7 @@ def select_bands(
         hint = ",".join(str(non_alpha[i % len(non_alpha)] if non_alpha else 1) for i in range(n))
     raise BandError(
         f"the raster has {spec.count} band(s) ({listing}) but the model expects {n} "
-        f"({', '.join(wanted)}); choose them with --bands, e.g. --bands {hint}"
+        f"({', '.join(wanted)}); choose them with bands=..., e.g. bands={hint}"
     )
 
 
