@@ -700,6 +700,34 @@ def _run_scene(
     return execute_scene(plan_scene(src, dst, model, cfg), progress)
 
 
+def _region_reads(
+    grid: Any,
+    sources: Sequence[RasterSource],
+    region: PixelWindow,
+    spec: RasterSpec,
+    model: RasterSpec,
+    resolution: float | None,
+) -> tuple[Any, list[Callable[[PixelWindow], tuple[np.ndarray, np.ndarray]]], PixelWindow | None]:
+    """The tiles and readers that compute `region` exactly as the whole run does.
+
+    Returns the whole run's tiles that touch the region (:func:`region_grid`), one
+    reader per source shifted to that sub-grid, and, when the network runs on a
+    resampled grid, the window of that grid computed instead (the region's extent
+    plus a margin for the read-back, :func:`model_window`; None otherwise).
+    """
+    core = region if resolution is None else model_window(region, spec, model)
+    sub = region_grid(grid, core)
+    oy, ox = sub.origin
+
+    def shifted(source: RasterSource) -> Callable[[PixelWindow], tuple[np.ndarray, np.ndarray]]:
+        def read_region(w: PixelWindow) -> tuple[np.ndarray, np.ndarray]:
+            return source.read(PixelWindow(w.row_off + oy, w.col_off + ox, w.height, w.width))
+
+        return read_region
+
+    return sub, [shifted(s) for s in sources], None if resolution is None else core
+
+
 def execute_scene(plan: ScenePlan, progress: ProgressFn | None = None) -> RunStats:
     """Run a planned scene: stream it through the network and write the class COG.
 
@@ -766,28 +794,10 @@ def execute_scene(plan: ScenePlan, progress: ProgressFn | None = None) -> RunSta
         out_transform, out_w, out_h = spec.transform, spec.width, spec.height
         model_core: PixelWindow | None = None
         if cfg.region is not None:
-            # With resampling, the region of the model grid that covers the region
-            # (plus a margin for the bilinear read-back) is computed instead.
-            core = cfg.region
-            if resolution is not None:
-                core = model_core = model_window(cfg.region, spec, rspec)
-            grid = region_grid(grid, core)
-            oy, ox = grid.origin
-
-            def shifted(
-                source: RasterSource,
-            ) -> Callable[[PixelWindow], tuple[np.ndarray, np.ndarray]]:
-                def read_region(w: PixelWindow) -> tuple[np.ndarray, np.ndarray]:
-                    return source.read(
-                        PixelWindow(w.row_off + oy, w.col_off + ox, w.height, w.width)
-                    )
-
-                return read_region
-
-            reads = [shifted(s) for s in sources]
-
-            out_transform = spec.transform * Affine.translation(core.col_off, core.row_off)
-            out_w, out_h = core.width, core.height
+            region = cfg.region
+            grid, reads, model_core = _region_reads(grid, sources, region, spec, rspec, resolution)
+            out_transform = spec.transform * Affine.translation(region.col_off, region.row_off)
+            out_w, out_h = region.width, region.height
             stats.width, stats.height, stats.pixels = out_w, out_h, out_w * out_h
             if stats.area_km2 is not None:
                 stats.area_km2 *= out_w * out_h / (spec.width * spec.height)
