@@ -556,36 +556,11 @@ def evaluate(
     loaded = model if isinstance(model, LoadedModel) else load_checkpoint(model, lazy=True)
     card: ModelCard = loaded.card
     names = [c.name for c in card.classes]
-    labelled = cfg.labelled_classes or tuple(names[1:])
-    source = SourceConfig(
-        name="evaluation",
-        images=tuple(str(p) for p in images),
-        labels=tuple(str(p) for p in labels),
-        labelled_classes=tuple(labelled),
-        absent_classes=tuple(cfg.absent_classes),
-        label_field=cfg.label_field,
-        label_layer=cfg.label_layer,
-        label_type=cfg.label_type,
-        class_map=cfg.class_map,
-    ).checked(card.classes)
+    source = _label_source(cfg, card, images, labels)
     lookup = source.class_lookup(card.classes)
     kind = source.kind
-    if kind == "raster" and len(labels) not in (1, len(images)):
-        raise ConfigError(
-            f"{len(labels)} label rasters for {len(images)} images; pass one per image (same "
-            "order) or one covering all"
-        )
     cover = np.array([n == names[0] or n in source.known_classes for n in names])
-    obj_names = cfg.object_classes
-    if obj_names is None:
-        obj_names = tuple(n for n in names[1:] if n in OBJECT_CLASSES and cover[names.index(n)])
-    bad = [n for n in obj_names if n not in names[1:]]
-    if bad:
-        raise ConfigError(
-            f"object_classes {bad} are not classes of the model ({names[1:]})",
-            field="object_classes",
-        )
-    obj_ids = [names.index(n) for n in obj_names]
+    obj_ids = _object_class_ids(cfg.object_classes, names, cover)
     frames = (
         [
             read_vector_labels(
@@ -674,6 +649,46 @@ def evaluate(
         elapsed_s=time.perf_counter() - t0,
         sample=sample,
     )
+
+
+def _label_source(
+    cfg: EvalConfig, card: ModelCard, images: Sequence[Any], labels: Sequence[Any]
+) -> SourceConfig:
+    """The labels as a training source would read them, checked against the model's classes."""
+    names = [c.name for c in card.classes]
+    source = SourceConfig(
+        name="evaluation",
+        images=tuple(str(p) for p in images),
+        labels=tuple(str(p) for p in labels),
+        labelled_classes=tuple(cfg.labelled_classes or names[1:]),
+        absent_classes=tuple(cfg.absent_classes),
+        label_field=cfg.label_field,
+        label_layer=cfg.label_layer,
+        label_type=cfg.label_type,
+        class_map=cfg.class_map,
+    ).checked(card.classes)
+    if source.kind == "raster" and len(labels) not in (1, len(images)):
+        raise ConfigError(
+            f"{len(labels)} label rasters for {len(images)} images; pass one per image (same "
+            "order) or one covering all"
+        )
+    return source
+
+
+def _object_class_ids(
+    wanted: Sequence[str] | None, names: Sequence[str], cover: np.ndarray
+) -> list[int]:
+    """Ids of the classes scored as objects: those asked for, or by default the labelled
+    object-like classes (buildings, fields)."""
+    if wanted is None:
+        wanted = tuple(n for n in names[1:] if n in OBJECT_CLASSES and cover[names.index(n)])
+    bad = [n for n in wanted if n not in names[1:]]
+    if bad:
+        raise ConfigError(
+            f"object_classes {bad} are not classes of the model ({list(names[1:])})",
+            field="object_classes",
+        )
+    return [names.index(n) for n in wanted]
 
 
 @dataclass
