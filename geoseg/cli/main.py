@@ -20,6 +20,7 @@ import click
 from geoseg import __version__
 from geoseg.cli.flags import cli_message
 from geoseg.cli.options import configure_logging
+from geoseg.cli.progress import one_line
 from geoseg.errors import GeosegError, GeosegWarning, InterruptedRunError
 from geoseg.runtime import bound_malloc, passive_openmp
 
@@ -162,9 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     except GeosegError as exc:
         if verbose:
             traceback.print_exc()
-        # One line, whatever a library below put in the message.
-        text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        click.echo(f"geoseg: error: {text}", err=True)
+        # One line, whatever a library below put in the message, as --progress json says it.
+        click.echo(f"geoseg: error: {one_line(exc)}", err=True)
         sys.exit(1)
     except MemoryError:
         click.echo("geoseg: error: out of memory; try a smaller --tile or --batch-size", err=True)

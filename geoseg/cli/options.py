@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -11,6 +12,7 @@ from typing import Any, TypeVar, cast
 import click
 
 from geoseg.cli.progress import PROGRESS_MODES, reported_outcome
+from geoseg.errors import DeprecatedOptionWarning
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -30,10 +32,6 @@ def renamed_opt(new: str, old: str, dest: str, *, help: str, **kwargs: Any) -> C
     def alias(ctx: click.Context, param: click.Parameter, value: Any) -> None:
         if value is None:
             return
-        import warnings
-
-        from geoseg.errors import DeprecatedOptionWarning
-
         name = ctx.command_path
         warnings.warn(
             f"{old} of '{name}' is now {new}; the old name will be removed in a later release",

@@ -606,13 +606,13 @@ def run_scene(
             with warped as grid:
                 log.info("%s is placed by %s; warped north-up to %s", src, georef, grid)
                 try:
-                    return _run_scene(grid, dst, model, cfg, progress)
+                    return execute_scene(plan_scene(grid, dst, model, cfg), progress)
                 except GeosegError as exc:
                     # Messages name the user's file, not the temporary grid.
                     if grid in str(exc):
                         raise type(exc)(str(exc).replace(grid, str(src))) from exc
                     raise
-        return _run_scene(src, dst, model, cfg, progress)
+        return execute_scene(plan_scene(src, dst, model, cfg), progress)
 
 
 @dataclass(frozen=True)
@@ -688,16 +688,6 @@ def plan_scene(
                 card.pixel_size_m,
             )
     return ScenePlan(str(src), Path(dst), cfg, spec, loaded, tuple(bands), resolution, t0)
-
-
-def _run_scene(
-    src: str | Path,
-    dst: str | Path,
-    model: LoadedModel | str | Path,
-    cfg: PredictConfig,
-    progress: ProgressFn | None,
-) -> RunStats:
-    return execute_scene(plan_scene(src, dst, model, cfg), progress)
 
 
 def _region_reads(
