@@ -567,7 +567,7 @@ def merge_parts(
             if parquet is not None
             else None
         )
-        written: list[tuple[int, npt.NDArray[np.int32]]] | None = None
+        mapped = False
         if dataset is not None and mapper is not None:
             # Each region's file is written where the cluster runs, side by side: the
             # GeoParquet dataset has no single writer (the GeoPackage has one, below).
@@ -585,15 +585,20 @@ def merge_parts(
             )
             for part_id, (n_rows, class_ids) in zip(ids, written, strict=True):
                 dataset.record(part_id, n_rows, class_ids)
-        for i, path in enumerate(parts):
-            if writer is None and written is not None:
-                for class_id in counts:
-                    counts[class_id] += int(np.count_nonzero(written[i][1] == class_id))
-                if progress is not None:
-                    progress(i + 1, len(parts))
-                continue
+            mapped = True
+        if mapped and writer is None:
+            # Nothing left to read here: the regions' rows were counted as they were written.
+            assert dataset is not None
+            for class_id in counts:
+                counts[class_id] += dataset.class_counts.get(class_id, 0)
+            if progress is not None:
+                progress(len(parts), len(parts))
+            parts_here: Sequence[Path] = ()
+        else:
+            parts_here = parts
+        for i, path in enumerate(parts_here):
             interior = read_interior(path)
-            if dataset is not None and written is None:
+            if dataset is not None and not mapped:
                 _write_part(dataset, ids[i], interior.sorted(), plan.source)
             if writer is not None:
                 mine = seams.take(by_home[cuts[i] : cuts[i + 1]])
