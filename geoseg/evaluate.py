@@ -550,9 +550,9 @@ def evaluate(
     cfg = config or EvalConfig()
     t0 = time.perf_counter()
     if not images:
-        raise ConfigError("no images to evaluate; pass --images")
+        raise ConfigError("no images to evaluate; pass images=PATHS")
     if not labels:
-        raise ConfigError("no labels to evaluate against; pass --labels")
+        raise ConfigError("no labels to evaluate against; pass labels=PATHS")
     loaded = model if isinstance(model, LoadedModel) else load_checkpoint(model, lazy=True)
     card: ModelCard = loaded.card
     names = [c.name for c in card.classes]

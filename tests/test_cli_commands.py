@@ -68,6 +68,11 @@ def test_predict_exit_codes_and_error_lines(tmp_path, scene, tiny_model_dir):
     assert code == 1 and "does not exist" in error_line(err)
     code, _, err = run("predict", scene, "-o", tmp_path / "o.tif", "--net-workers", "0")
     assert code == 1 and error_line(err) == "geoseg: error: --net-workers must be >= 1, got 0"
+    # Library messages name parameters (bands=, input_range=); the CLI says its flags.
+    code, _, err = run("predict", scene, "-o", tmp_path / "o.tif", "--bands", "3,x")
+    assert code == 1 and "error: --bands must be comma-separated" in error_line(err)
+    code, _, err = run("predict", scene, "-o", tmp_path / "o.tif", "--input-range", "0")
+    assert code == 1 and "error: --input-range must be LOW,HIGH" in error_line(err)
     code, _, err = run("predict", scene, "-o", tmp_path / "o.tif", "--tta", "x4")
     assert code == 2 and "Invalid value for '--tta'" in err  # click's usage error
     code, out, err = run(
@@ -120,6 +125,11 @@ def test_batch_exit_codes_and_error_lines(tmp_path, scene):
     work.write_text(f"raster: {scene}\nregion_size: 32\npredict: {{tile: 0}}\n")
     code, _, err = run("batch", work, "-o", tmp_path / "out")
     assert code == 1 and "predict.tile must be >= 1, got 0" in error_line(err)
+    work.write_text(f"raster: {scene}\nregion_size: 32\n")
+    code, _, err = run(
+        "batch", work, "-o", tmp_path / "out", "--scheduler", "tcp://127.0.0.1:9", "--workers", "2"
+    )
+    assert code == 1 and "error: --workers sizes the local cluster" in error_line(err)
     assert not (tmp_path / "out").exists()
 
 
@@ -146,6 +156,8 @@ def test_evaluate_exit_codes_and_error_lines(tmp_path, scene, tiny_model_dir):
         labels, "-o", tmp_path / "report",
     )  # fmt: skip
     assert code == 1 and error_line(err)
+    code, _, err = run("evaluate", "--model", tiny_model_dir, "--labels", labels, "-o", tmp_path / "r")
+    assert code == 1 and error_line(err).endswith("no images to evaluate; pass --images PATHS")
     assert not (tmp_path / "report").exists()
 
 

@@ -132,7 +132,7 @@ def test_refuses_existing_and_needs_class_names(tmp_path):
         run_vectorize(src, tmp_path / "o.gpkg")
     assert (tmp_path / "o.gpkg").read_bytes() == b"old"
     bare = write_raster(tmp_path / "bare.tif", blobs(20, 20).astype("uint8"))
-    with pytest.raises(ConfigError, match="--model"):
+    with pytest.raises(ConfigError, match="pass model=NAME"):
         run_vectorize(bare, tmp_path / "b.gpkg")
 
 

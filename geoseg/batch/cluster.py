@@ -248,8 +248,9 @@ def open_client(
 
     if address is not None and workers is not None:
         raise ConfigError(
-            "--workers sizes the local cluster; the workers of --scheduler are started with it "
-            f"(e.g. dask worker {address} --nworkers N --nthreads 1)"
+            "workers sizes the local cluster; the workers of the scheduler at "
+            f"{address} are started with it (e.g. dask worker {address} --nworkers N --nthreads 1)",
+            field="workers",
         )
     with contextlib.ExitStack() as stack:
         layout: LocalLayout | None = None

@@ -64,13 +64,13 @@ def require_parquet() -> None:
     except ImportError as exc:
         raise GeosegError(
             f"GeoParquet output needs pyarrow ({exc.name} is not installed); "
-            "pip install 'geoseg[parquet]' or use --format gpkg"
+            "pip install 'geoseg[parquet]' or write formats=gpkg only"
         ) from exc
     major = int(geopandas.__version__.split(".")[0])
     if major < 1:
         raise GeosegError(
             f"GeoParquet 1.1 output needs geopandas >= 1.0 (found {geopandas.__version__}); "
-            "pip install 'geoseg[parquet]' or use --format gpkg"
+            "pip install 'geoseg[parquet]' or write formats=gpkg only"
         )
 
 

@@ -768,8 +768,9 @@ def run_batch(
         raise ConfigError(f"retries must be >= 0, got {retries}", field="retries")
     if address is not None and workers is not None:
         raise ConfigError(
-            "--workers sizes the local cluster; start the workers of --scheduler with "
-            f"'dask worker {address} --nworkers N --nthreads 1'"
+            "workers sizes the local cluster; start the workers of the scheduler at "
+            f"{address} with 'dask worker {address} --nworkers N --nthreads 1'",
+            field="workers",
         )
     formats = tuple(dict.fromkeys(formats))
     if not formats or any(f not in ("gpkg", "parquet") for f in formats):

@@ -92,7 +92,7 @@ class _StageProgress:
 )
 @click.option(
     "--format",
-    "out_format",
+    "formats",
     type=click.Choice(["gpkg", "parquet", "both"]),
     default="gpkg",
     show_default=True,
@@ -119,7 +119,7 @@ def batch(
     separate: bool,
     precision: str | None,
     overwrite: bool,
-    out_format: str,
+    formats: str,
 ) -> None:
     """Segment the regions of REGIONS_YAML on a dask cluster, then merge them.
 
@@ -166,7 +166,7 @@ def batch(
             progress=bar.update,
             on_cluster=on_cluster,
             dashboard_address=dashboard_address or None,
-            formats=("gpkg", "parquet") if out_format == "both" else (out_format,),
+            formats=("gpkg", "parquet") if formats == "both" else (formats,),
         )
     for region, error in sorted(result.failed.items()):
         click.echo(f"geoseg: region {region} failed: {error}", err=True)

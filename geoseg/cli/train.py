@@ -249,22 +249,14 @@ def train(
         data = _saved_config(run_dir)
         data["output"] = str(run_dir)
     elif config_path is not None:
-        try:
-            text = config_path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read --config {config_path}: {exc.strerror or exc}") from exc
-        from geoseg.settings import load_yaml_mapping
-
-        loaded = load_yaml_mapping(text, f"--config {config_path}")
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"--config {config_path} must hold a mapping of settings")
-        data = loaded
-        base_dir = config_path.parent
         if all_images or labels:
             raise ConfigError("give sources either in --config or with --images/--labels, not both")
+        data, base_dir = _read_config(config_path), config_path.parent
     elif not (all_images and labels):
         raise ConfigError("pass --config train.yaml, or --images and --labels (with --classes)")
     else:
+        if classes is None:
+            raise ConfigError("--classes is required without --config, e.g. background,building")
         source: dict[str, Any] = {"name": "flags", "images": all_images, "labels": list(labels)}
         if label_field:
             source["label_field"] = label_field
@@ -275,8 +267,6 @@ def train(
         if class_map:
             source["class_map"] = parse_class_map(class_map)
         data["sources"] = [source]
-        if classes is None:
-            raise ConfigError("--classes is required without --config, e.g. background,building")
     if classes is not None:
         data["classes"] = parse_class_list(classes)
     overrides = {
@@ -320,9 +310,29 @@ def train(
         result = run_training(config, progress)
     finally:
         progress.close()
+    _report(result)
+
+
+def _report(result: Any) -> None:
+    """The run's best checkpoint and where its log and curves are."""
     if result.best_miou is None:
         score = "no validation: the last epoch"
     else:
         score = f"val mIoU {result.best_miou:.3f} at epoch {result.best_epoch}"
     click.echo(f"best model: {result.best} ({score})")
     click.echo(f"log: {result.log}  curves: {result.curves}")
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """The settings mapping of a training YAML file."""
+    from geoseg.errors import ConfigError
+    from geoseg.settings import load_yaml_mapping
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read --config {path}: {exc.strerror or exc}") from exc
+    loaded = load_yaml_mapping(text, f"--config {path}")
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"--config {path} must hold a mapping of settings")
+    return loaded

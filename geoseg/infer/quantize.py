@@ -99,7 +99,7 @@ def _scene_tiles(
     if len(card.bands) != 3:
         raise ConfigError(
             f"{card.name} takes {len(card.bands)} bands; generated scenes are RGB: pass "
-            "--calibration RASTER (imagery like the model's) to quantize it"
+            "calibration=RASTER (imagery like the model's) to quantize it"
         )
     ps = card.pixel_size_m or 1.0
     for i in range(count):

@@ -203,7 +203,7 @@ def resolve_model_path(model: str | Path) -> Path:
     names = ", ".join(bundled) or "none installed"
     raise CheckpointError(
         f"model {str(model)!r} is neither a bundled model ({names}) nor a checkpoint directory; "
-        "check the --model path"
+        "check the model name or path"
     )
 
 
@@ -380,7 +380,7 @@ def wrap_state_dict(
     except RuntimeError as exc:
         raise CheckpointError(
             f"weights in {weights} do not fit {card.architecture}/{card.encoder}: "
-            f"{str(exc).splitlines()[0]}; check --arch, --encoder, --bands and --classes"
+            f"{str(exc).splitlines()[0]}; check the card's architecture, encoder, bands and classes"
         ) from exc
     return save_checkpoint(model, card, dst, overwrite=overwrite)
 

@@ -111,7 +111,8 @@ def _result(fut: Any) -> Any:
     except BrokenProcessPool as exc:
         raise GeosegError(
             "a clean-up worker process died (out of memory?); rerun with one clean-up worker "
-            "(workers=1, 'geoseg vectorize --cleanup-workers 1')"
+            "(VectorizeConfig.workers or PredictConfig.vectorize_workers set to 1; "
+            "geoseg vectorize --cleanup-workers 1)"
         ) from exc
 
 

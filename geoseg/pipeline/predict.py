@@ -871,10 +871,10 @@ def parse_bands(text: str | None) -> tuple[int, ...] | None:
         out = tuple(int(part) for part in text.split(","))
     except ValueError as exc:
         raise ConfigError(
-            f"--bands must be comma-separated band numbers like 3,2,1, got {text!r}"
+            f"bands must be comma-separated band numbers like 3,2,1, got {text!r}", field="bands"
         ) from exc
     if any(b < 1 for b in out):
-        raise ConfigError(f"--bands are 1-based band numbers, got {text!r}")
+        raise ConfigError(f"bands are 1-based band numbers, got {text!r}", field="bands")
     return out
 
 
@@ -886,5 +886,7 @@ def parse_range(text: str | None) -> tuple[float, float] | None:
     try:
         lo, hi = (float(p) for p in parts)
     except ValueError as exc:
-        raise ConfigError(f"--input-range must be LOW,HIGH like 0,10000, got {text!r}") from exc
+        raise ConfigError(
+            f"input_range must be LOW,HIGH like 0,10000, got {text!r}", field="input_range"
+        ) from exc
     return lo, hi

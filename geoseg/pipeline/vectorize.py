@@ -158,7 +158,7 @@ def _classes_from_raster(
             return tuple(ClassInfo.from_dict(d) for d in json.loads(tags["GEOSEG_CLASSES"]))
         except (ValueError, TypeError) as exc:
             raise ConfigError(
-                f"the class raster's GEOSEG_CLASSES tag is malformed ({exc}); pass --model"
+                f"the class raster's GEOSEG_CLASSES tag is malformed ({exc}); pass model=NAME"
             ) from exc
     if "CLASS_NAMES" in tags:
         out = []
@@ -168,7 +168,7 @@ def _classes_from_raster(
         return tuple(out)
     raise ConfigError(
         "the class raster does not say which class is which (no GEOSEG_CLASSES or CLASS_NAMES tag); "
-        "pass --model with the model that produced it"
+        "pass model=NAME, the model that produced it"
     )
 
 

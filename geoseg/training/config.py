@@ -156,7 +156,9 @@ def parse_class_map(text: str) -> dict[str | int, str]:
     for item in (p.strip() for p in text.split(",") if p.strip()):
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or not value.strip():
-            raise ConfigError(f"--class-map items must look like VALUE=CLASS, got {item!r}")
+            raise ConfigError(
+                f"class_map items must look like VALUE=CLASS, got {item!r}", field="class_map"
+            )
         k = key.strip()
         out[int(k) if k.lstrip("-").isdigit() else k] = value.strip()
     return out
@@ -682,70 +684,13 @@ class TrainConfig:
     licence: str = ""
 
     def __post_init__(self) -> None:
-        from geoseg.models.registry import architecture_stride
-
-        if not self.sources:
-            raise _fail("sources", "must list at least one labelled source")
-        if len(self.classes) < 2:
-            raise _fail("classes", "must list at least two classes, background first")
-        names = [c.name for c in self.classes]
-        if len(set(names)) != len(names):
-            raise _fail("classes", f"must have unique names, got {names}")
-        if not self.bands or not all(isinstance(b, str) and b for b in self.bands):
-            raise _fail(
-                "bands", f"must list band names like [red, green, blue], got {self.bands!r}"
-            )
-        checked = []
-        for i, src in enumerate(self.sources):
-            try:
-                checked.append(src.checked(self.classes))
-            except ConfigError as exc:
-                raise _prefixed(f"sources[{i}]", exc) from exc
-            if src.bands is not None and len(src.bands) != len(self.bands):
-                raise _fail(
-                    f"sources[{i}].bands",
-                    f"selects {len(src.bands)} band(s) but the model reads {len(self.bands)} "
-                    f"({', '.join(self.bands)})",
-                )
-        src_names = [s.name for s in checked]
-        if len(set(src_names)) != len(src_names):
-            raise _fail("sources", f"need unique names, got {src_names}")
-        object.__setattr__(self, "sources", tuple(checked))
-        object.__setattr__(self, "output", Path(self.output))
-        for key in ("encoder_weights", "init_weights"):
-            if getattr(self, key) is not None:
-                object.__setattr__(self, key, Path(getattr(self, key)))
+        self._check_classes_and_sources()
         if not isinstance(self.name, str) or not self.name.strip():
             raise _fail("name", f"must be a non-empty string, got {self.name!r}")
         if not isinstance(self.arch_params, dict):
             raise _fail("arch_params", f"must be a mapping, got {self.arch_params!r}")
-        try:
-            stride = architecture_stride(self.architecture, self.encoder, self.arch_params)
-        except ModelCardError as exc:
-            raise _fail("architecture", f"is invalid: {exc}") from exc
-        _int(self.chip_size, "chip_size", lo=stride)
-        if self.chip_size % stride:
-            raise _fail(
-                "chip_size",
-                f"must be a multiple of {stride} (the stride of {self.architecture}), "
-                f"got {self.chip_size}; try {max(stride, self.chip_size // stride * stride)}",
-            )
-        if self.pixel_size_m is not None:
-            _num(self.pixel_size_m, "pixel_size_m", lo=0)
-            if self.pixel_size_m <= 0:
-                raise _fail("pixel_size_m", f"must be > 0, got {self.pixel_size_m}")
-        tile = self.tile_size
-        if tile is None:
-            tile = -(-max(512, self.chip_size) // stride) * stride
-            object.__setattr__(self, "tile_size", tile)
-        _int(tile, "tile_size", lo=stride)
-        if tile % stride:
-            raise _fail("tile_size", f"must be a multiple of the stride {stride}, got {tile}")
-        if self.overlap is None:
-            object.__setattr__(self, "overlap", min(64, tile // 4))
-        overlap = _int(self.overlap, "overlap", lo=0)
-        if overlap >= tile // 2:
-            raise _fail("overlap", f"must be < tile_size / 2 = {tile // 2}, got {overlap}")
+        self._check_grid()
+        names = [c.name for c in self.classes]
         lo, hi = (_num(v, "input_range") for v in self.input_range)
         if not hi > lo:
             raise _fail("input_range", f"must be [low, high] with high > low, got {[lo, hi]}")
@@ -798,6 +743,72 @@ class TrainConfig:
         if self.threads is not None:
             _int(self.threads, "threads", lo=1)
         _int(self.workers, "workers", lo=0)
+
+    def _check_classes_and_sources(self) -> None:
+        """Classes, bands and each source checked against them; paths become Paths."""
+        if not self.sources:
+            raise _fail("sources", "must list at least one labelled source")
+        if len(self.classes) < 2:
+            raise _fail("classes", "must list at least two classes, background first")
+        names = [c.name for c in self.classes]
+        if len(set(names)) != len(names):
+            raise _fail("classes", f"must have unique names, got {names}")
+        if not self.bands or not all(isinstance(b, str) and b for b in self.bands):
+            raise _fail(
+                "bands", f"must list band names like [red, green, blue], got {self.bands!r}"
+            )
+        checked = []
+        for i, src in enumerate(self.sources):
+            try:
+                checked.append(src.checked(self.classes))
+            except ConfigError as exc:
+                raise _prefixed(f"sources[{i}]", exc) from exc
+            if src.bands is not None and len(src.bands) != len(self.bands):
+                raise _fail(
+                    f"sources[{i}].bands",
+                    f"selects {len(src.bands)} band(s) but the model reads {len(self.bands)} "
+                    f"({', '.join(self.bands)})",
+                )
+        src_names = [s.name for s in checked]
+        if len(set(src_names)) != len(src_names):
+            raise _fail("sources", f"need unique names, got {src_names}")
+        object.__setattr__(self, "sources", tuple(checked))
+        object.__setattr__(self, "output", Path(self.output))
+        for key in ("encoder_weights", "init_weights"):
+            if getattr(self, key) is not None:
+                object.__setattr__(self, key, Path(getattr(self, key)))
+
+    def _check_grid(self) -> None:
+        """Chip, tile and overlap sizes fit the architecture's stride; the pixel size."""
+        from geoseg.models.registry import architecture_stride
+
+        try:
+            stride = architecture_stride(self.architecture, self.encoder, self.arch_params)
+        except ModelCardError as exc:
+            raise _fail("architecture", f"is invalid: {exc}") from exc
+        _int(self.chip_size, "chip_size", lo=stride)
+        if self.chip_size % stride:
+            raise _fail(
+                "chip_size",
+                f"must be a multiple of {stride} (the stride of {self.architecture}), "
+                f"got {self.chip_size}; try {max(stride, self.chip_size // stride * stride)}",
+            )
+        if self.pixel_size_m is not None:
+            _num(self.pixel_size_m, "pixel_size_m", lo=0)
+            if self.pixel_size_m <= 0:
+                raise _fail("pixel_size_m", f"must be > 0, got {self.pixel_size_m}")
+        tile = self.tile_size
+        if tile is None:
+            tile = -(-max(512, self.chip_size) // stride) * stride
+            object.__setattr__(self, "tile_size", tile)
+        _int(tile, "tile_size", lo=stride)
+        if tile % stride:
+            raise _fail("tile_size", f"must be a multiple of the stride {stride}, got {tile}")
+        if self.overlap is None:
+            object.__setattr__(self, "overlap", min(64, tile // 4))
+        overlap = _int(self.overlap, "overlap", lo=0)
+        if overlap >= tile // 2:
+            raise _fail("overlap", f"must be < tile_size / 2 = {tile // 2}, got {overlap}")
 
     @property
     def stride(self) -> int:

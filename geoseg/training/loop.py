@@ -486,17 +486,7 @@ def train(config: TrainConfig, callback: TrainCallback | None = None) -> TrainRe
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
-    use_amp = (
-        device.type == "cuda" if config.amp is None else bool(config.amp and device.type != "cpu")
-    )
-    amp_dtype = (
-        torch.bfloat16
-        if device.type == "cuda" and torch.cuda.is_bf16_supported()
-        else torch.float16
-    )
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
+    use_amp, amp_dtype = _mixed_precision(config, device)
 
     emit(TrainEvent("setup", 0, config.epochs, message="indexing imagery and labels"))
     data = build_training_data(config)
@@ -506,19 +496,14 @@ def train(config: TrainConfig, callback: TrainCallback | None = None) -> TrainRe
     model, card = _initial_model(config, run, data, cache, state, emit)
     # Convolutions run faster on NHWC tensors on CPUs (oneDNN) and GPUs (tensor cores).
     model = model.to(device).to(memory_format=torch.channels_last).train()
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    optimizer, scaler = _optimizer(
+        model,
+        config,
+        run,
+        resumed=state is not None,
+        device=device,
+        fp16=use_amp and amp_dtype == torch.float16,
     )
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
-    if state is not None:
-        opt_state = run.load_optimizer()
-        try:
-            optimizer.load_state_dict(opt_state["optimizer"])
-            scaler.load_state_dict(opt_state.get("scaler", {}))
-        except (KeyError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(
-                f"{run.optimizer} does not fit this model ({exc}); use overwrite=True"
-            ) from exc
     loss_fn = PartialLabelLoss(
         config.loss, class_weights=config.class_weights, gamma=config.focal_gamma
     ).to(device)
@@ -589,28 +574,12 @@ def train(config: TrainConfig, callback: TrainCallback | None = None) -> TrainRe
         improved = (not validate_any) or (
             score is not None and (best_miou is None or score > best_miou)
         )
-        metrics = {
-            "epoch": epoch + 1,
-            "train_loss": row["train_loss"],
-            **{k: v for k, v in row.items() if k.startswith("val_")},
-        }
-        card = card.replace(metrics=metrics)
-        run.save_model(model, card, best=False)
         if improved:
             best_miou, best_epoch = score, epoch + 1
-            run.save_model(model, card, best=True)
-        run.save_optimizer({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()})
-        run.write_state(
-            {
-                "epoch": epoch + 1,
-                "best_miou": best_miou,
-                "best_epoch": best_epoch,
-                "history": history,
-                "config": config.to_dict(),
-            }
-        )
-        run.write_log(history)
-        run.plot(history)
+        card = _save_epoch(
+            run, model, card, (optimizer, scaler), config, history, improved,
+            {"best_miou": best_miou, "best_epoch": best_epoch},
+        )  # fmt: skip
         emit(
             TrainEvent(
                 "epoch",
@@ -638,6 +607,84 @@ def train(config: TrainConfig, callback: TrainCallback | None = None) -> TrainRe
         log=run.log,
         curves=run.curves,
     )
+
+
+def _mixed_precision(config: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:
+    """Whether steps autocast, and to which dtype (bfloat16 where the GPU has it)."""
+    import torch
+
+    use_amp = (
+        device.type == "cuda" if config.amp is None else bool(config.amp and device.type != "cpu")
+    )
+    amp_dtype = (
+        torch.bfloat16
+        if device.type == "cuda" and torch.cuda.is_bf16_supported()
+        else torch.float16
+    )
+    if device.type == "cuda":  # deterministic convolution algorithms: reruns match
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    return use_amp, amp_dtype
+
+
+def _optimizer(
+    model: nn.Module,
+    config: TrainConfig,
+    run: RunDir,
+    *,
+    resumed: bool,
+    device: torch.device,
+    fp16: bool,
+) -> tuple[torch.optim.Optimizer, torch.amp.GradScaler]:
+    """AdamW and its gradient scaler, with their saved state when the run resumes."""
+    import torch
+
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=fp16)
+    if resumed:
+        opt_state = run.load_optimizer()
+        try:
+            optimizer.load_state_dict(opt_state["optimizer"])
+            scaler.load_state_dict(opt_state.get("scaler", {}))
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"{run.optimizer} does not fit this model ({exc}); use overwrite=True"
+            ) from exc
+    return optimizer, scaler
+
+
+def _save_epoch(
+    run: RunDir,
+    model: nn.Module,
+    card: ModelCard,
+    opt: tuple[torch.optim.Optimizer, torch.amp.GradScaler],
+    config: TrainConfig,
+    history: list[dict[str, Any]],
+    improved: bool,
+    best: dict[str, Any],
+) -> ModelCard:
+    """Checkpoint an epoch: last (and best) model, optimizer, resume state, log and curves.
+
+    Returns the card with the epoch's metrics.
+    """
+    row = history[-1]
+    metrics = {
+        "epoch": row["epoch"],
+        "train_loss": row["train_loss"],
+        **{k: v for k, v in row.items() if k.startswith("val_")},
+    }
+    card = card.replace(metrics=metrics)
+    run.save_model(model, card, best=False)
+    if improved:
+        run.save_model(model, card, best=True)
+    optimizer, scaler = opt
+    run.save_optimizer({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()})
+    run.write_state({"epoch": row["epoch"], **best, "history": history, "config": config.to_dict()})
+    run.write_log(history)
+    run.plot(history)
+    return card
 
 
 def _validate(
