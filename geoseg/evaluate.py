@@ -577,11 +577,14 @@ def evaluate(
     true_objects: dict[int, list[Any]] = {c: [] for c in obj_ids}
     results: list[ImageResult] = []
     best = _Focus()
+    label_paths = [str(p) for p in labels]
+    scoring = _Scoring(
+        kind, label_paths, lookup, frames, cm, cover, obj_ids, best, pred_objects, true_objects
+    )
     n = len(images)
     keep_dir = cfg.keep_predictions
     if keep_dir is not None:
         keep_dir.mkdir(parents=True, exist_ok=True)
-    label_paths = [str(p) for p in labels]
     pcfg = PredictConfig(**{**cfg.predict.__dict__, "overwrite": True, "probabilities": None})
     with tempfile.TemporaryDirectory(prefix="geoseg-eval-") as tmp:
         outdir = keep_dir or Path(tmp)
@@ -590,42 +593,9 @@ def evaluate(
             dst = outdir / f"{i:03d}_{Path(image).stem}_classes.tif"
             class_paths.append(dst)
             run_scene(image, dst, loaded, pcfg, progress=_image_progress(progress, i, n))
-            written: dict[int, list[Any]] | None = None
-            if cfg.through_polygons:
-                dst, written = _through_polygons(dst, obj_ids)
-            with RasterSource(dst) as cls_src:
-                truth = _Truth(kind, label_paths, i, cls_src.spec, lookup, frames)
-                before = {c: len(pred_objects[c]) for c in obj_ids}
-                try:
-                    img_cm = _score_image(
-                        i, cls_src, truth, cm, cover, obj_ids, cfg, best, pred_objects, true_objects
-                    )
-                finally:
-                    truth.close()
-                spec = cls_src.spec
-            if written is None:
-                _clean_like_vectorize(pred_objects, before, loaded.card, spec)
-            else:
-                px = abs(spec.transform.a * spec.transform.e)
-                for c in obj_ids:
-                    pred_objects[c][before[c] :] = [
-                        g for g in written[c] if g.area >= cfg.min_object_pixels * px
-                    ]
-            labelled_px = int(img_cm.matrix.sum())
-            if labelled_px == 0:
-                warnings.warn(
-                    f"no labelled pixel lies on {image}; check that labels and image overlap",
-                    GeosegWarning,
-                    stacklevel=2,
-                )
             results.append(
-                ImageResult(
-                    path=str(image),
-                    width=spec.width,
-                    height=spec.height,
-                    labelled_pixels=labelled_px,
-                    mean_iou=img_cm.metrics().mean_iou,
-                    prediction=str(dst) if keep_dir is not None else None,
+                _score_prediction(
+                    i, image, dst, scoring, cfg, loaded.card, keep=keep_dir is not None
                 )
             )
             if progress is not None:
@@ -648,6 +618,65 @@ def evaluate(
         images=tuple(results),
         elapsed_s=time.perf_counter() - t0,
         sample=sample,
+    )
+
+
+@dataclass
+class _Scoring:
+    """What scoring accumulates over the images of one evaluation, and the truth it reads."""
+
+    kind: str
+    label_paths: list[str]
+    lookup: Any
+    frames: list[Any]
+    cm: ConfusionMatrix
+    cover: np.ndarray
+    obj_ids: list[int]
+    best: _Focus
+    pred_objects: dict[int, list[Any]]
+    true_objects: dict[int, list[Any]]
+
+
+def _score_prediction(
+    i: int, image: Any, dst: Path, s: _Scoring, cfg: EvalConfig, card: ModelCard, *, keep: bool
+) -> ImageResult:
+    """Score image `i`'s class raster `dst` (or its polygons) into `s`; the image's row."""
+    written: dict[int, list[Any]] | None = None
+    if cfg.through_polygons:
+        dst, written = _through_polygons(dst, s.obj_ids)
+    with RasterSource(dst) as cls_src:
+        truth = _Truth(s.kind, s.label_paths, i, cls_src.spec, s.lookup, s.frames)
+        before = {c: len(s.pred_objects[c]) for c in s.obj_ids}
+        try:
+            img_cm = _score_image(
+                i, cls_src, truth, s.cm, s.cover, s.obj_ids, cfg, s.best, s.pred_objects,
+                s.true_objects,
+            )  # fmt: skip
+        finally:
+            truth.close()
+        spec = cls_src.spec
+    if written is None:
+        _clean_like_vectorize(s.pred_objects, before, card, spec)
+    else:
+        px = abs(spec.transform.a * spec.transform.e)
+        for c in s.obj_ids:
+            s.pred_objects[c][before[c] :] = [
+                g for g in written[c] if g.area >= cfg.min_object_pixels * px
+            ]
+    labelled_px = int(img_cm.matrix.sum())
+    if labelled_px == 0:
+        warnings.warn(
+            f"no labelled pixel lies on {image}; check that labels and image overlap",
+            GeosegWarning,
+            stacklevel=3,
+        )
+    return ImageResult(
+        path=str(image),
+        width=spec.width,
+        height=spec.height,
+        labelled_pixels=labelled_px,
+        mean_iou=img_cm.metrics().mean_iou,
+        prediction=str(dst) if keep else None,
     )
 
 
