@@ -177,11 +177,34 @@ def _predict(
     vector_progress: ProgressFn | None,
 ) -> PredictResult:
     from geoseg.io.atomic import check_output_path
+    from geoseg.models.checkpoint import LoadedModel, load_checkpoint
     from geoseg.pipeline import VectorizeConfig, run_scene, run_vectorize
+    from geoseg.pipeline.instances import InstanceVectors
 
     if vector_out:
         check_output_path(dst, overwrite=cfg.overwrite)
-    stats = run_scene(src, raster_out, model, cfg, progress=progress)
+    loaded = model if isinstance(model, LoadedModel) else load_checkpoint(model, lazy=True)
+    if vector_out and loaded.card.task == "instance":
+        # An instance model writes its objects itself, one polygon each, with scores.
+        stats = run_scene(
+            src,
+            raster_out,
+            loaded,
+            cfg,
+            progress=progress,
+            instance_vectors=InstanceVectors(dst, cleanup, dst_crs),
+        )
+        result = PredictResult(
+            classes=raster_out,
+            vector=dst,
+            probabilities=None,
+            stats=stats,
+            outputs=[Path(p) for p in stats.outputs],
+            vector_stats=stats.vector,
+        )
+        result.outputs += [Path(p) for p in stats.vector.outputs]
+        return result
+    stats = run_scene(src, raster_out, loaded, cfg, progress=progress)
     result = PredictResult(
         classes=raster_out,
         vector=dst if vector_out else None,

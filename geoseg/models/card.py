@@ -133,6 +133,12 @@ class ModelCard:
     "this pixel lies where two objects of that class meet" (see
     :mod:`geoseg.training.contact`).  Prediction carves those pixels out of the
     class so that touching buildings become separate polygons.
+
+    ``task`` is ``"semantic"`` (a class per pixel; every card written before the
+    field existed) or ``"instance"``: the network finds objects one by one (Mask
+    R-CNN, :mod:`geoseg.models.maskrcnn`), prediction writes each kept object as
+    a polygon with its score and paints the class raster from them
+    (:mod:`geoseg.infer.instances`).
     """
 
     name: str
@@ -156,6 +162,7 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     postprocess: dict[str, Any] = field(default_factory=dict)
     contact_class: int | None = None
+    task: str = "semantic"
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -203,6 +210,10 @@ class ModelCard:
             raise ModelCardError(f"nodata_class {self.nodata_class} collides with a class id")
         if self.contact_class is not None:
             _as_int(self.contact_class, "contact_class", lo=1, hi=len(ids) - 1)
+        if self.task not in ("semantic", "instance"):
+            raise ModelCardError(f"task must be 'semantic' or 'instance', got {self.task!r}")
+        if self.task == "instance" and self.contact_class is not None:
+            raise ModelCardError("an instance model separates its objects itself: no contact_class")
         _as_int(self.format_version, "format_version", lo=1, hi=FORMAT_VERSION)
 
     @property
@@ -253,7 +264,7 @@ class ModelCard:
                 "bands": tuple(_as_list(_req(d, "bands", ""), "bands")),
                 "classes": classes,
             }
-            for key in ("encoder", "description", "licence"):
+            for key in ("encoder", "description", "licence", "task"):
                 if key in d and d[key] is not None:
                     kwargs[key] = _as_str(d[key], key, allow_empty=key != "encoder")
             for key in ("arch_params", "provenance", "metrics", "training", "postprocess"):

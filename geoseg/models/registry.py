@@ -27,6 +27,8 @@ class Architecture:
 
     ``stride`` is the input size multiple the network needs (as a function of
     the encoder name); ``default_encoder`` is used when a card names none.
+    ``task`` is ``"semantic"`` (per-pixel class logits) or ``"instance"`` (one
+    mask, class and score per object: :mod:`geoseg.models.maskrcnn`).
     """
 
     name: str
@@ -34,6 +36,7 @@ class Architecture:
     default_encoder: str | None
     description: str
     stride: Callable[[str | None, dict[str, Any]], int]
+    task: str = "semantic"
 
 
 _REGISTRY: dict[str, Architecture] = {}
@@ -72,6 +75,11 @@ def build_model(card: ModelCard) -> nn.Module:
     wrapped in :class:`~geoseg.models.contact.ContactRefine`.
     """
     arch = get_architecture(card.architecture)
+    if arch.task != card.task:
+        raise ModelCardError(
+            f"{card.architecture} is a {arch.task} architecture but the model card says "
+            f"task {card.task!r}; set task: {arch.task}"
+        )
     encoder = card.encoder or arch.default_encoder
     try:
         model = arch.builder(card.in_channels, card.n_outputs, encoder, **card.arch_params)
@@ -85,6 +93,15 @@ def build_model(card: ModelCard) -> nn.Module:
 
         model = ContactRefine(model, card.in_channels, card.n_classes)
     return model.eval()
+
+
+def architecture_task(name: str) -> str:
+    """``"semantic"`` or ``"instance"``: what an architecture's network outputs.
+
+    >>> architecture_task("unet"), architecture_task("maskrcnn")
+    ('semantic', 'instance')
+    """
+    return get_architecture(name).task
 
 
 def architecture_stride(
@@ -225,5 +242,28 @@ register(
         "SegNet (Badrinarayanan et al. 2017): VGG-BN encoder, decoder unpooling with the "
         "encoder's max-pooling indices; encoders vgg11_bn/vgg13_bn/vgg16_bn, arch_params width",
         lambda _e, _p: 32,
+    )
+)
+
+
+# --- Mask R-CNN (instances) -------------------------------------------------------------------
+
+
+def _maskrcnn(in_channels: int, n_classes: int, encoder: str | None, **params: Any) -> nn.Module:
+    from geoseg.models.maskrcnn import build_maskrcnn
+
+    return build_maskrcnn(in_channels, n_classes, encoder, **params)
+
+
+register(
+    Architecture(
+        "maskrcnn",
+        _maskrcnn,
+        "resnet50",
+        "Mask R-CNN (He et al. 2017), torchvision: one mask, class and score per object "
+        "(task: instance); encoders resnet18/34/50 or tu-<timm encoder>, arch_params "
+        "fpn_channels, detections, anchors",
+        lambda _e, _p: 32,
+        task="instance",
     )
 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -186,3 +187,37 @@ def shapely_total_bounds(geoms: np.ndarray) -> tuple[float, float, float, float]
 
     b = shapely.total_bounds(geoms)
     return float(b[0]), float(b[1]), float(b[2]), float(b[3])
+
+
+@dataclass
+class VectorStats:
+    """What a vectorization run produced."""
+
+    pixels: int = 0
+    polygons: dict[str, int] = field(default_factory=dict)
+    area_m2: dict[str, float] = field(default_factory=dict)
+    dropped: int = 0
+    elapsed_s: float = 0.0
+    peak_rss_mb: float = 0.0
+    outputs: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line: polygons per layer, throughput, peak memory."""
+        total = sum(self.polygons.values())
+        per = ", ".join(f"{k} {v:,}" for k, v in self.polygons.items())
+        rate = self.pixels / 1e6 / self.elapsed_s if self.elapsed_s else 0.0
+        return (
+            f"{total:,} polygons ({per}), {self.elapsed_s:.1f} s, {rate:.2f} Mpx/s, "
+            f"peak memory {self.peak_rss_mb:.0f} MB"
+        )
+
+
+def output_crs(crs: Any, dst_crs: str | None) -> tuple[Any, Any]:
+    """The polygons' CRS, and the coordinate transform to it (None: the raster's own)."""
+    import pyproj
+
+    own = pyproj.CRS.from_user_input(crs.to_wkt())
+    if not dst_crs:
+        return own, None
+    out = pyproj.CRS.from_user_input(dst_crs)
+    return out, pyproj.Transformer.from_crs(own, out, always_xy=True).transform

@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from affine import Affine
@@ -48,6 +48,9 @@ from geoseg.models.checkpoint import LoadedModel, load_checkpoint
 from geoseg.settings import from_mapping, load_yaml_mapping
 from geoseg.tiling import make_grid, region_grid
 from geoseg.types import PixelWindow
+
+if TYPE_CHECKING:
+    from geoseg.pipeline.instances import InstanceVectors
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +257,8 @@ class RunStats:
     resampled_to_m: float | None = None
     class_pixels: dict[int, int] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)
+    #: The polygons an instance model's run wrote itself (a VectorStats), else None.
+    vector: Any = None
 
     @property
     def mpx_per_s(self) -> float:
@@ -565,6 +570,8 @@ def run_scene(
     model: LoadedModel | str | Path,
     config: PredictConfig | None = None,
     progress: ProgressFn | None = None,
+    *,
+    instance_vectors: InstanceVectors | None = None,
 ) -> RunStats:
     """Segment one raster into a class COG on the input's exact grid.
 
@@ -580,6 +587,11 @@ def run_scene(
         Run options.
     progress : callable, optional
         ``progress(done, total)`` in tiles.
+    instance_vectors : InstanceVectors, optional
+        With an instance model (``task: instance``): also write its polygons,
+        with their scores, there (see :mod:`geoseg.pipeline.instances`); their
+        statistics are ``RunStats.vector``.  Ignored for semantic models, whose
+        polygons come from :func:`~geoseg.pipeline.run_vectorize`.
 
     Returns
     -------
@@ -606,13 +618,15 @@ def run_scene(
             with warped as grid:
                 log.info("%s is placed by %s; warped north-up to %s", src, georef, grid)
                 try:
-                    return execute_scene(plan_scene(grid, dst, model, cfg), progress)
+                    return execute_scene(
+                        plan_scene(grid, dst, model, cfg), progress, instance_vectors
+                    )
                 except GeosegError as exc:
                     # Messages name the user's file, not the temporary grid.
                     if grid in str(exc):
                         raise type(exc)(str(exc).replace(grid, str(src))) from exc
                     raise
-        return execute_scene(plan_scene(src, dst, model, cfg), progress)
+        return execute_scene(plan_scene(src, dst, model, cfg), progress, instance_vectors)
 
 
 @dataclass(frozen=True)
@@ -718,7 +732,11 @@ def _region_reads(
     return sub, [shifted(s) for s in sources], None if resolution is None else core
 
 
-def execute_scene(plan: ScenePlan, progress: ProgressFn | None = None) -> RunStats:
+def execute_scene(
+    plan: ScenePlan,
+    progress: ProgressFn | None = None,
+    instance_vectors: InstanceVectors | None = None,
+) -> RunStats:
     """Run a planned scene: stream it through the network and write the class COG.
 
     Parameters
@@ -727,6 +745,8 @@ def execute_scene(plan: ScenePlan, progress: ProgressFn | None = None) -> RunSta
         From :func:`plan_scene`.
     progress : callable, optional
         ``progress(done, total)`` in tiles.
+    instance_vectors : InstanceVectors, optional
+        See :func:`run_scene`.
 
     Returns
     -------
@@ -739,6 +759,13 @@ def execute_scene(plan: ScenePlan, progress: ProgressFn | None = None) -> RunSta
     stats.area_km2 = spec.area_km2
     if resolution is not None:
         stats.resampled_to_m = card.pixel_size_m
+    if card.task == "instance":
+        from geoseg.pipeline.instances import execute_instances
+
+        tags = _model_tags(loaded, cfg, str(src))
+        stats.vector = execute_instances(plan, stats, tags, progress, instance_vectors)
+        _finish_stats(stats, card, src, t0)
+        return stats
 
     predictor = make_predictor(loaded, cfg)
     tags = _model_tags(loaded, cfg, str(src))
@@ -846,17 +873,22 @@ def execute_scene(plan: ScenePlan, progress: ProgressFn | None = None) -> RunSta
 
     stats.tiles, stats.skipped_tiles = stream_stats.tiles, stream_stats.skipped_tiles
     stats.class_pixels = {c.id: int(counts[c.id]) for c in card.classes}
+    stats.outputs = [str(dst)] + ([str(cfg.probabilities)] if cfg.probabilities else [])
+    _finish_stats(stats, card, src, t0)
+    return stats
+
+
+def _finish_stats(stats: RunStats, card: Any, src: str, t0: float) -> None:
+    """Valid pixels (warning when there are none), time and peak memory of a finished run."""
     stats.valid_pixels = int(sum(stats.class_pixels.values()))
     if stats.valid_pixels == 0:
         warnings.warn(
             f"{src} holds no valid pixel (all nodata); the outputs are valid but empty",
             AllNodataWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    stats.outputs = [str(dst)] + ([str(cfg.probabilities)] if cfg.probabilities else [])
     stats.elapsed_s = time.perf_counter() - t0
     stats.peak_rss_mb = peak_rss_mb()
-    return stats
 
 
 def parse_bands(text: str | None) -> tuple[int, ...] | None:

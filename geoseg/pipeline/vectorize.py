@@ -7,7 +7,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from geoseg.errors import (
 from geoseg.io.atomic import check_output_path
 from geoseg.io.env import gdal_env
 from geoseg.models.card import ClassInfo
-from geoseg.pipeline.measure import cleanup_for
+from geoseg.pipeline.measure import VectorStats, cleanup_for, output_crs
 from geoseg.pipeline.pool import (
     MAX_CLEANUP_WORKERS,
     _Cleaner,
@@ -127,29 +127,6 @@ class VectorizeConfig:
             )
 
 
-@dataclass
-class VectorStats:
-    """What a vectorization run produced."""
-
-    pixels: int = 0
-    polygons: dict[str, int] = field(default_factory=dict)
-    area_m2: dict[str, float] = field(default_factory=dict)
-    dropped: int = 0
-    elapsed_s: float = 0.0
-    peak_rss_mb: float = 0.0
-    outputs: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        """One line: polygons per layer, throughput, peak memory."""
-        total = sum(self.polygons.values())
-        per = ", ".join(f"{k} {v:,}" for k, v in self.polygons.items())
-        rate = self.pixels / 1e6 / self.elapsed_s if self.elapsed_s else 0.0
-        return (
-            f"{total:,} polygons ({per}), {self.elapsed_s:.1f} s, {rate:.2f} Mpx/s, "
-            f"peak memory {self.peak_rss_mb:.0f} MB"
-        )
-
-
 def _classes_from_raster(
     tags: Mapping[str, str], cmap: Mapping[int, tuple[int, int, int]]
 ) -> tuple[ClassInfo, ...]:
@@ -204,17 +181,6 @@ def run_vectorize(
         return _run_vectorize(Path(classes_path), Path(dst), cfg, progress)
 
 
-def _output_crs(crs: Any, dst_crs: str | None) -> tuple[Any, Any]:
-    """The polygons' CRS, and the coordinate transform to it (None: the raster's own)."""
-    import pyproj
-
-    own = pyproj.CRS.from_user_input(crs.to_wkt())
-    if not dst_crs:
-        return own, None
-    out = pyproj.CRS.from_user_input(dst_crs)
-    return out, pyproj.Transformer.from_crs(own, out, always_xy=True).transform
-
-
 def _vector_metadata(
     tags: Mapping[str, str],
     classes_path: Path,
@@ -261,7 +227,7 @@ def _run_vectorize(
     params = {c.id: cleanup_for(c, card_post, cfg.cleanup) for c in wanted}
     skip = [c.id for c in classes if not c.vectorize]
     bounds = spec.bounds
-    out_crs, to_out = _output_crs(spec.crs, cfg.dst_crs)
+    out_crs, to_out = output_crs(spec.crs, cfg.dst_crs)
     layers = [LayerSpec(c.layer, c.id, c.name, c.color) for c in wanted]
     by_id = {c.id: c for c in wanted}
     metadata = _vector_metadata(

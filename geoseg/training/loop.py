@@ -284,10 +284,13 @@ def _provenance(config: TrainConfig, data: TrainingData) -> dict[str, Any]:
 def _card(
     config: TrainConfig, data: TrainingData, mean: tuple[float, ...], std: tuple[float, ...]
 ) -> ModelCard:
+    from geoseg.models.registry import architecture_task
+
     names = ", ".join(c.name for c in config.classes[1:])
     return ModelCard(
         name=config.name,
         architecture=config.architecture,
+        task=architecture_task(config.architecture),
         encoder=config.encoder,
         arch_params=dict(config.arch_params),
         bands=config.bands,

@@ -1,0 +1,353 @@
+"""Predict a scene with an instance model: polygons with scores, and a class raster.
+
+The tiles of the model grid go through the detector row by row; each tile's
+instances are placed on the map and merged with those of the tiles it overlaps
+(:class:`geoseg.infer.instances.InstanceMerger`: one object, one polygon, the
+instance farthest from its tile's inner edges winning).  As soon as no later
+tile can touch an instance it is final: it is cleaned as its class says (the
+card's clean-up, as for semantic models), written to its layer with its score
+(``confidence``), and painted into the class raster, which is written strip by
+strip on the input's own grid.  Memory holds about one row of tiles of
+instances and one strip of the class raster, whatever the raster's size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from geoseg import __version__
+from geoseg.errors import ConfigError, GeoreferenceError
+from geoseg.infer.instances import Instance, InstanceMerger, InstanceParams, tile_instances
+from geoseg.infer.predictor import normalize, resolve_device
+from geoseg.io.atomic import check_output_path
+from geoseg.io.read import RasterSource
+from geoseg.io.write_raster import RasterStripWriter
+from geoseg.pipeline.measure import VectorStats, cleanup_for, output_crs
+from geoseg.tiling import make_grid
+from geoseg.types import PixelWindow
+
+if TYPE_CHECKING:
+    from geoseg.io.write_vector import VectorWriter
+    from geoseg.pipeline.predict import ProgressFn, RunStats, ScenePlan
+    from geoseg.vectorize import CleanupParams
+
+log = logging.getLogger(__name__)
+
+__all__ = ["InstanceVectors", "execute_instances"]
+
+
+@dataclass(frozen=True)
+class InstanceVectors:
+    """Where and how an instance run writes its polygons.
+
+    Attributes
+    ----------
+    dst : Path
+        The vector file (GeoPackage: one styled layer per instance class).
+    cleanup : mapping of class name to CleanupParams, optional
+        Clean-up overrides per class (else the card's).
+    dst_crs : str, optional
+        CRS of the polygons (default: the raster's).
+    """
+
+    dst: Path
+    cleanup: Mapping[str, CleanupParams] | None = None
+    dst_crs: str | None = None
+
+
+class _Painter:
+    """Paints final instances into class strips on the output grid, top to bottom."""
+
+    def __init__(self, writer: RasterStripWriter, source: RasterSource, counts: np.ndarray):
+        self.writer, self.source, self.counts = writer, source, counts
+        self.spec = source.spec
+        self.done = 0  # output rows written
+        self.pending: list[tuple[Any, int, float]] = []  # geometry, class id, last output row
+
+    def add(self, inst: Instance, geometry: Any) -> None:
+        x0, y0, x1, y1 = geometry.bounds
+        inv = ~self.spec.transform
+        last = max((inv * (x, y))[1] for x, y in ((x0, y0), (x1, y1)))
+        self.pending.append((geometry, inst.class_id, last))
+
+    def paint(self, until: int) -> None:
+        """Write output rows ``done .. until`` (exclusive) from the instances added so far."""
+        import rasterio.features
+        from affine import Affine
+
+        spec = self.spec
+        until = min(until, spec.height)
+        step = 512
+        while self.done < until:
+            rows = min(step, until - self.done)
+            win = PixelWindow(self.done, 0, rows, spec.width)
+            _, valid = self.source.read(win)
+            classes = np.zeros((rows, spec.width), np.uint8)
+            tf = spec.transform * Affine.translation(0, self.done)
+            shapes = [(g, c) for g, c, _ in self.pending]
+            if shapes:
+                rasterio.features.rasterize(
+                    shapes, out=classes, transform=tf, all_touched=False, dtype=np.uint8
+                )
+            classes[~valid] = 255
+            self.counts[:] += np.bincount(classes.ravel(), minlength=256)
+            self.writer.write(self.done, classes)
+            self.done += rows
+            # Instances wholly above the rows written are done with.
+            self.pending = [p for p in self.pending if p[2] > self.done]
+
+
+def _out_row(model_row: int, model_tf: Any, out_tf: Any) -> int:
+    """The output-grid row at the top edge of model-grid row ``model_row`` (rounded down)."""
+    y = (model_tf * (0, model_row))[1]
+    return int(np.floor((~out_tf * (out_tf.c, y))[1] + 1e-9))
+
+
+def execute_instances(
+    plan: ScenePlan,
+    stats: RunStats,
+    tags: dict[str, str],
+    progress: ProgressFn | None = None,
+    vectors: InstanceVectors | None = None,
+) -> VectorStats | None:
+    """Run a planned scene through an instance model; see the module docs.
+
+    Fills the raster run's ``stats`` (tiles, class pixels, outputs) and writes
+    the class raster with ``tags``; returns the polygons' statistics when
+    ``vectors`` is given.
+    """
+    import torch
+
+    src, dst, cfg, spec, loaded = plan.src, plan.dst, plan.cfg, plan.spec, plan.loaded
+    card = loaded.card
+    if cfg.region is not None:
+        raise ConfigError(
+            "instance models do not run on batch window regions yet; list the rasters under "
+            "rasters: in the work file instead",
+            field="region",
+        )
+    if spec.transform.b != 0 or spec.transform.d != 0:
+        raise ConfigError(
+            f"{src} is rotated; instance models need a north-up raster (warp it first, "
+            "e.g. gdalwarp in.tif out.tif)"
+        )
+    if cfg.tta not in (None, "none"):
+        raise ConfigError("tta is for semantic models; instance models run without it")
+    if cfg.probabilities is not None:
+        raise ConfigError(
+            "an instance model has no class probabilities to write; its polygons carry each "
+            "object's score (confidence)",
+            field="probabilities",
+        )
+    if cfg.backend not in (None, "auto", "torch") or cfg.precision == "int8":
+        raise ConfigError(
+            f"{card.name} is an instance model: it runs on PyTorch in float32 "
+            "(use backend='auto' and precision='auto')"
+        )
+    params = InstanceParams.from_card(card.postprocess)
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model = loaded.model.to(device).eval()
+    tags["GEOSEG_ENGINE"] = "torch fp32"
+    tags["GEOSEG_TASK"] = "instance"
+    counts = np.zeros(256, np.int64)
+    vstats = VectorStats() if vectors is not None else None
+    with contextlib.ExitStack() as stack:
+        reader = stack.enter_context(
+            RasterSource(
+                src, bands=list(plan.bands), resolution=plan.resolution, assume_crs=cfg.assume_crs
+            )
+        )
+        out_valid = stack.enter_context(
+            RasterSource(src, bands=list(plan.bands), assume_crs=cfg.assume_crs)
+        )
+        rspec = reader.spec
+        grid = make_grid(
+            rspec.height,
+            rspec.width,
+            tile=cfg.tile or card.tile_size,
+            overlap=card.overlap if cfg.overlap is None else cfg.overlap,
+            stride=card.stride,
+        )
+        writer = stack.enter_context(
+            RasterStripWriter(
+                dst,
+                crs=rspec.crs,
+                transform=spec.transform,
+                width=spec.width,
+                height=spec.height,
+                colormap={c.id: c.rgb for c in card.classes},
+                class_names=[c.name for c in card.classes],
+                overwrite=cfg.overwrite,
+                tags=tags,
+            )
+        )
+        painter = _Painter(writer, out_valid, counts)
+        sink = (
+            _VectorSink(stack, vectors, card, spec, tags, vstats, overwrite=cfg.overwrite)
+            if vectors
+            else None
+        )
+        merger = InstanceMerger(rspec.transform, params.match_iou)
+
+        def finish(instances: Iterator[Instance]) -> None:
+            batch = list(instances)
+            geoms = sink.write(batch) if sink is not None else [i.geometry for i in batch]
+            for inst, g in zip(batch, geoms, strict=True):
+                if g is not None:
+                    painter.add(inst, g)
+
+        rows, cols = grid.shape
+        done = 0
+        batch_size = max(1, cfg.batch_size or 2)
+        for r in range(rows):
+            tiles = [grid.tile(r, c) for c in range(cols)]
+            for i in range(0, len(tiles), batch_size):
+                chunk = tiles[i : i + batch_size]
+                reads = [reader.read(t.window) for t in chunk]
+                keep = [(t, d, v) for t, (d, v) in zip(chunk, reads, strict=True) if v.any()]
+                stats.skipped_tiles += len(chunk) - len(keep)
+                if keep:
+                    x = np.stack([normalize(d, v, card, cfg.input_range) for _, d, v in keep])
+                    with torch.inference_mode():
+                        outs = model(torch.from_numpy(x).to(device))
+                    for (t, _, v), o in zip(keep, outs, strict=True):
+                        o = {k: val.detach().cpu().numpy() for k, val in o.items()}
+                        merger.add(tile_instances(o, t, v, rspec.transform, rspec.shape, params))
+                done += len(chunk)
+                stats.tiles += len(chunk)
+                if progress is not None:
+                    progress(done, len(grid))
+            nxt = grid.row_starts[r + 1] if r + 1 < rows else None
+            finish(merger.release(nxt))
+            # Output rows above every instance still held and every tile to come are final.
+            limits = [v for v in (nxt, merger.top()) if v is not None]
+            if limits:
+                painter.paint(_out_row(min(limits), rspec.transform, spec.transform))
+        painter.paint(spec.height)
+        if sink is not None:
+            sink.close()
+    stats.class_pixels = {c.id: int(counts[c.id]) for c in card.classes}
+    stats.outputs = [str(dst)]
+    log.info("%d instances merged away across tile overlaps", merger.merged)
+    if vstats is not None:
+        vstats.pixels = stats.pixels
+        vstats.elapsed_s = time.perf_counter() - plan.started
+    return vstats
+
+
+class _VectorSink:
+    """Cleans final instances as their class says and writes them with their scores."""
+
+    def __init__(
+        self,
+        stack: contextlib.ExitStack,
+        vectors: InstanceVectors,
+        card: Any,
+        spec: Any,
+        tags: Mapping[str, str],
+        vstats: VectorStats | None,
+        *,
+        overwrite: bool,
+    ) -> None:
+        from geoseg.io.write_vector import LayerSpec, VectorWriter
+
+        if spec.crs is None:
+            raise GeoreferenceError(f"{tags['GEOSEG_SOURCE']} has no CRS; polygons need one")
+        check_output_path(vectors.dst, overwrite=overwrite)
+        wanted = [c for c in card.classes[1:] if c.vectorize]
+        self.params = {c.id: cleanup_for(c, card.postprocess, vectors.cleanup) for c in wanted}
+        self.by_id = {c.id: c for c in wanted}
+        self.crs, self.bounds = spec.crs, spec.bounds
+        out_crs, self.to_out = output_crs(spec.crs, vectors.dst_crs)
+        metadata = {
+            "geoseg_version": __version__,
+            "model": tags["GEOSEG_MODEL"],
+            "model_sha256": tags["GEOSEG_MODEL_SHA256"],
+            "input": tags["GEOSEG_SOURCE"],
+            "task": "instance",
+            "predict_parameters": tags["GEOSEG_PARAMETERS"],
+            "parameters": json.dumps(
+                {
+                    "cleanup": {self.by_id[k].name: asdict(v) for k, v in self.params.items()},
+                    "dst_crs": vectors.dst_crs,
+                    "instances": asdict(InstanceParams.from_card(card.postprocess)),
+                }
+            ),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        self.writer: VectorWriter = stack.enter_context(
+            VectorWriter(
+                vectors.dst,
+                crs=out_crs,
+                layers=[LayerSpec(c.layer, c.id, c.name, c.color) for c in wanted],
+                metadata=metadata,
+                overwrite=overwrite,
+            )
+        )
+        self.vstats = vstats
+        if vstats is not None:
+            vstats.polygons = {c.layer: 0 for c in wanted}
+            vstats.area_m2 = {c.layer: 0.0 for c in wanted}
+            vstats.outputs = [str(p) for p in dict.fromkeys(self.writer.outputs.values())]
+        self.source = tags["GEOSEG_SOURCE"]
+
+    def write(self, batch: list[Instance]) -> list[Any]:
+        """Clean and write final instances; their cleaned geometries (None: dropped)."""
+        import shapely
+
+        from geoseg.vectorize import clean_geometries
+        from geoseg.vectorize.metric import area_perimeter_m
+
+        out: list[Any] = [None] * len(batch)
+        for cid, cls in self.by_id.items():
+            idx = [i for i, inst in enumerate(batch) if inst.class_id == cid]
+            if not idx:
+                continue
+            cleaned = clean_geometries(
+                [batch[i].geometry for i in idx], self.params[cid], crs=self.crs, bounds=self.bounds
+            )
+            kept = [(i, g) for i, g in zip(idx, cleaned, strict=True) if g is not None]
+            if self.vstats is not None:
+                self.vstats.dropped += len(idx) - len(kept)
+            if not kept:
+                continue
+            geoms = [g for _, g in kept]
+            area, perim = area_perimeter_m(geoms, self.crs, self.bounds)
+            placed = (
+                geoms
+                if self.to_out is None
+                else list(shapely.transform(np.asarray(geoms, object), self._xy, interleaved=False))
+            )
+            self.writer.write(
+                cls.layer,
+                placed,
+                {
+                    "area_m2": list(area),
+                    "perimeter_m": list(perim),
+                    "confidence": [batch[i].score for i, _ in kept],
+                    "source": [self.source] * len(kept),
+                },
+            )
+            if self.vstats is not None:
+                self.vstats.polygons[cls.layer] += len(kept)
+                self.vstats.area_m2[cls.layer] += float(np.sum(area))
+            for i, g in kept:
+                out[i] = g
+        return out
+
+    def _xy(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.to_out(x, y)
+
+    def close(self) -> None:
+        """Nothing to do: the writer finishes with the run's exit stack."""
