@@ -156,7 +156,9 @@ def test_evaluate_exit_codes_and_error_lines(tmp_path, scene, tiny_model_dir):
         labels, "-o", tmp_path / "report",
     )  # fmt: skip
     assert code == 1 and error_line(err)
-    code, _, err = run("evaluate", "--model", tiny_model_dir, "--labels", labels, "-o", tmp_path / "r")
+    code, _, err = run(
+        "evaluate", "--model", tiny_model_dir, "--labels", labels, "-o", tmp_path / "r"
+    )
     assert code == 1 and error_line(err).endswith("no images to evaluate; pass --images PATHS")
     assert not (tmp_path / "report").exists()
 

@@ -187,7 +187,9 @@ def test_without_pyarrow_the_run_stops_before_any_work_with_the_install_line(
     from geoseg.errors import GeosegError
 
     monkeypatch.setitem(sys.modules, "pyarrow", None)
-    with pytest.raises(GeosegError, match=r"pip install 'geoseg\[parquet\]' or write formats=gpkg only"):
+    with pytest.raises(
+        GeosegError, match=r"pip install 'geoseg\[parquet\]' or write formats=gpkg only"
+    ):
         run_batch(grid_work(tmp_path, scene, size=70), tmp_path / "out", formats=("parquet",))
     assert not (tmp_path / "out").exists()
 

@@ -23,7 +23,7 @@ import geoseg
 from geoseg.errors import ConfigError
 from geoseg.infer.instances import InstanceMerger, InstanceParams, tile_instances
 from geoseg.models.checkpoint import load_checkpoint, save_checkpoint
-from geoseg.models.registry import Architecture, _REGISTRY, build_model, register
+from geoseg.models.registry import _REGISTRY, Architecture, build_model, register
 from geoseg.tiling import make_grid
 from tests.conftest import tiny_card, write_raster
 
@@ -53,7 +53,11 @@ class _Blobs(torch.nn.Module):
                     masks.append(labels == k)
                     scores.append(0.5 + value / 512)
             k = len(masks)
-            m = np.stack(masks)[:, None].astype(np.float32) if k else np.zeros((0, 1) + img.shape[1:])
+            m = (
+                np.stack(masks)[:, None].astype(np.float32)
+                if k
+                else np.zeros((0, 1, *img.shape[1:]))
+            )
             out.append(
                 {
                     "masks": torch.from_numpy(m),
