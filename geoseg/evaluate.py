@@ -546,6 +546,7 @@ def evaluate(
     from geoseg.io.labels import read_vector_labels
     from geoseg.models.checkpoint import LoadedModel, load_checkpoint
     from geoseg.pipeline import run_scene
+    from geoseg.pipeline.instances import InstanceVectors
 
     cfg = config or EvalConfig()
     t0 = time.perf_counter()
@@ -579,8 +580,9 @@ def evaluate(
     best = _Focus()
     label_paths = [str(p) for p in labels]
     scoring = _Scoring(
-        kind, label_paths, lookup, frames, cm, cover, obj_ids, best, pred_objects, true_objects
-    )
+        kind, label_paths, lookup, frames, cm, cover, obj_ids, best, pred_objects, true_objects,
+        instance=card.task == "instance",
+    )  # fmt: skip
     n = len(images)
     keep_dir = cfg.keep_predictions
     if keep_dir is not None:
@@ -592,7 +594,16 @@ def evaluate(
         for i, image in enumerate(images):
             dst = outdir / f"{i:03d}_{Path(image).stem}_classes.tif"
             class_paths.append(dst)
-            run_scene(image, dst, loaded, pcfg, progress=_image_progress(progress, i, n))
+            run_scene(
+                image,
+                dst,
+                loaded,
+                pcfg,
+                progress=_image_progress(progress, i, n),
+                instance_vectors=(
+                    InstanceVectors(dst.with_suffix(".gpkg")) if scoring.instance else None
+                ),
+            )
             results.append(
                 _score_prediction(
                     i, image, dst, scoring, cfg, loaded.card, keep=keep_dir is not None
@@ -635,6 +646,8 @@ class _Scoring:
     best: _Focus
     pred_objects: dict[int, list[Any]]
     true_objects: dict[int, list[Any]]
+    #: An instance model: its objects are its own polygons, not a vectorized class raster.
+    instance: bool = False
 
 
 def _score_prediction(
@@ -642,8 +655,8 @@ def _score_prediction(
 ) -> ImageResult:
     """Score image `i`'s class raster `dst` (or its polygons) into `s`; the image's row."""
     written: dict[int, list[Any]] | None = None
-    if cfg.through_polygons:
-        dst, written = _through_polygons(dst, s.obj_ids)
+    if cfg.through_polygons or s.instance:
+        dst, written = _through_polygons(dst, s.obj_ids, written_by_run=s.instance)
     with RasterSource(dst) as cls_src:
         truth = _Truth(s.kind, s.label_paths, i, cls_src.spec, s.lookup, s.frames)
         before = {c: len(s.pred_objects[c]) for c in s.obj_ids}
@@ -786,18 +799,23 @@ def _score_image(
     return img_cm
 
 
-def _through_polygons(classes: Path, obj_ids: Sequence[int]) -> tuple[Path, dict[int, list[Any]]]:
+def _through_polygons(
+    classes: Path, obj_ids: Sequence[int], *, written_by_run: bool = False
+) -> tuple[Path, dict[int, list[Any]]]:
     """Vectorize a class raster as ``predict -o X.gpkg`` does and rasterize the polygons back.
 
     Returns the rasterized copy (beside ``classes``, same grid, nodata kept) and the
-    written polygons of the object classes, in the raster's CRS.
+    written polygons of the object classes, in the raster's CRS.  ``written_by_run``:
+    the polygons are already beside the raster (``<stem>.gpkg``, an instance model's
+    objects, one polygon each), not vectorized from it.
     """
     import pyogrio
 
     from geoseg.pipeline import VectorizeConfig, run_vectorize
 
     gpkg = classes.with_suffix(".gpkg")
-    run_vectorize(classes, gpkg, VectorizeConfig(overwrite=True))
+    if not written_by_run:
+        run_vectorize(classes, gpkg, VectorizeConfig(overwrite=True))
     with rasterio.open(classes) as ds:
         profile = ds.profile
         original = ds.read(1)

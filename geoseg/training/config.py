@@ -734,6 +734,8 @@ class TrainConfig:
                     f"needs a source with vector labels that label {self.contact_class!r} "
                     "(each polygon one object) to learn where objects touch; none does",
                 )
+        if self.task == "instance":
+            self._check_instance_sources()
         _num(self.contact_weight, "contact_weight", lo=0)
         _int(self.contact_radius, "contact_radius", lo=1)
         _int(self.stats_chips, "stats_chips", lo=1)
@@ -778,6 +780,23 @@ class TrainConfig:
             if getattr(self, key) is not None:
                 object.__setattr__(self, key, Path(getattr(self, key)))
 
+    def _check_instance_sources(self) -> None:
+        """An instance model learns objects one by one: from vector labels only."""
+        if self.contact_class is not None:
+            raise _fail(
+                "contact_class",
+                f"{self.architecture} separates its objects itself; remove contact_class",
+            )
+        for i, src in enumerate(self.sources):
+            objects = [c for c in src.labelled_classes if c != self.classes[0].name]
+            if objects and src.kind != "vector":
+                raise _fail(
+                    f"sources[{i}].labels",
+                    f"are rasters, but {self.architecture} learns {', '.join(objects)} object "
+                    "by object: give vector labels (each polygon one object), or leave "
+                    "this source out",
+                )
+
     def _check_grid(self) -> None:
         """Chip, tile and overlap sizes fit the architecture's stride; the pixel size."""
         from geoseg.models.registry import architecture_stride
@@ -809,6 +828,13 @@ class TrainConfig:
         overlap = _int(self.overlap, "overlap", lo=0)
         if overlap >= tile // 2:
             raise _fail("overlap", f"must be < tile_size / 2 = {tile // 2}, got {overlap}")
+
+    @property
+    def task(self) -> str:
+        """``"semantic"`` or ``"instance"`` (Mask R-CNN), as the architecture is."""
+        from geoseg.models.registry import architecture_task
+
+        return architecture_task(self.architecture)
 
     @property
     def stride(self) -> int:

@@ -48,6 +48,7 @@ from geoseg.io.labels import LabelLookup, read_vector_labels
 from geoseg.io.read import EARTH_RADIUS_M
 from geoseg.training.config import IGNORE_INDEX, SourceConfig, TrainConfig
 from geoseg.training.contact import CONTACT_FLAG, contact_pixels, encode_contact
+from geoseg.training.instances import encode_instances
 
 log = logging.getLogger(__name__)
 
@@ -344,10 +345,12 @@ class VectorLabels(VectorDataset):
         where: str = "labels",
         contact_class: int | None = None,
         contact_radius: int = 1,
+        instances: bool = False,
     ) -> None:
         super().__init__(paths=list(paths), crs=crs, res=res, label_name=label_field, layer=layer)
         self.contact_class = contact_class
         self.contact_radius = contact_radius
+        self.instances = instances
         self._geoms: list[np.ndarray] = []
         self._ids: list[np.ndarray] = []
         self._trees: list[shapely.STRtree] = []
@@ -384,6 +387,25 @@ class VectorLabels(VectorDataset):
             )
         else:
             mask = np.zeros((height, width), dtype=np.uint8)
+        if self.instances:
+            # Every polygon of a class (not background, not ignored) is one object.
+            objects = [g for g, c in shapes if 0 < c < CONTACT_FLAG]
+            ids = (
+                rasterio.features.rasterize(
+                    zip(objects, range(1, len(objects) + 1), strict=True),
+                    out_shape=(height, width),
+                    transform=transform,
+                    fill=0,
+                    dtype="int32",
+                )
+                if objects
+                else np.zeros((height, width), np.int32)
+            )
+            return {
+                "crs": self.crs,
+                "bounds": query,
+                "mask": torch.from_numpy(encode_instances(mask, ids)),
+            }
         objects = [g for g, c in shapes if c == self.contact_class]
         if objects:
             ids = rasterio.features.rasterize(
@@ -666,6 +688,7 @@ def build_training_data(config: TrainConfig) -> TrainingData:
                     where=f"{where}.labels",
                     contact_class=contact_ids[si],
                     contact_radius=config.contact_radius,
+                    instances=config.task == "instance",
                 )
             else:
                 labels = LabelRaster(label_files, lookup=lookup, crs=images.crs, res=images.res)

@@ -361,6 +361,9 @@ def _chip_cache(config: TrainConfig, data: Any, emit: TrainCallback) -> Any:
     """The images in memory as chips (:class:`ChipCache`) when asked and there is room."""
     if not config.cache:
         return None
+    if config.task == "instance":
+        log.info("instance training reads chips one by one (the chip cache keeps no object ids)")
+        return None
     import psutil
 
     from geoseg.training.data import ChipCache, allowed_values
@@ -513,6 +516,9 @@ def train(config: TrainConfig, callback: TrainCallback | None = None) -> TrainRe
     labelled = labelled_matrix(data.labelled, n_classes).to(device)
     objective = _Objective(loss_fn, labelled, n_classes, config, data.contact_known, device)
     batches = _Batches(config, card, device)
+    instance = card.task == "instance"
+    if instance:
+        from geoseg.training.instances import instance_loss
 
     steps = config.samples_per_epoch // config.batch_size
     total_steps = steps * config.epochs
@@ -552,8 +558,10 @@ def train(config: TrainConfig, callback: TrainCallback | None = None) -> TrainRe
                 group["lr"] = lr
             x, mask, source = batches(batch, generator)
             with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
-                logits = model(x)
-            loss = objective(logits, mask, source)
+                if instance:
+                    loss = instance_loss(model, x, mask)
+                else:
+                    loss = objective(model(x), mask, source)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -569,7 +577,9 @@ def train(config: TrainConfig, callback: TrainCallback | None = None) -> TrainRe
         due = (epoch + 1) % config.validation.every == 0 or epoch + 1 == config.epochs
         if validate_any and due:
             row.update(
-                _validate(model, data, batches, objective, config, use_amp, amp_dtype, cache)
+                _validate_instances(model, data, batches, config)
+                if instance
+                else _validate(model, data, batches, objective, config, use_amp, amp_dtype, cache)
             )
         row["time_s"] = round(time.perf_counter() - t0, 3)
         history.append(row)
@@ -749,6 +759,51 @@ def _validate(
     if objective.contact_known is not None and counts.sum():
         tp, fp, fn = (int(v) for v in counts)
         out["val_contact_f1"] = 2 * tp / max(1, 2 * tp + fp + fn)
+    return out
+
+
+def _validate_instances(
+    model: nn.Module, data: TrainingData, batches: _Batches, config: TrainConfig
+) -> dict[str, Any]:
+    """Mean and per-class IoU of the class maps painted from the detector's instances."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from geoseg.infer.instances import InstanceParams
+    from geoseg.metrics import ConfusionMatrix
+    from geoseg.training.data import ChipDataset
+    from geoseg.training.instances import INSTANCE_SHIFT, paint_instances
+    from geoseg.training.losses import labelled_matrix
+
+    params = InstanceParams()
+    labelled = labelled_matrix(data.labelled, len(config.classes)).numpy()
+    loader = DataLoader(
+        ChipDataset(data, data.val_queries),
+        batch_size=config.batch_size,
+        num_workers=config.workers,
+        worker_init_fn=_fresh_file_handles,
+    )
+    cm = ConfusionMatrix(config.class_names)
+    model.eval()
+    with torch.inference_mode():
+        for batch in loader:
+            x, mask, source = batches(batch, None)
+            pred = paint_instances(
+                model(x),
+                (int(x.shape[-2]), int(x.shape[-1])),
+                params.score_threshold,
+                params.mask_threshold,
+            )
+            truth = mask.cpu().numpy()
+            truth = np.where(truth == IGNORE_INDEX, truth, truth % INSTANCE_SHIFT)
+            rows = labelled[source.cpu().numpy()]
+            for i in range(len(pred)):
+                cm.update(truth[i], pred[i], rows[i])
+    model.train()
+    m = cm.metrics()
+    out: dict[str, Any] = {"val_miou": m.mean_iou}
+    for c in m.classes:
+        out[f"val_iou_{c.name}"] = c.iou
     return out
 
 

@@ -266,3 +266,21 @@ def test_an_untrained_mask_rcnn_runs_through_predict(tmp_path):
     assert info["features"] == result.vector_stats.polygons["buildings"]
     with rasterio.open(result.classes) as ds:
         assert ds.shape == (96, 80) and set(np.unique(ds.read(1))) <= {0, 1}
+
+
+def test_evaluate_scores_an_instance_model_on_its_own_polygons(tmp_path, blobs_model):
+    import geopandas as gpd
+
+    # A row of four touching houses (one wall each) and one alone: semantic
+    # vectorization would give two objects; the instance model's polygons give five.
+    boxes = [(20, 10 + 12 * i, 34, 22 + 12 * i) for i in range(4)] + [(60, 60, 72, 74)]
+    img, _ = _scene(96, 96, boxes)
+    tf = Affine(PX, 0, ORIGIN[0], 0, -PX, ORIGIN[1])
+    scene = write_raster(tmp_path / "scene.tif", img, transform=tf)
+    polys = [shapely.box(*(tf * (c0, r1)), *(tf * (c1, r0))) for r0, c0, r1, c1 in boxes]
+    labels = tmp_path / "labels.gpkg"
+    gpd.GeoDataFrame({"class": ["building"] * 5}, geometry=polys, crs="EPSG:32633").to_file(labels)
+    report = geoseg.evaluate(scene, labels, model=blobs_model)
+    [objects] = report.objects
+    assert (objects.tp, objects.fp, objects.fn) == (5, 0, 0)
+    assert report.pixel.classes[1].iou == pytest.approx(1.0)
