@@ -30,6 +30,7 @@ from geoseg.batch.vector import RegionShare, VectorPlan, vectorize_region
 from geoseg.errors import GeosegWarning, RasterReadError
 from geoseg.models.cache import cached_model, remember_model
 from geoseg.pipeline import PredictConfig, VectorizeConfig, run_scene, run_vectorize
+from geoseg.pipeline.instances import InstanceVectors
 from geoseg.types import PixelWindow
 
 __all__ = [
@@ -170,6 +171,10 @@ def run_region(task: RegionTask) -> RegionResult:
     keep_classes = _valid(out_dir, expected, "classes")
     if keep_classes and (vector_key is None or _valid(out_dir, expected, vector_key)):
         return RegionResult(task.region, "reused", expected, worker)
+    loaded = cached_model(task.model_path, task.model_sha256)
+    # An instance model writes its polygons with the class raster, never from it.
+    instance = loaded.card.task == "instance" and task.vector is not None
+    keep_classes = keep_classes and not instance
     append_line(
         out_dir / "attempts.jsonl",
         {
@@ -188,13 +193,17 @@ def run_region(task: RegionTask) -> RegionResult:
         if keep_classes:
             outputs = {"classes": expected["classes"]}
         else:
-            loaded = cached_model(task.model_path, task.model_sha256)
             raster.parent.mkdir(parents=True, exist_ok=True)
-            stats = run_scene(task.src, raster, loaded, task.predict)
+            stats = run_scene(
+                task.src, raster, loaded, task.predict, instance_vectors=_instances(task, out_dir)
+            )
             outputs = {"classes": OutputFile.of(out_dir, raster)}
         t1 = time.perf_counter()
         polygons = seam_pieces = None
-        if task.vector is not None and task.vectorize is not None:
+        if instance and stats is not None and task.vector is not None:
+            outputs["polygons"] = OutputFile.of(out_dir, out_dir / task.vector)
+            polygons = dict(stats.vector.polygons)
+        elif task.vector is not None and task.vectorize is not None:
             vector = out_dir / task.vector
             vstats = run_vectorize(raster, vector, task.vectorize)
             outputs["polygons"] = OutputFile.of(out_dir, vector)
@@ -248,3 +257,12 @@ def worker_versions() -> dict[str, Any]:
     from geoseg import __version__
 
     return {"geoseg": __version__, "pid": os.getpid()}
+
+
+def _instances(task: RegionTask, out_dir: Path) -> InstanceVectors | None:
+    """Where an instance model writes a raster's polygons (None without vector output)."""
+    if task.vector is None or task.vectorize is None:
+        return None
+    return InstanceVectors(
+        out_dir / task.vector, cleanup=task.vectorize.cleanup, dst_crs=task.vectorize.dst_crs
+    )
