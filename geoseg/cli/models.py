@@ -181,7 +181,7 @@ def wrap(
 
     require("torch", "wrapping weights")
     from geoseg.models import ModelCard, wrap_state_dict
-    from geoseg.models.registry import architecture_stride
+    from geoseg.models.registry import architecture_stride, architecture_task
     from geoseg.pipeline import parse_range
 
     bands = tuple(b.strip() for b in band_names.split(","))
@@ -193,6 +193,7 @@ def wrap(
         {
             "name": name or dst.name,
             "architecture": arch,
+            "task": architecture_task(arch),
             "encoder": encoder,
             "bands": list(bands),
             "classes": _parse_classes(classes),

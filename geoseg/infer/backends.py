@@ -503,6 +503,15 @@ def _exporter_log_to_debug() -> Iterator[None]:
         setattr(torch._C, "_jit_onnx_log", original)  # noqa: B010
 
 
+def _semantic_only(card: ModelCard, what: str) -> None:
+    """Refuse ``what`` for an instance model (it runs on PyTorch only)."""
+    if card.task == "instance":
+        raise ConfigError(
+            f"{card.name} is an instance model ({card.architecture}): it runs on PyTorch in "
+            f"float32 and has no {what}"
+        )
+
+
 def export_onnx(model: nn.Module, card: ModelCard, path: str | Path) -> Path:
     """Export ``model`` (logits) as an ONNX graph of softmax probabilities, checked.
 
@@ -677,6 +686,7 @@ def ship_onnx(checkpoint: str | Path, *, overwrite: bool = False) -> Path:
     if graph.exists() and not overwrite:
         raise OutputExistsError(f"{graph} exists; pass overwrite=True to export it again")
     loaded = load_checkpoint(directory)
+    _semantic_only(loaded.card, "ONNX graph")
     export_onnx(loaded.model, loaded.card, graph)
     record = {
         "weights_sha256": loaded.sha256,

@@ -211,6 +211,11 @@ def quantize_checkpoint(
 
     directory = resolve_model_path(checkpoint)
     loaded = load_checkpoint(directory, lazy=True)
+    if loaded.card.task == "instance":
+        raise ConfigError(
+            f"{loaded.card.name} is an instance model ({loaded.card.architecture}): it runs on "
+            "PyTorch in float32; there is no int8 graph to make"
+        )
     shipped = loaded.onnx_graph
     if shipped is None:
         raise ConfigError(

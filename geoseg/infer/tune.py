@@ -234,6 +234,11 @@ def tune(
 
     if seconds <= 0:
         raise ConfigError(f"seconds must be > 0, got {seconds}", field="seconds")
+    if card.task == "instance":
+        raise ConfigError(
+            f"{card.name} is an instance model: it runs on PyTorch in float32, there is no "
+            "engine to choose"
+        )
     if rounds < 1:
         raise ConfigError(f"rounds must be >= 1, got {rounds}", field="rounds")
     threads = threads or default_threads()

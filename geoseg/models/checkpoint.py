@@ -375,6 +375,9 @@ def wrap_state_dict(
     """
     state = read_state_dict(weights)
     model = build_model(card)
+    if card.task == "instance" and not any(k.startswith("net.") for k in state):
+        # torchvision's own detector weights (backbone., rpn., roi_heads.): ours wrap them.
+        state = {f"net.{k}": v for k, v in state.items()}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -392,6 +395,7 @@ def card_summary(card: ModelCard) -> dict[str, Any]:
             {
                 "name": card.name,
                 "architecture": card.architecture,
+                "task": card.task,
                 "encoder": card.encoder,
                 "bands": list(card.bands),
                 "classes": [{"id": c.id, "name": c.name, "color": c.color} for c in card.classes],

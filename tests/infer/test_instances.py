@@ -284,3 +284,19 @@ def test_evaluate_scores_an_instance_model_on_its_own_polygons(tmp_path, blobs_m
     [objects] = report.objects
     assert (objects.tp, objects.fp, objects.fn) == (5, 0, 0)
     assert report.pixel.classes[1].iou == pytest.approx(1.0)
+
+
+def test_instance_models_have_no_onnx_int8_or_tuning(tmp_path):
+    from geoseg.infer.backends import ship_onnx
+    from geoseg.infer.quantize import quantize_checkpoint
+    from geoseg.infer.tune import tune
+
+    card = _maskrcnn_card()
+    ckpt = save_checkpoint(build_model(card), card, tmp_path / "mrcnn")
+    with pytest.raises(ConfigError, match="has no ONNX graph"):
+        ship_onnx(ckpt)
+    with pytest.raises(ConfigError, match="no int8 graph"):
+        quantize_checkpoint(ckpt)
+    with pytest.raises(ConfigError, match="no engine to choose"):
+        tune(load_checkpoint(ckpt), card)
+    assert not (ckpt / "model.onnx").exists()
