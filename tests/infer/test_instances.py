@@ -69,11 +69,16 @@ class _Blobs(torch.nn.Module):
         return out
 
 
-if "blobs" not in _REGISTRY:
+@pytest.fixture(autouse=True)
+def _blobs_architecture():
+    """``blobs`` is in the registry for these tests only."""
     register(
         Architecture("blobs", lambda *a, **k: _Blobs(), None, "test detector", lambda e, p: 1,
                      task="instance")
     )  # fmt: skip
+    yield
+    del _REGISTRY["blobs"]
+
 
 PX = 0.5
 ORIGIN = (500000.0, 6000000.0)

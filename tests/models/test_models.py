@@ -18,6 +18,7 @@ from geoseg.models import (
     wrap_state_dict,
 )
 from geoseg.models.checkpoint import CARD_NAME, WEIGHTS_NAME
+from geoseg.models.registry import architecture_task
 from tests.conftest import tiny_card
 
 LIGHT_ENCODER = {"fcn": "resnet50", "segnet": "vgg11_bn"}
@@ -47,11 +48,16 @@ def test_registry_has_the_required_architectures():
         "segformer",
         "fcn",
         "segnet",
+        "maskrcnn",
     }
     assert required <= set(list_models())
 
 
-@pytest.mark.parametrize("arch", list_models())
+SEMANTIC = [a for a in list_models() if architecture_task(a) == "semantic"]
+
+
+# Instance architectures (maskrcnn) output objects, not logits: tests/infer/test_instances.py.
+@pytest.mark.parametrize("arch", SEMANTIC)
 def test_forward_odd_sizes_and_checkpoint_roundtrip(arch, tmp_path):
     card = card_for(arch)
     torch.manual_seed(0)
