@@ -209,6 +209,9 @@ class InstanceMerger:
         self._transform = transform
         self._match_iou = match_iou
         self._active: dict[int, Instance] = {}
+        # Held instances by the tile that found them: a new instance is compared only
+        # with those of tiles overlapping its own, so a row of many tiles stays cheap.
+        self._tiles: dict[tuple[int, int], tuple[PixelWindow, set[int]]] = {}
         self._next = 0
         self.merged = 0
 
@@ -245,17 +248,32 @@ class InstanceMerger:
     def add(self, instances: Sequence[Instance]) -> None:
         """Add one tile's instances, dropping whichever of a matched pair loses."""
         for inst in instances:
-            matched = [k for k, other in self._active.items() if self._same(inst, other)]
+            near = [
+                k
+                for window, keys in self._tiles.values()
+                if _overlap(window, inst.window) is not None
+                for k in keys
+            ]
+            matched = [k for k in near if self._same(inst, self._active[k])]
             rank = (inst.margin, inst.score)
             if any((self._active[k].margin, self._active[k].score) >= rank for k in matched):
                 self.merged += 1
                 continue
             for k in matched:
-                del self._active[k]
+                self._drop(k)
                 self.merged += 1
             inst.key = self._next
             self._next += 1
             self._active[inst.key] = inst
+            self._tiles.setdefault(inst.tile, (inst.window, set()))[1].add(inst.key)
+
+    def _drop(self, key: int) -> Instance:
+        inst = self._active.pop(key)
+        keys = self._tiles[inst.tile][1]
+        keys.discard(key)
+        if not keys:
+            del self._tiles[inst.tile]
+        return inst
 
     def release(self, before_row: int | None) -> Iterator[Instance]:
         """Instances no later tile can match: those ending above ``before_row`` (all if None).
@@ -268,7 +286,7 @@ class InstanceMerger:
             if before_row is None or inst.rows[1] <= before_row
         ]
         for k in done:
-            yield self._active.pop(k)
+            yield self._drop(k)
 
     def top(self) -> int | None:
         """The first row any instance still held covers (None when none is held)."""
