@@ -33,7 +33,7 @@ from geoseg.io.read import RasterSource
 from geoseg.io.write_raster import RasterStripWriter
 from geoseg.pipeline.measure import VectorStats, cleanup_for, output_crs
 from geoseg.tiling import make_grid
-from geoseg.types import PixelWindow
+from geoseg.types import PixelWindow, Tile
 
 if TYPE_CHECKING:
     from geoseg.io.write_vector import VectorWriter
@@ -112,23 +112,9 @@ def _out_row(model_row: int, model_tf: Any, out_tf: Any) -> int:
     return int(np.floor((~out_tf * (out_tf.c, y))[1] + 1e-9))
 
 
-def execute_instances(
-    plan: ScenePlan,
-    stats: RunStats,
-    tags: dict[str, str],
-    progress: ProgressFn | None = None,
-    vectors: InstanceVectors | None = None,
-) -> VectorStats | None:
-    """Run a planned scene through an instance model; see the module docs.
-
-    Fills the raster run's ``stats`` (tiles, class pixels, outputs) and writes
-    the class raster with ``tags``; returns the polygons' statistics when
-    ``vectors`` is given.
-    """
-    import torch
-
-    src, dst, cfg, spec, loaded = plan.src, plan.dst, plan.cfg, plan.spec, plan.loaded
-    card = loaded.card
+def _check_instance_run(plan: ScenePlan) -> None:
+    """Refuse, before any work, what an instance model cannot do."""
+    src, cfg, spec, card = plan.src, plan.cfg, plan.spec, plan.loaded.card
     if cfg.region is not None:
         raise ConfigError(
             "instance models do not run on batch window regions yet; list the rasters under "
@@ -153,6 +139,64 @@ def execute_instances(
             f"{card.name} is an instance model: it runs on PyTorch in float32 "
             "(use backend='auto' and precision='auto')"
         )
+
+
+class _Detector:
+    """Runs tiles through the detector: each tile's instances, placed on the map."""
+
+    def __init__(
+        self,
+        model: Any,
+        device: Any,
+        card: Any,
+        input_range: tuple[float, float] | None,
+        grid_spec: Any,
+        params: InstanceParams,
+    ) -> None:
+        self.model, self.device, self.card = model, device, card
+        self.input_range, self.spec, self.params = input_range, grid_spec, params
+
+    def __call__(
+        self, tiles: list[Tile], reader: RasterSource, stats: RunStats
+    ) -> list[list[Instance]]:
+        import torch
+
+        reads = [reader.read(t.window) for t in tiles]
+        keep = [(t, d, v) for t, (d, v) in zip(tiles, reads, strict=True) if v.any()]
+        stats.tiles += len(tiles)
+        stats.skipped_tiles += len(tiles) - len(keep)
+        if not keep:
+            return []
+        x = np.stack([normalize(d, v, self.card, self.input_range) for _, d, v in keep])
+        with torch.inference_mode():
+            outs = self.model(torch.from_numpy(x).to(self.device))
+        found = []
+        for (t, _, v), o in zip(keep, outs, strict=True):
+            arrays = {k: val.detach().cpu().numpy() for k, val in o.items()}
+            found.append(
+                tile_instances(arrays, t, v, self.spec.transform, self.spec.shape, self.params)
+            )
+        return found
+
+
+def execute_instances(
+    plan: ScenePlan,
+    stats: RunStats,
+    tags: dict[str, str],
+    progress: ProgressFn | None = None,
+    vectors: InstanceVectors | None = None,
+) -> VectorStats | None:
+    """Run a planned scene through an instance model; see the module docs.
+
+    Fills the raster run's ``stats`` (tiles, class pixels, outputs) and writes
+    the class raster with ``tags``; returns the polygons' statistics when
+    ``vectors`` is given.
+    """
+    import torch
+
+    src, dst, cfg, spec, loaded = plan.src, plan.dst, plan.cfg, plan.spec, plan.loaded
+    card = loaded.card
+    _check_instance_run(plan)
     params = InstanceParams.from_card(card.postprocess)
     device = resolve_device(cfg.device)
     if cfg.threads:
@@ -207,27 +251,17 @@ def execute_instances(
                 if g is not None:
                     painter.add(inst, g)
 
+        detect = _Detector(model, device, card, cfg.input_range, rspec, params)
         rows, cols = grid.shape
-        done = 0
         batch_size = max(1, cfg.batch_size or 2)
         for r in range(rows):
             tiles = [grid.tile(r, c) for c in range(cols)]
             for i in range(0, len(tiles), batch_size):
                 chunk = tiles[i : i + batch_size]
-                reads = [reader.read(t.window) for t in chunk]
-                keep = [(t, d, v) for t, (d, v) in zip(chunk, reads, strict=True) if v.any()]
-                stats.skipped_tiles += len(chunk) - len(keep)
-                if keep:
-                    x = np.stack([normalize(d, v, card, cfg.input_range) for _, d, v in keep])
-                    with torch.inference_mode():
-                        outs = model(torch.from_numpy(x).to(device))
-                    for (t, _, v), o in zip(keep, outs, strict=True):
-                        o = {k: val.detach().cpu().numpy() for k, val in o.items()}
-                        merger.add(tile_instances(o, t, v, rspec.transform, rspec.shape, params))
-                done += len(chunk)
-                stats.tiles += len(chunk)
+                for found in detect(chunk, reader, stats):
+                    merger.add(found)
                 if progress is not None:
-                    progress(done, len(grid))
+                    progress(r * cols + i + len(chunk), len(grid))
             nxt = grid.row_starts[r + 1] if r + 1 < rows else None
             finish(merger.release(nxt))
             # Output rows above every instance still held and every tile to come are final.
