@@ -477,11 +477,9 @@ def train(config: TrainConfig, callback: TrainCallback | None = None) -> TrainRe
         Unreadable encoder weights or resume state.
     """
     import torch
-    from torch.utils.data import DataLoader
 
     from geoseg.infer.predictor import resolve_device
     from geoseg.training.data import (
-        ChipDataset,
         build_training_data,
     )
     from geoseg.training.losses import PartialLabelLoss, labelled_matrix
@@ -532,20 +530,7 @@ def train(config: TrainConfig, callback: TrainCallback | None = None) -> TrainRe
 
     for epoch in range(start, config.epochs):
         t0 = time.perf_counter()
-        seed = _derive(config.seed, epoch)
-        torch.manual_seed(seed)
-        chips = ChipDataset(data, data.train_queries(seed), cache)
-        loader = DataLoader(
-            chips,
-            batch_size=config.batch_size,
-            shuffle=False,
-            drop_last=True,
-            # Cached chips are array slices: worker processes would only compete with
-            # the network for the cores.
-            num_workers=0 if cache is not None else config.workers,
-            pin_memory=device.type == "cuda",
-            worker_init_fn=_fresh_file_handles,
-        )
+        loader = _epoch_loader(config, data, epoch, cache, device)
         generator = torch.Generator().manual_seed(_derive(config.seed, epoch, 1))
         model.train()
         n_batches = len(loader)
@@ -619,6 +604,30 @@ def train(config: TrainConfig, callback: TrainCallback | None = None) -> TrainRe
         history=tuple(history),
         log=run.log,
         curves=run.curves,
+    )
+
+
+def _epoch_loader(
+    config: TrainConfig, data: TrainingData, epoch: int, cache: Any, device: torch.device
+) -> Any:
+    """The epoch's training chips, drawn from the epoch's seed (so a resumed run draws the same)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from geoseg.training.data import ChipDataset
+
+    seed = _derive(config.seed, epoch)
+    torch.manual_seed(seed)
+    return DataLoader(
+        ChipDataset(data, data.train_queries(seed), cache),
+        batch_size=config.batch_size,
+        shuffle=False,
+        drop_last=True,
+        # Cached chips are array slices: worker processes would only compete with
+        # the network for the cores.
+        num_workers=0 if cache is not None else config.workers,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=_fresh_file_handles,
     )
 
 
