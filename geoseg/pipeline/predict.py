@@ -760,7 +760,10 @@ def execute_scene(
     if resolution is not None:
         stats.resampled_to_m = card.pixel_size_m
     if card.task == "instance":
+        from geoseg.extras import require
         from geoseg.pipeline.instances import execute_instances
+
+        require("torch", f"{card.name}, an instance model ({card.architecture}),")
 
         tags = _model_tags(loaded, cfg, str(src))
         stats.vector = execute_instances(plan, stats, tags, progress, instance_vectors)
