@@ -774,22 +774,8 @@ def execute_scene(
     tags = _model_tags(loaded, cfg, str(src))
     # What actually ran: the engine and the network's precision.
     tags["GEOSEG_ENGINE"] = f"{predictor.backend.name} {predictor.precision}"
-    colormap = {c.id: c.rgb for c in card.classes}
-    names = [c.name for c in card.classes]
     counts = np.zeros(256, dtype=np.int64)
     stream_stats = StreamStats()
-
-    def consume(strips: Any, writer: RasterStripWriter) -> None:
-        bg = _BackgroundWriter(lambda s: writer.write(s.row_off, s.classes, s.probs))
-        try:
-            for strip in strips:
-                counts[:] += np.bincount(strip.classes.ravel(), minlength=256)
-                bg.put(strip)
-        except BaseException:
-            bg.close(abandon=True)
-            raise
-        bg.close()
-
     n_readers = cfg.readers or default_readers(predictor.device)
     with contextlib.ExitStack() as handles:
         # One dataset handle per reader thread: GDAL handles are not thread-safe.
@@ -838,47 +824,76 @@ def execute_scene(
         )
         if cfg.region is not None:
             strips = crop_strips(strips, model_core or cfg.region, grid.origin)
-        crs = rspec.crs
-        if resolution is None:
-            with RasterStripWriter(
-                dst,
-                crs=crs,
-                transform=out_transform,
-                width=out_w,
-                height=out_h,
-                colormap=colormap,
-                class_names=names,
-                probabilities=cfg.probabilities,
-                overwrite=cfg.overwrite,
-                tags=tags,
-            ) as writer:
-                consume(strips, writer)
-        else:
-            from geoseg.io.resample import resample_back
-
-            counts[:] = 0
-            resample_back(
-                strips,
-                model_spec=rspec,
-                source=src,
-                bands=bands,
-                dst=dst,
-                probabilities=cfg.probabilities,
-                colormap=colormap,
-                class_names=names,
-                overwrite=cfg.overwrite,
-                tags=tags,
-                counts=counts,
-                assume_crs=cfg.assume_crs,
-                model_window=model_core,
-                region=cfg.region,
-            )
+        _write_classes(plan, strips, rspec, (out_transform, out_w, out_h), tags, counts, model_core)
 
     stats.tiles, stats.skipped_tiles = stream_stats.tiles, stream_stats.skipped_tiles
     stats.class_pixels = {c.id: int(counts[c.id]) for c in card.classes}
     stats.outputs = [str(dst)] + ([str(cfg.probabilities)] if cfg.probabilities else [])
     _finish_stats(stats, card, src, t0)
     return stats
+
+
+def _write_classes(
+    plan: ScenePlan,
+    strips: Iterator[Strip],
+    rspec: RasterSpec,
+    out_grid: tuple[Affine, int, int],
+    tags: dict[str, str],
+    counts: np.ndarray,
+    model_core: PixelWindow | None,
+) -> None:
+    """Write the class COG (and probabilities) from the finished strips, counting classes.
+
+    On the input's own pixels the strips are written as they come, in a background
+    thread; on a resampled model grid they are brought back to the input's grid
+    (:func:`geoseg.io.resample.resample_back`), which counts the classes it writes.
+    """
+    cfg, card = plan.cfg, plan.loaded.card
+    colormap = {c.id: c.rgb for c in card.classes}
+    names = [c.name for c in card.classes]
+    if plan.resolution is not None:
+        from geoseg.io.resample import resample_back
+
+        counts[:] = 0
+        resample_back(
+            strips,
+            model_spec=rspec,
+            source=plan.src,
+            bands=list(plan.bands),
+            dst=plan.dst,
+            probabilities=cfg.probabilities,
+            colormap=colormap,
+            class_names=names,
+            overwrite=cfg.overwrite,
+            tags=tags,
+            counts=counts,
+            assume_crs=cfg.assume_crs,
+            model_window=model_core,
+            region=cfg.region,
+        )
+        return
+    transform, width, height = out_grid
+    with RasterStripWriter(
+        plan.dst,
+        crs=rspec.crs,
+        transform=transform,
+        width=width,
+        height=height,
+        colormap=colormap,
+        class_names=names,
+        probabilities=cfg.probabilities,
+        overwrite=cfg.overwrite,
+        tags=tags,
+    ) as writer:
+        bg = _BackgroundWriter(lambda s: writer.write(s.row_off, s.classes, s.probs))
+        try:
+            for strip in strips:
+                counts[:] += np.bincount(strip.classes.ravel(), minlength=256)
+                bg.put(strip)
+        except BaseException:
+            bg.close(abandon=True)
+            raise
+        bg.close()
 
 
 def _finish_stats(stats: RunStats, card: Any, src: str, t0: float) -> None:

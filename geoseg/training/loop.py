@@ -515,11 +515,10 @@ def train(config: TrainConfig, callback: TrainCallback | None = None) -> TrainRe
     objective = _Objective(loss_fn, labelled, n_classes, config, data.contact_known, device)
     batches = _Batches(config, card, device)
     instance = card.task == "instance"
-    if instance:
-        from geoseg.training.instances import instance_loss
-
     steps = config.samples_per_epoch // config.batch_size
-    total_steps = steps * config.epochs
+    step_fn = _Step(
+        model, (optimizer, scaler), batches, objective, config, (use_amp, amp_dtype), instance
+    )
     history: list[dict[str, Any]] = list(state["history"]) if state else []
     best_miou: float | None = state.get("best_miou") if state else None
     best_epoch: int = int(state.get("best_epoch", 0)) if state else 0
@@ -535,25 +534,13 @@ def train(config: TrainConfig, callback: TrainCallback | None = None) -> TrainRe
         model.train()
         n_batches = len(loader)
 
-        def one_step(
-            step: int, batch: Any, epoch: int = epoch, generator: Any = generator
-        ) -> tuple[float, float]:
-            lr = lr_at(epoch * steps + step, total_steps, config.lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x, mask, source = batches(batch, generator)
-            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
-                if instance:
-                    loss = instance_loss(model, x, mask)
-                else:
-                    loss = objective(model(x), mask, source)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            return float(loss.detach()), lr
-
-        total_loss, n_steps, lr = _epoch_steps(loader, one_step, emit, epoch, config)
+        total_loss, n_steps, lr = _epoch_steps(
+            loader,
+            lambda step, batch, e=epoch, g=generator: step_fn(e * steps + step, batch, g),
+            emit,
+            epoch,
+            config,
+        )
         row: dict[str, Any] = {
             "epoch": epoch + 1,
             "train_loss": total_loss / max(1, n_steps),
@@ -629,6 +616,48 @@ def _epoch_loader(
         pin_memory=device.type == "cuda",
         worker_init_fn=_fresh_file_handles,
     )
+
+
+class _Step:
+    """One optimisation step: learning rate of the schedule, augmented batch, loss, update."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        opt: tuple[torch.optim.Optimizer, torch.amp.GradScaler],
+        batches: _Batches,
+        objective: _Objective,
+        config: TrainConfig,
+        amp: tuple[bool, torch.dtype],
+        instance: bool,
+    ) -> None:
+        self.model, (self.optimizer, self.scaler) = model, opt
+        self.batches, self.objective, self.config = batches, objective, config
+        self.use_amp, self.amp_dtype = amp
+        self.instance = instance
+        self.total = config.samples_per_epoch // config.batch_size * config.epochs
+
+    def __call__(self, step: int, batch: Any, generator: torch.Generator) -> tuple[float, float]:
+        """Run global step ``step`` on a loader batch; its loss and learning rate."""
+        import torch
+
+        from geoseg.training.instances import instance_loss
+
+        lr = lr_at(step, self.total, self.config.lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        x, mask, source = self.batches(batch, generator)
+        device = self.batches.device
+        with torch.autocast(device_type=device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+            if self.instance:
+                loss = instance_loss(self.model, x, mask)
+            else:
+                loss = self.objective(self.model(x), mask, source)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss.detach()), lr
 
 
 def _mixed_precision(config: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:
