@@ -38,6 +38,7 @@ SLOW_MODULES = frozenset(
         "tests/batch/test_vector_stage.py",
         "tests/batch/test_xarray.py",
         "tests/batch/test_parquet.py",
+        "tests/batch/test_instances_batch.py",
         "tests/robustness/test_corpus.py",
         "tests/robustness/test_corpus_bundled.py",
         "tests/robustness/test_odd_inputs.py",
@@ -57,6 +58,8 @@ SLOW_TESTS = frozenset(
         "test_suburb_trees_overhang_roofs_and_win_the_pixels",
         "test_suburb_parks_hold_pitches_and_no_house",
         "test_streamed_equals_whole_raster",
+        "test_mask_rcnn_trains_resumes_exactly_and_predicts",
+        "test_memory_holds_about_one_row_of_tiles_of_instances",
     }
 )
 
