@@ -194,8 +194,16 @@ def run_region(task: RegionTask) -> RegionResult:
             outputs = {"classes": expected["classes"]}
         else:
             raster.parent.mkdir(parents=True, exist_ok=True)
-            stats = run_scene(
-                task.src, raster, loaded, task.predict, instance_vectors=_instances(task, out_dir)
+            stats = (
+                run_scene(
+                    task.src,
+                    raster,
+                    loaded,
+                    task.predict,
+                    instance_vectors=_instances(task, out_dir),
+                )
+                if instance
+                else run_scene(task.src, raster, loaded, task.predict)
             )
             outputs = {"classes": OutputFile.of(out_dir, raster)}
         t1 = time.perf_counter()
