@@ -203,7 +203,7 @@ def resolve_model_path(model: str | Path) -> Path:
     names = ", ".join(bundled) or "none installed"
     raise CheckpointError(
         f"model {str(model)!r} is neither a bundled model ({names}) nor a checkpoint directory; "
-        "check the model name or path"
+        "pass model=NAME, a bundled model name or a checkpoint directory"
     )
 
 
