@@ -202,6 +202,17 @@ def from_mapping(
         raise
 
 
+def read_yaml_file(path: str | Path, what: str) -> Any:
+    """Read and parse a YAML settings file called `what` in messages (one line on failure)."""
+    from geoseg.errors import ConfigError
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what}: {exc.strerror or exc}") from exc
+    return load_yaml_mapping(text, what)
+
+
 def load_yaml_mapping(text: str, what: str) -> Any:
     """Parse YAML `text` (a settings file called `what` in messages)."""
     import yaml

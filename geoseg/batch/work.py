@@ -230,13 +230,9 @@ def load_work(path: str | os.PathLike[str], *, model: str | None = None) -> Work
     """
 
     p = Path(path)
-    from geoseg.settings import load_yaml_mapping
+    from geoseg.settings import read_yaml_file
 
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read the work file {p}: {exc.strerror or exc}") from exc
-    data = load_yaml_mapping(text, f"the work file {p}")
+    data = read_yaml_file(p, f"the work file {p}")
     if not isinstance(data, Mapping):
         raise ConfigError(
             f"{p} must be a YAML mapping with 'rasters:' or 'raster:'; see examples/regions.yaml"

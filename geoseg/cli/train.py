@@ -326,13 +326,9 @@ def _report(result: Any) -> None:
 def _read_config(path: Path) -> dict[str, Any]:
     """The settings mapping of a training YAML file."""
     from geoseg.errors import ConfigError
-    from geoseg.settings import load_yaml_mapping
+    from geoseg.settings import read_yaml_file
 
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read --config {path}: {exc.strerror or exc}") from exc
-    loaded = load_yaml_mapping(text, f"--config {path}")
+    loaded = read_yaml_file(path, f"--config {path}")
     if not isinstance(loaded, dict):
         raise ConfigError(f"--config {path} must hold a mapping of settings")
     return loaded

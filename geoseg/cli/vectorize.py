@@ -17,14 +17,10 @@ def load_cleanup_config(path: Path | None) -> dict[str, Any] | None:
         return None
 
     from geoseg.errors import ConfigError
-    from geoseg.settings import load_yaml_mapping
+    from geoseg.settings import read_yaml_file
     from geoseg.vectorize.clean import CleanupParams
 
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read --config {path}: {exc.strerror or exc}") from exc
-    data = load_yaml_mapping(text, f"--config {path}")
+    data = read_yaml_file(path, f"--config {path}")
     if isinstance(data, dict) and "classes" in data:
         data = data["classes"]
     if not isinstance(data, dict):
