@@ -17,8 +17,8 @@ install runs it without PyTorch.
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 from geoseg.infer.backends import ship_onnx
@@ -55,10 +55,16 @@ COMMANDS = [
 
 
 def main() -> None:
-    run_model = Path(sys.argv[1])
-    loaded = load_checkpoint(run_model)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_model", type=Path, help="a training run's model/ or last/")
+    ap.add_argument("heldout", type=Path, nargs="?", help="heldout.json of evaluate_heldout.py")
+    ap.add_argument(
+        "--dest", type=Path, default=DEST, help="where to write (default: the bundled model)"
+    )
+    args = ap.parse_args()
+    loaded = load_checkpoint(args.run_model)
     card = loaded.card
-    heldout = json.loads(Path(sys.argv[2]).read_text()) if len(sys.argv) > 2 else {}
+    heldout = json.loads(args.heldout.read_text()) if args.heldout else {}
     held = {}
     for source, r in heldout.items():
         held[source] = {
@@ -149,11 +155,11 @@ def main() -> None:
             },
         },
     )
-    save_checkpoint(loaded.model, new, DEST, overwrite=True, half=True)
+    save_checkpoint(loaded.model, new, args.dest, overwrite=True, half=True)
     # The graph is exported from the float16 weights as stored (cast back to float32), so it
     # runs exactly what the PyTorch backend runs.
-    graph = ship_onnx(DEST, overwrite=True)
-    for f in (DEST / "model.safetensors", graph):
+    graph = ship_onnx(args.dest, overwrite=True)
+    for f in (args.dest / "model.safetensors", graph):
         print(f, round(f.stat().st_size / 1e6, 1), "MB")
 
 

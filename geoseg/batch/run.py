@@ -780,12 +780,6 @@ def run_batch(
     out = Path(os.path.abspath(out_dir))
     # Checks that need no output directory come first: a refused run leaves nothing behind.
     model_dir, model_sha, card = _model(work)
-    if card.task == "instance" and work.mode != "rasters":
-        raise ConfigError(
-            f"{card.name} is an instance model: batch runs it over whole rasters (list them "
-            "under rasters: in the work file); window regions of one raster are not "
-            "supported for instance models yet"
-        )
     check_resolution(work, card.pixel_size_m)
     manifest, state = _prepare(out, resume=resume, overwrite=overwrite)
     regions = plan_regions(work)

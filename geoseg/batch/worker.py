@@ -25,13 +25,14 @@ from typing import Any
 import numpy as np
 
 from geoseg.batch.manifest import OutputFile, append_line, now_iso, outputs_valid
-from geoseg.batch.parts import write_part
-from geoseg.batch.vector import RegionShare, VectorPlan, vectorize_region
+from geoseg.batch.parts import InteriorPolygons, write_part
+from geoseg.batch.vector import RegionShare, VectorPlan, region_masks, vectorize_region
 from geoseg.errors import GeosegWarning, RasterReadError
 from geoseg.models.cache import cached_model, remember_model
 from geoseg.pipeline import PredictConfig, VectorizeConfig, run_scene, run_vectorize
-from geoseg.pipeline.instances import InstanceVectors
+from geoseg.pipeline.instances import InstanceCollector, InstanceVectors
 from geoseg.types import PixelWindow
+from geoseg.vectorize.polygonize import RegionPolygons
 
 __all__ = [
     "RegionResult",
@@ -173,7 +174,7 @@ def run_region(task: RegionTask) -> RegionResult:
         return RegionResult(task.region, "reused", expected, worker)
     loaded = cached_model(task.model_path, task.model_sha256)
     # An instance model writes its polygons with the class raster, never from it.
-    instance = loaded.card.task == "instance" and task.vector is not None
+    instance = loaded.card.task == "instance" and (task.vector or task.part) is not None
     keep_classes = keep_classes and not instance
     append_line(
         out_dir / "attempts.jsonl",
@@ -194,21 +195,22 @@ def run_region(task: RegionTask) -> RegionResult:
             outputs = {"classes": expected["classes"]}
         else:
             raster.parent.mkdir(parents=True, exist_ok=True)
+            vectors = _instances(task, out_dir) if instance else None
             stats = (
-                run_scene(
-                    task.src,
-                    raster,
-                    loaded,
-                    task.predict,
-                    instance_vectors=_instances(task, out_dir),
-                )
-                if instance
+                run_scene(task.src, raster, loaded, task.predict, instance_vectors=vectors)
+                if vectors is not None
                 else run_scene(task.src, raster, loaded, task.predict)
             )
             outputs = {"classes": OutputFile.of(out_dir, raster)}
         t1 = time.perf_counter()
         polygons = seam_pieces = None
-        if instance and stats is not None and task.vector is not None:
+        if instance and stats is not None and task.part is not None:
+            assert vectors is not None and vectors.collect is not None
+            part = out_dir / task.part
+            polygons = _write_instance_part(task, vectors.collect, part)
+            seam_pieces = 0
+            outputs["vector"] = OutputFile.of(out_dir, part)
+        elif instance and stats is not None and task.vector is not None:
             outputs["polygons"] = OutputFile.of(out_dir, out_dir / task.vector)
             polygons = dict(stats.vector.polygons)
         elif task.vector is not None and task.vectorize is not None:
@@ -216,7 +218,7 @@ def run_region(task: RegionTask) -> RegionResult:
             vstats = run_vectorize(raster, vector, task.vectorize)
             outputs["polygons"] = OutputFile.of(out_dir, vector)
             polygons = dict(vstats.polygons)
-        if task.part is not None:
+        elif task.part is not None:
             part = out_dir / task.part
             polygons, seam_pieces = _vectorize_part(task, raster, part)
             outputs["vector"] = OutputFile.of(out_dir, part)
@@ -268,9 +270,66 @@ def worker_versions() -> dict[str, Any]:
 
 
 def _instances(task: RegionTask, out_dir: Path) -> InstanceVectors | None:
-    """Where an instance model writes a raster's polygons (None without vector output)."""
+    """Where an instance model puts a region's polygons (None without vector output).
+
+    A whole raster writes its GeoPackage; a window collects the objects anchored
+    in the pixels it owns (:func:`geoseg.batch.vector.region_masks`) for its part.
+    """
+    if task.part is not None and task.plan is not None and task.share is not None:
+        owned, _ = region_masks(task.share)
+        assert task.window is not None
+        r0, c0 = task.window.row_off, task.window.col_off
+        h, w = owned.shape
+
+        def owns(row: int, col: int) -> bool:
+            r, c = row - r0, col - c0
+            return 0 <= r < h and 0 <= c < w and bool(owned[r, c])
+
+        return InstanceVectors(
+            None,
+            cleanup={lp.name: lp.cleanup for lp in task.plan.layers},
+            dst_crs=task.plan.dst_crs,
+            collect=InstanceCollector(owns),
+        )
     if task.vector is None or task.vectorize is None:
         return None
     return InstanceVectors(
         out_dir / task.vector, cleanup=task.vectorize.cleanup, dst_crs=task.vectorize.dst_crs
     )
+
+
+def _write_instance_part(
+    task: RegionTask, collected: InstanceCollector, part: Path
+) -> dict[str, int]:
+    """Store a window's instance polygons as its vector part (no seam pieces); polygons per layer.
+
+    Each polygon's order key is its anchor pixel on the mosaic grid.
+    """
+    assert task.plan is not None and task.share is not None and task.window is not None
+    n = len(collected.class_id)
+    dr = task.share.window.row_off - task.window.row_off
+    dc = task.share.window.col_off - task.window.col_off
+    anchors = np.array(collected.anchor, dtype=np.int64).reshape(n, 2)
+    geometry = np.empty(n, dtype=object)
+    geometry[:] = collected.geometry
+    interior = InteriorPolygons(
+        class_id=np.array(collected.class_id, dtype=np.int64),
+        row=anchors[:, 0] + dr,
+        col=anchors[:, 1] + dc,
+        piece=np.zeros(n, dtype=np.int64),
+        area_m2=np.array(collected.area_m2, dtype=np.float64),
+        perimeter_m=np.array(collected.perimeter_m, dtype=np.float64),
+        confidence=np.array(collected.confidence, dtype=np.float64),
+        geometry=geometry,
+    ).sorted()
+    no_seams = RegionPolygons(
+        interior=[],
+        interior_first=np.zeros((0, 2), dtype=np.int64),
+        seams=[],
+        seam_pixels=np.zeros((0, 2), dtype=np.int64),
+        seam_owner=np.zeros(0, dtype=np.int64),
+    )
+    write_part(part, interior, no_seams)
+    return {
+        lp.layer: int(np.count_nonzero(interior.class_id == lp.class_id)) for lp in task.plan.layers
+    }

@@ -17,12 +17,13 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from affine import Affine
 
 from geoseg import __version__
 from geoseg.errors import ConfigError, GeoreferenceError
@@ -42,7 +43,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["InstanceVectors", "execute_instances"]
+__all__ = ["InstanceCollector", "InstanceVectors", "anchor_pixel", "execute_instances"]
+
+
+def anchor_pixel(geometry: Any, transform: Any) -> tuple[int, int]:
+    """The pixel ``(row, col)`` of ``transform``'s grid under a point on ``geometry``'s surface."""
+    p = geometry.point_on_surface()
+    col, row = ~transform * (p.x, p.y)
+    return int(np.floor(row)), int(np.floor(col))
 
 
 @dataclass(frozen=True)
@@ -51,27 +59,71 @@ class InstanceVectors:
 
     Attributes
     ----------
-    dst : Path
-        The vector file (GeoPackage: one styled layer per instance class).
+    dst : Path, optional
+        The vector file (GeoPackage: one styled layer per instance class); None
+        with ``collect``.
     cleanup : mapping of class name to CleanupParams, optional
         Clean-up overrides per class (else the card's).
     dst_crs : str, optional
         CRS of the polygons (default: the raster's).
+    collect : InstanceCollector, optional
+        Keep the polygons in memory instead of writing a file (a batch window
+        region: its worker stores them in the region's vector part).
     """
 
-    dst: Path
+    dst: Path | None
     cleanup: Mapping[str, CleanupParams] | None = None
     dst_crs: str | None = None
+    collect: InstanceCollector | None = None
+
+
+@dataclass
+class InstanceCollector:
+    """The polygons of a region's instances, for :mod:`geoseg.batch` (no file written).
+
+    A batch window region runs the tiles that reach its window
+    (:func:`execute_instances`), so each object that touches the window is merged
+    as a run over the whole raster merges it.  Neighbouring regions find
+    the same object; it is kept only by the region that ``owns`` its *anchor*:
+    the input-grid pixel ``(row, col)`` under a point on the surface of its raw
+    polygon, the same in every region.
+
+    Attributes
+    ----------
+    owns : callable
+        ``owns(row, col)``: whether this region keeps an object anchored at that
+        pixel of the input raster.
+    class_id, anchor, area_m2, perimeter_m, confidence, geometry : list
+        One entry per kept polygon (cleaned, measured, in the output CRS); filled
+        by the run.
+    """
+
+    owns: Callable[[int, int], bool]
+    class_id: list[int] = field(default_factory=list)
+    anchor: list[tuple[int, int]] = field(default_factory=list)
+    area_m2: list[float] = field(default_factory=list)
+    perimeter_m: list[float] = field(default_factory=list)
+    confidence: list[float] = field(default_factory=list)
+    geometry: list[Any] = field(default_factory=list)
 
 
 class _Painter:
-    """Paints final instances into class strips on the output grid, top to bottom."""
+    """Paints final instances into class strips of the output window, top to bottom.
 
-    def __init__(self, writer: RasterStripWriter, source: RasterSource, counts: np.ndarray):
+    Rows are rows of the input raster; the writer's row 0 is ``window.row_off``.
+    """
+
+    def __init__(
+        self,
+        writer: RasterStripWriter,
+        source: RasterSource,
+        counts: np.ndarray,
+        window: PixelWindow,
+    ):
         self.writer, self.source, self.counts = writer, source, counts
-        self.spec = source.spec
-        self.done = 0  # output rows written
-        self.pending: list[tuple[Any, int, float]] = []  # geometry, class id, last output row
+        self.spec, self.window = source.spec, window
+        self.done = window.row_off  # input rows written
+        self.pending: list[tuple[Any, int, float]] = []  # geometry, class id, last input row
 
     def add(self, inst: Instance, geometry: Any) -> None:
         x0, y0, x1, y1 = geometry.bounds
@@ -84,15 +136,15 @@ class _Painter:
         import rasterio.features
         from affine import Affine
 
-        spec = self.spec
-        until = min(until, spec.height)
+        spec, window = self.spec, self.window
+        until = min(until, window.row_end)
         step = 512
         while self.done < until:
             rows = min(step, until - self.done)
-            win = PixelWindow(self.done, 0, rows, spec.width)
+            win = PixelWindow(self.done, window.col_off, rows, window.width)
             _, valid = self.source.read(win)
-            classes = np.zeros((rows, spec.width), np.uint8)
-            tf = spec.transform * Affine.translation(0, self.done)
+            classes = np.zeros((rows, window.width), np.uint8)
+            tf = spec.transform * Affine.translation(window.col_off, self.done)
             shapes = [(g, c) for g, c, _ in self.pending]
             if shapes:
                 rasterio.features.rasterize(
@@ -100,7 +152,7 @@ class _Painter:
                 )
             classes[~valid] = 255
             self.counts[:] += np.bincount(classes.ravel(), minlength=256)
-            self.writer.write(self.done, classes)
+            self.writer.write(self.done - window.row_off, classes)
             self.done += rows
             # Instances wholly above the rows written are done with.
             self.pending = [p for p in self.pending if p[2] > self.done]
@@ -115,12 +167,6 @@ def _out_row(model_row: int, model_tf: Any, out_tf: Any) -> int:
 def _check_instance_run(plan: ScenePlan) -> None:
     """Refuse, before any work, what an instance model cannot do."""
     src, cfg, spec, card = plan.src, plan.cfg, plan.spec, plan.loaded.card
-    if cfg.region is not None:
-        raise ConfigError(
-            "instance models do not run on batch window regions yet; list the rasters under "
-            "rasters: in the work file instead",
-            field="region",
-        )
     if spec.transform.b != 0 or spec.transform.d != 0:
         raise ConfigError(
             f"{src} is rotated; instance models need a north-up raster (warp it first, "
@@ -139,6 +185,30 @@ def _check_instance_run(plan: ScenePlan) -> None:
             f"{card.name} is an instance model: it runs on PyTorch in float32 "
             "(use backend='auto' and precision='auto')"
         )
+
+
+def _region_tiles(
+    plan: ScenePlan, grid: Any, rspec: Any
+) -> tuple[PixelWindow, list[int], list[int]]:
+    """The output window (input pixels) and the grid rows and columns of tiles to run.
+
+    A whole raster runs every tile; a batch window region the tiles of the whole
+    run's grid that reach its window (on the model grid).  Every tile that sees an
+    object touching the window whole reaches the window too, so such an object is
+    kept, merged and painted as the whole run keeps it; only an object that no tile
+    sees whole (larger than a tile) may be merged from other cut pieces.
+    """
+    spec, region = plan.spec, plan.cfg.region
+    n_rows, n_cols = grid.shape
+    if region is None:
+        return PixelWindow(0, 0, spec.height, spec.width), list(range(n_rows)), list(range(n_cols))
+    from geoseg.pipeline.predict import model_window
+
+    core = region if plan.resolution is None else model_window(region, spec, rspec)
+    r0, r1, c0, c1 = core.row_off, core.row_end, core.col_off, core.col_end
+    rows = [i for i, s in enumerate(grid.row_starts) if s < r1 and s + grid.tile_h > r0]
+    cols = [i for i, s in enumerate(grid.col_starts) if s < c1 and s + grid.tile_w > c0]
+    return region, rows, cols
 
 
 class _Detector:
@@ -223,20 +293,26 @@ def execute_instances(
             overlap=card.overlap if cfg.overlap is None else cfg.overlap,
             stride=card.stride,
         )
+        window, rows_run, cols_run = _region_tiles(plan, grid, rspec)
+        if cfg.region is not None:
+            stats.width, stats.height = window.width, window.height
+            stats.pixels = window.width * window.height
+            if stats.area_km2 is not None:
+                stats.area_km2 *= stats.pixels / (spec.width * spec.height)
         writer = stack.enter_context(
             RasterStripWriter(
                 dst,
                 crs=rspec.crs,
-                transform=spec.transform,
-                width=spec.width,
-                height=spec.height,
+                transform=spec.transform * Affine.translation(window.col_off, window.row_off),
+                width=window.width,
+                height=window.height,
                 colormap={c.id: c.rgb for c in card.classes},
                 class_names=[c.name for c in card.classes],
                 overwrite=cfg.overwrite,
                 tags=tags,
             )
         )
-        painter = _Painter(writer, out_valid, counts)
+        painter = _Painter(writer, out_valid, counts, window)
         sink = (
             _VectorSink(stack, vectors, card, spec, tags, vstats, overwrite=cfg.overwrite)
             if vectors
@@ -252,23 +328,24 @@ def execute_instances(
                     painter.add(inst, g)
 
         detect = _Detector(model, device, card, cfg.input_range, rspec, params)
-        rows, cols = grid.shape
         batch_size = max(1, cfg.batch_size or 2)
-        for r in range(rows):
-            tiles = [grid.tile(r, c) for c in range(cols)]
+        total, done = len(rows_run) * len(cols_run), 0
+        for k, r in enumerate(rows_run):
+            tiles = [grid.tile(r, c) for c in cols_run]
             for i in range(0, len(tiles), batch_size):
                 chunk = tiles[i : i + batch_size]
                 for found in detect(chunk, reader, stats):
                     merger.add(found)
+                done += len(chunk)
                 if progress is not None:
-                    progress(r * cols + i + len(chunk), len(grid))
-            nxt = grid.row_starts[r + 1] if r + 1 < rows else None
+                    progress(done, total)
+            nxt = grid.row_starts[rows_run[k + 1]] if k + 1 < len(rows_run) else None
             finish(merger.release(nxt))
             # Output rows above every instance still held and every tile to come are final.
             limits = [v for v in (nxt, merger.top()) if v is not None]
             if limits:
                 painter.paint(_out_row(min(limits), rspec.transform, spec.transform))
-        painter.paint(spec.height)
+        painter.paint(window.row_end)
         if sink is not None:
             sink.close()
     stats.class_pixels = {c.id: int(counts[c.id]) for c in card.classes}
@@ -281,7 +358,7 @@ def execute_instances(
 
 
 class _VectorSink:
-    """Cleans final instances as their class says and writes them with their scores."""
+    """Cleans final instances as their class says; writes them with their scores or collects them."""
 
     def __init__(
         self,
@@ -298,87 +375,119 @@ class _VectorSink:
 
         if spec.crs is None:
             raise GeoreferenceError(f"{tags['GEOSEG_SOURCE']} has no CRS; polygons need one")
-        check_output_path(vectors.dst, overwrite=overwrite)
+        if (vectors.dst is None) == (vectors.collect is None):
+            raise ConfigError("instance polygons need one of dst and collect")
         wanted = [c for c in card.classes[1:] if c.vectorize]
         self.params = {c.id: cleanup_for(c, card.postprocess, vectors.cleanup) for c in wanted}
         self.by_id = {c.id: c for c in wanted}
-        self.crs, self.bounds = spec.crs, spec.bounds
+        self.crs, self.bounds, self.transform = spec.crs, spec.bounds, spec.transform
         out_crs, self.to_out = output_crs(spec.crs, vectors.dst_crs)
-        metadata = {
-            "geoseg_version": __version__,
-            "model": tags["GEOSEG_MODEL"],
-            "model_sha256": tags["GEOSEG_MODEL_SHA256"],
-            "input": tags["GEOSEG_SOURCE"],
-            "task": "instance",
-            "predict_parameters": tags["GEOSEG_PARAMETERS"],
-            "parameters": json.dumps(
-                {
-                    "cleanup": {self.by_id[k].name: asdict(v) for k, v in self.params.items()},
-                    "dst_crs": vectors.dst_crs,
-                    "instances": asdict(InstanceParams.from_card(card.postprocess)),
-                }
-            ),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        self.writer: VectorWriter = stack.enter_context(
-            VectorWriter(
-                vectors.dst,
-                crs=out_crs,
-                layers=[LayerSpec(c.layer, c.id, c.name, c.color) for c in wanted],
-                metadata=metadata,
-                overwrite=overwrite,
+        self.collect = vectors.collect
+        self.writer: VectorWriter | None = None
+        if vectors.dst is not None:
+            check_output_path(vectors.dst, overwrite=overwrite)
+            metadata = {
+                "geoseg_version": __version__,
+                "model": tags["GEOSEG_MODEL"],
+                "model_sha256": tags["GEOSEG_MODEL_SHA256"],
+                "input": tags["GEOSEG_SOURCE"],
+                "task": "instance",
+                "predict_parameters": tags["GEOSEG_PARAMETERS"],
+                "parameters": json.dumps(
+                    {
+                        "cleanup": {self.by_id[k].name: asdict(v) for k, v in self.params.items()},
+                        "dst_crs": vectors.dst_crs,
+                        "instances": asdict(InstanceParams.from_card(card.postprocess)),
+                    }
+                ),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            self.writer = stack.enter_context(
+                VectorWriter(
+                    vectors.dst,
+                    crs=out_crs,
+                    layers=[LayerSpec(c.layer, c.id, c.name, c.color) for c in wanted],
+                    metadata=metadata,
+                    overwrite=overwrite,
+                )
             )
-        )
         self.vstats = vstats
         if vstats is not None:
             vstats.polygons = {c.layer: 0 for c in wanted}
             vstats.area_m2 = {c.layer: 0.0 for c in wanted}
-            vstats.outputs = [str(p) for p in dict.fromkeys(self.writer.outputs.values())]
+            if self.writer is not None:
+                vstats.outputs = [str(p) for p in dict.fromkeys(self.writer.outputs.values())]
         self.source = tags["GEOSEG_SOURCE"]
 
     def write(self, batch: list[Instance]) -> list[Any]:
-        """Clean and write final instances; their cleaned geometries (None: dropped)."""
-        import shapely
+        """Clean and write (or collect) final instances; their cleaned geometries (None: dropped).
 
+        With a collector every instance is cleaned (the class raster is painted from
+        the cleaned shapes) but only those the region owns are kept.
+        """
         from geoseg.vectorize import clean_geometries
-        from geoseg.vectorize.metric import area_perimeter_m
 
         out: list[Any] = [None] * len(batch)
-        for cid, cls in self.by_id.items():
+        for cid in self.by_id:
             idx = [i for i, inst in enumerate(batch) if inst.class_id == cid]
             if not idx:
                 continue
             cleaned = clean_geometries(
                 [batch[i].geometry for i in idx], self.params[cid], crs=self.crs, bounds=self.bounds
             )
-            kept = [(i, g) for i, g in zip(idx, cleaned, strict=True) if g is not None]
+            for i, g in zip(idx, cleaned, strict=True):
+                out[i] = g
+            anchors = {i: anchor_pixel(batch[i].geometry, self.transform) for i in idx}
+            mine = [i for i in idx if self.collect is None or self.collect.owns(*anchors[i])]
+            kept = [(i, out[i]) for i in mine if out[i] is not None]
             if self.vstats is not None:
-                self.vstats.dropped += len(idx) - len(kept)
-            if not kept:
-                continue
-            geoms = [g for _, g in kept]
-            area, perim = area_perimeter_m(geoms, self.crs, self.bounds)
-            placed = (
-                geoms
-                if self.to_out is None
-                else list(shapely.transform(np.asarray(geoms, object), self._xy, interleaved=False))
-            )
+                self.vstats.dropped += len(mine) - len(kept)
+            if kept:
+                self._emit(cid, batch, kept, [anchors[i] for i, _ in kept])
+        return out
+
+    def _emit(
+        self,
+        cid: int,
+        batch: list[Instance],
+        kept: list[tuple[int, Any]],
+        anchors: list[tuple[int, int]],
+    ) -> None:
+        import shapely
+
+        from geoseg.vectorize.metric import area_perimeter_m
+
+        cls = self.by_id[cid]
+        geoms = [g for _, g in kept]
+        area, perim = area_perimeter_m(geoms, self.crs, self.bounds)
+        placed = (
+            geoms
+            if self.to_out is None
+            else list(shapely.transform(np.asarray(geoms, object), self._xy, interleaved=False))
+        )
+        scores = [batch[i].score for i, _ in kept]
+        if self.writer is not None:
             self.writer.write(
                 cls.layer,
                 placed,
                 {
                     "area_m2": list(area),
                     "perimeter_m": list(perim),
-                    "confidence": [batch[i].score for i, _ in kept],
+                    "confidence": scores,
                     "source": [self.source] * len(kept),
                 },
             )
-            if self.vstats is not None:
-                self.vstats.polygons[cls.layer] += len(kept)
-                self.vstats.area_m2[cls.layer] += float(np.sum(area))
-            for i, g in kept:
-                out[i] = g
-        return out
+        if self.collect is not None:
+            c = self.collect
+            c.class_id.extend([cid] * len(kept))
+            c.anchor.extend(anchors)
+            c.area_m2.extend(float(a) for a in area)
+            c.perimeter_m.extend(float(p) for p in perim)
+            c.confidence.extend(scores)
+            c.geometry.extend(placed)
+        if self.vstats is not None:
+            self.vstats.polygons[cls.layer] += len(kept)
+            self.vstats.area_m2[cls.layer] += float(np.sum(area))
 
     def _xy(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.to_out(x, y)

@@ -51,3 +51,14 @@ class KillDuringRegion(WorkerPlugin):
 
         if self._original is not None:
             module.run_scene = self._original
+
+
+class RegisterBlobs(WorkerPlugin):
+    """Registers the test detector ``blobs`` (tests/instance_detector.py) on every worker."""
+
+    name = "register-blobs"
+
+    def setup(self, worker: Any) -> None:
+        from tests.instance_detector import register_blobs
+
+        register_blobs()

@@ -23,80 +23,25 @@ import geoseg
 from geoseg.errors import ConfigError
 from geoseg.infer.instances import InstanceMerger, InstanceParams, tile_instances
 from geoseg.models.checkpoint import load_checkpoint, save_checkpoint
-from geoseg.models.registry import _REGISTRY, Architecture, build_model, register
+from geoseg.models.registry import _REGISTRY, build_model
 from geoseg.tiling import make_grid
 from tests.conftest import tiny_card, write_raster
+from tests.instance_detector import blobs_scene as _scene
+from tests.instance_detector import register_blobs
 
 torch = pytest.importorskip("torch")
-
-
-class _Blobs(torch.nn.Module):
-    """Objects = 4-connected patches of one green value where red is bright."""
-
-    task = "instance"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.scale = torch.nn.Parameter(torch.ones(1))
-        self.min_pixels = 1
-
-    def forward(self, x: Any) -> list[dict[str, Any]]:
-        from scipy import ndimage
-
-        out = []
-        for img in x.detach().cpu().numpy():
-            # Roofs are red 220 with green 3 + 10 i: colours blended a little along edges
-            # (by resampling) still read as the same roof.
-            bright = img[0] > 0.75
-            group = np.round((img[1] * 255 - 3) / 10).astype(int)
-            masks, scores = [], []
-            for value in np.unique(group[bright]):
-                labels, n = ndimage.label(bright & (group == value))
-                for k in range(1, n + 1):
-                    if (labels == k).sum() >= self.min_pixels:
-                        masks.append(labels == k)
-                        scores.append(0.5 + value / 64)
-            k = len(masks)
-            m = (
-                np.stack(masks)[:, None].astype(np.float32)
-                if k
-                else np.zeros((0, 1, *img.shape[1:]))
-            )
-            out.append(
-                {
-                    "masks": torch.from_numpy(m),
-                    "scores": torch.tensor(scores, dtype=torch.float32),
-                    "labels": torch.ones(k, dtype=torch.int64),
-                    "boxes": torch.zeros((k, 4)),
-                }
-            )
-        return out
 
 
 @pytest.fixture(autouse=True)
 def _blobs_architecture():
     """``blobs`` is in the registry for these tests only."""
-    register(
-        Architecture("blobs", lambda *a, **k: _Blobs(), None, "test detector", lambda e, p: 1,
-                     task="instance")
-    )  # fmt: skip
+    register_blobs()
     yield
     del _REGISTRY["blobs"]
 
 
 PX = 0.5
 ORIGIN = (500000.0, 6000000.0)
-
-
-def _scene(h: int, w: int, boxes: list[tuple[int, int, int, int]]) -> tuple[np.ndarray, np.ndarray]:
-    """RGB scene and the truth instance ids of ``boxes`` (row0, col0, row1, col1)."""
-    img = np.full((3, h, w), 30, np.uint8)
-    ids = np.zeros((h, w), np.int32)
-    for i, (r0, c0, r1, c1) in enumerate(boxes, start=1):
-        img[0, r0:r1, c0:c1] = 220
-        img[1, r0:r1, c0:c1] = 3 + (10 * i) % 250
-        ids[r0:r1, c0:c1] = i
-    return img, ids
 
 
 @pytest.fixture
