@@ -203,6 +203,52 @@ def test_geopackage_spatial_index(tmp_path: Path) -> None:
     assert pyogrio.read_info(out, layer="batiments")["capabilities"]["fast_spatial_filter"]
 
 
+def test_the_spatial_index_is_built_once_when_the_file_is_complete(tmp_path: Path) -> None:
+    """No index while batches are appended; one bulk build on close, exact, kept up by GDAL."""
+    out = tmp_path / "many.gpkg"
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(0, 5000, 250), rng.uniform(0, 5000, 250)
+    geoms = list(shapely.box(x, y, x + rng.uniform(1, 30, 250), y + 7))
+    seen_during = []
+    with VectorWriter(out, crs="EPSG:32633", layers=SPECS, metadata=METADATA) as writer:
+        for i in range(0, 250, 50):
+            writer.write("Bâtiments", geoms[i : i + 50], attributes(50))
+            with connect_ro(writer._store) as con:  # the file being written
+                seen_during.append(
+                    con.execute(
+                        "SELECT COUNT(*) FROM sqlite_master WHERE name LIKE 'rtree_%'"
+                    ).fetchone()[0]
+                )
+    assert seen_during == [0] * 5
+    with connect_ro(out) as con:
+        rows = con.execute("SELECT id, minx, maxx, miny, maxy FROM rtree_batiments_geom").fetchall()
+        triggers = {
+            r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        }
+    assert len(rows) == 250
+    frame = pyogrio.read_dataframe(out, layer="batiments", fid_as_index=True)
+    for fid, x0, x1, y0, y1 in rows:
+        bx0, by0, bx1, by1 = frame.geometry.loc[fid].bounds
+        # R-tree boxes are float32, rounded outwards.
+        assert x0 <= bx0 and y0 <= by0 and x1 >= bx1 and y1 >= by1
+        assert max(bx0 - x0, by0 - y0, x1 - bx1, y1 - by1) < 1e-3
+    assert {f"rtree_batiments_geom_{t}" for t in ("insert", "delete", "update1")} <= triggers
+    # GDAL answers bbox queries from it, and keeps it up to date on later appends.
+    assert pyogrio.read_info(out, layer="batiments")["capabilities"]["fast_spatial_filter"]
+    box = (1000, 1000, 2000, 2000)
+    want = sum(g.intersects(shapely.box(*box)) for g in geoms)
+    assert len(pyogrio.read_dataframe(out, layer="batiments", bbox=box)) == want
+    extra = gpd.GeoDataFrame(
+        {"class_id": [1]},
+        geometry=[shapely.MultiPolygon([shapely.box(1500, 1500, 1510, 1510)])],
+        crs="EPSG:32633",
+    )
+    pyogrio.write_dataframe(extra, out, layer="batiments", append=True)
+    assert len(pyogrio.read_dataframe(out, layer="batiments", bbox=box)) == want + 1
+    with connect_ro(out) as con:
+        assert con.execute("SELECT COUNT(*) FROM rtree_batiments_geom").fetchone()[0] == 251
+
+
 def test_geopackage_layer_styles(tmp_path: Path) -> None:
     out = tmp_path / "scene.gpkg"
     write_sample(out)
