@@ -15,6 +15,7 @@ import numpy as np
 
 from geoseg.models.card import ClassInfo
 from geoseg.vectorize.clean import CleanupParams, clean_geometries, default_cleanup
+from geoseg.vectorize.metric import utm_epsg
 
 log = logging.getLogger(__name__)
 
@@ -104,18 +105,20 @@ def clean_and_measure(
     cleaned: list[Any] = [None] * n
     areas, perims = np.full(n, np.nan), np.full(n, np.nan)
     arr = np.array(geoms, dtype=object)
-    lonlat = _lonlat(arr, crs)
     frame = metric_frame(crs, bounds)
-    wide = not frame.target.equals(frame.source) and (
-        np.ptp(lonlat[:, 0]) > ZONE_SPAN_DEG if n else False
-    )
-    zones = (
-        np.floor((lonlat[:, 0] + 180.0) / ZONE_SPAN_DEG).astype(int) if wide else np.zeros(n, int)
-    )
+    wide = not frame.target.equals(frame.source) and _lon_span(crs, bounds) > ZONE_SPAN_DEG
+    if wide and n:
+        lonlat = _lonlat(arr, crs)
+        zones = np.array([utm_epsg(lon, lat) for lon, lat in lonlat.tolist()], dtype=int)
+    else:
+        zones = np.zeros(n, int)
     for zone in np.unique(zones):
         idx = np.flatnonzero(zones == zone)
         part = arr[idx]
-        b = shapely_total_bounds(part) if wide else bounds
+        # A wide raster's polygons are cleaned in the UTM zone of their representative
+        # point: the same frame whichever polygons are cleaned together (a batch region's
+        # or a whole run's), so both give the same polygons.
+        b = _zone_bounds(int(zone), crs) if wide else bounds
         try:
             with np.errstate(all="ignore"):
                 out = clean_geometries(list(part), params, crs=crs, bounds=b)
@@ -179,6 +182,39 @@ def _separate_pieces(
         a, p = _geodesic(list(pieces), crs)
     new_areas[redo], new_perims[redo] = a, p
     return out, new_areas, new_perims, src
+
+
+def _lon_span(crs: Any, bounds: tuple[float, float, float, float]) -> float:
+    """Degrees of longitude that ``bounds`` (in ``crs``) span."""
+    import pyproj
+
+    src = pyproj.CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+    if src.is_geographic:
+        return float(bounds[2] - bounds[0])
+    try:
+        tr = pyproj.Transformer.from_crs(src, "EPSG:4326", always_xy=True)
+        west, _, east, _ = tr.transform_bounds(*bounds, densify_pts=21)
+    except pyproj.exceptions.ProjError:
+        return 0.0
+    span = east - west
+    return float(span if np.isfinite(span) and span >= 0 else 360.0)
+
+
+def _zone_bounds(epsg: int, crs: Any) -> tuple[float, float, float, float]:
+    """Bounds (in ``crs``) of a point whose metric frame is the UTM/UPS zone ``epsg``."""
+    import pyproj
+
+    if epsg in (32661, 32761):
+        lon, lat = 0.0, 88.0 if epsg == 32661 else -88.0
+    else:
+        z = epsg % 100
+        lon, lat = -183.0 + 6.0 * z, 45.0 if epsg < 32700 else -45.0
+    src = pyproj.CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+    if src.is_geographic:
+        x, y = lon, lat
+    else:
+        x, y = pyproj.Transformer.from_crs("EPSG:4326", src, always_xy=True).transform(lon, lat)
+    return float(x), float(y), float(x), float(y)
 
 
 def shapely_total_bounds(geoms: np.ndarray) -> tuple[float, float, float, float]:

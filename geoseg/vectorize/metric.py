@@ -36,6 +36,7 @@ __all__ = [
     "metric_crs",
     "metric_frame",
     "to_metric",
+    "utm_epsg",
 ]
 
 Bounds = tuple[float, float, float, float]
@@ -134,7 +135,12 @@ def _scale_error(crs: CRS, lon: float, lat: float) -> float:
     return worst if math.isfinite(worst) else math.inf
 
 
-def _utm_epsg(lon: float, lat: float) -> int:
+def utm_epsg(lon: float, lat: float) -> int:
+    """EPSG code of the WGS 84 UTM zone (UPS beyond 84°N / 80°S) around ``(lon, lat)``.
+
+    >>> utm_epsg(12.5, 41.9), utm_epsg(-43.2, -22.9)
+    (32633, 32723)
+    """
     if lat > 84.0:
         return 32661  # UPS North
     if lat < -80.0:
@@ -193,7 +199,7 @@ def metric_crs(crs: Any, bounds: Sequence[float]) -> CRS:
         )
     if metric and _scale_error(source, lon, lat) <= MAX_SCALE_ERROR:
         return source
-    return CRS.from_epsg(_utm_epsg(lon, lat))
+    return CRS.from_epsg(utm_epsg(lon, lat))
 
 
 def metric_frame(crs: Any, bounds: Sequence[float]) -> MetricFrame:

@@ -51,13 +51,13 @@ def blobs(h: int, w: int, seed: int) -> np.ndarray:
     return arr
 
 
-def class_raster(path: Path, arr: np.ndarray, transform) -> Path:
+def class_raster(path: Path, arr: np.ndarray, transform, crs: str = "EPSG:32633") -> Path:
     """A class raster tagged like run_scene's output."""
     classes = [
         {"id": c.id, "name": c.name, "color": c.color, "layer": c.layer, "vectorize": c.vectorize}
         for c in CLASSES
     ]
-    write_raster(path, arr, transform=transform, nodata=255)
+    write_raster(path, arr, transform=transform, nodata=255, crs=crs)
     with rasterio.open(path, "r+") as ds:
         ds.update_tags(
             GEOSEG_CLASSES=json.dumps(classes), GEOSEG_SOURCE="scene.tif", GEOSEG_POSTPROCESS="{}"
@@ -74,9 +74,15 @@ def grid_windows(h, w, rows, cols):
 
 
 def single_run(
-    tmp: Path, arr: np.ndarray, transform, cleanup=None, dst_crs=None, block_rows=None
+    tmp: Path,
+    arr: np.ndarray,
+    transform,
+    cleanup=None,
+    dst_crs=None,
+    block_rows=None,
+    crs: str = "EPSG:32633",
 ) -> Path:
-    src = class_raster(tmp / "whole.tif", arr, transform)
+    src = class_raster(tmp / "whole.tif", arr, transform, crs)
     dst = tmp / f"whole{block_rows or ''}.gpkg"
     cfg = VectorizeConfig(cleanup=cleanup, dst_crs=dst_crs, overwrite=True)
     if block_rows is not None:
@@ -94,9 +100,10 @@ def by_regions(
     dst_crs=None,
     batch=2000,
     name="merged",
+    crs_name: str = "EPSG:32633",
 ) -> Path:
     """What the workers and the client of a batch do, in this process."""
-    crs = read_tags(class_raster(tmp / "crs.tif", arr[:1, :1], transform))[2].crs
+    crs = read_tags(class_raster(tmp / "crs.tif", arr[:1, :1], transform, crs_name))[2].crs
     h, w = arr.shape
     plan = VectorPlan.of(
         CLASSES,
@@ -150,6 +157,27 @@ def test_grid_regions_equal_one_run_vectorize(tmp_path, seed, size, transform, c
     # The file order depends on the regions only, not on how the work was batched.
     again = by_regions(tmp_path, arr, transform, windows, cleanup, batch=7, name="again")
     assert in_order(again) == in_order(merged)
+
+
+def test_a_raster_wider_than_a_utm_zone_cleans_the_same_by_regions(tmp_path):
+    """A 20 degree wide EPSG:4326 raster: each polygon is cleaned in its own UTM zone,
+    whichever polygons are cleaned with it, so regions equal one run after clean-up."""
+    wide = rasterio.Affine(0.25, 0.0, 0.0, 0.0, -0.25, 50.0)  # lon 0-20, lat 35-50
+    arr = blobs(60, 80, 7)
+    cleanup = {
+        c.name: CleanupParams(style="simplify", min_area_m2=1e8, simplify_tolerance_m=5000.0)
+        for c in CLASSES
+    }
+    merged = by_regions(tmp_path, arr, wide, grid_windows(60, 80, 25, 30), cleanup,
+                        crs_name="EPSG:4326")  # fmt: skip
+    reference = single_run(tmp_path, arr, wide, cleanup, crs="EPSG:4326")
+    assert layers(merged) == layers(reference)
+    frame = pyogrio.read_dataframe(reference, layer="buildings")
+    assert len(frame) > 5 and np.ptp(frame.geometry.representative_point().x) > 6
+    # Areas are measured in each polygon's own zone: within 1 % of the ellipsoid's.
+    geod = __import__("pyproj").Geod(ellps="WGS84")
+    exact = np.array([abs(geod.geometry_area_perimeter(g)[0]) for g in frame.geometry])
+    np.testing.assert_allclose(frame["area_m2"], exact, rtol=0.01)
 
 
 @pytest.mark.parametrize("transform", [TRANSFORM, ROTATED], ids=["north-up", "rotated"])
