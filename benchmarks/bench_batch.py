@@ -32,7 +32,9 @@ merge alone with GeoParquet output (``--resume`` of the 2-worker run with
         --model default --runs w1,w2,parquet --json runs/bench-batch-16k.json
 
 Each row also counts the seam pieces the regions left for the merge and the polygons
-written.
+written.  ``--worker-cores 1`` gives each worker one network thread (one core), so that the
+2-worker run has twice the compute of the 1-worker run, as on a cluster whose workers each
+bring their own cores; by default every worker uses every core of this machine.
 """
 
 from __future__ import annotations
@@ -76,9 +78,13 @@ from geoseg.batch import WorkSpec, run_batch
 from geoseg.pipeline import PredictConfig
 
 if __name__ == "__main__":
-    src, model, out, region, workers, formats, resume = sys.argv[1:8]
+    src, model, out, region, workers, formats, resume, cores = sys.argv[1:9]
+    # cores > 0: each worker runs the network on that many threads in one session
+    # (a worker with its own cores); 0: every worker uses every core (the default).
+    predict = (PredictConfig(device="cpu", threads=int(cores), workers=1, readers=1)
+               if int(cores) else PredictConfig(device="cpu"))
     work = WorkSpec("grid", (src,), region_size=(int(region), int(region)), model=model,
-                    predict=PredictConfig(device="cpu"))
+                    predict=predict)
     marks = {}
 
     def progress(stage, done, total):
@@ -157,6 +163,13 @@ def main() -> None:
     ap.add_argument("--scenes-dir", default="runs/bundled-inputs/synthetic/images")
     ap.add_argument("--runs", default="plain,one,w1,w2", help="plain,one,w1,w2,parquet")
     ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument(
+        "--worker-cores",
+        type=int,
+        default=0,
+        help="network threads of each worker (1: one core per worker, so that 2 workers have "
+        "twice the cores of 1); 0: every worker uses every core",
+    )
     ap.add_argument("--workdir", default="/tmp/geoseg-bench")
     args = ap.parse_args()
     work = Path(args.workdir)
@@ -188,7 +201,9 @@ def main() -> None:
         if region is None:
             r = run_json(PLAIN, src, model, work / "plain")
         else:
-            r = run_json(BATCH, src, model, out, region, workers, formats, resume)
+            r = run_json(
+                BATCH, src, model, out, region, workers, formats, resume, args.worker_cores
+            )
         r["run"] = name
         rows.append((key, r))
         print(f"# {name}: {r['seconds']:.1f} s at {time.strftime('%H:%M:%S')}", file=sys.stderr)
@@ -197,6 +212,7 @@ def main() -> None:
     print(
         f"raster {args.size}² px ({args.scene}), regions {args.region}², {model_name}, "
         f"{os.cpu_count()} CPU cores"
+        + (f", {args.worker_cores} network thread(s) per worker" if args.worker_cores else "")
     )
     print(
         "| run | regions | tiles | seam pieces | polygons | start s | regions s | predict s "
