@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -314,8 +315,33 @@ def _card(
     )
 
 
+def _same_paths(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with its file paths spelled one way (``a/b/../c`` and ``a/c`` are one path)."""
+
+    def norm(v: Any) -> Any:
+        if isinstance(v, str) and "://" not in v and not v.startswith("/vsi"):
+            return os.path.normpath(os.path.abspath(v))
+        if isinstance(v, list | tuple):
+            return [norm(x) for x in v]
+        return v
+
+    out = dict(config)
+    for key in ("output", "encoder_weights", "init_weights"):
+        if out.get(key):
+            out[key] = norm(out[key])
+    if isinstance(out.get("sources"), list):
+        out["sources"] = [
+            {k: norm(v) if k in ("images", "labels") else v for k, v in src.items()}
+            if isinstance(src, Mapping)
+            else src
+            for src in out["sources"]
+        ]
+    return out
+
+
 def _check_resumable(saved: Mapping[str, Any], config: TrainConfig) -> None:
-    now = config.to_dict()
+    now = _same_paths(config.to_dict())
+    saved = _same_paths(saved)
     changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
     if changed:
         raise ConfigError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -114,6 +115,28 @@ def test_resume_continues_exactly(roofs, tmp_path):
         train(TrainConfig.from_dict({**part, "resume": True, "lr": 0.5}))
     with pytest.raises(ConfigError, match="nothing to resume"):
         train(TrainConfig.from_dict({**part, "output": str(tmp_path / "c"), "resume": True}))
+
+
+def test_resume_takes_the_same_paths_spelled_another_way(roofs, tmp_path):
+    """A run started from a config elsewhere saved ``examples/x/../../runs/r``: resuming it as
+    ``runs/r`` is the same run; another output or an edited value is still refused."""
+    from geoseg.training.loop import _check_resumable
+
+    config = TrainConfig.from_dict(roof_config(roofs, tmp_path / "runs" / "r"))
+    saved = config.to_dict()
+    spelled = tmp_path / "examples" / "x" / ".." / ".." / "runs" / "r"
+    saved["output"] = str(spelled)
+    saved["sources"] = [
+        {**s, "images": [os.path.join(p, ".") for p in s["images"]]}
+        if isinstance(s["images"], list)
+        else {**s, "images": os.path.join(s["images"], ".")}
+        for s in saved["sources"]
+    ]
+    _check_resumable(saved, config)
+    with pytest.raises(ConfigError, match="cannot resume: output"):
+        _check_resumable({**saved, "output": str(tmp_path / "other")}, config)
+    with pytest.raises(ConfigError, match="cannot resume: lr"):
+        _check_resumable({**saved, "lr": 0.123}, config)
 
 
 def test_cli_resume_run_dir_continues_exactly(roofs, tmp_path):
