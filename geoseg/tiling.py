@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import bisect
+import math
+from typing import TYPE_CHECKING
 
 from geoseg.errors import ConfigError
 from geoseg.types import PixelWindow, TileGrid
+
+if TYPE_CHECKING:
+    from geoseg.io.read import RasterSpec
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -148,3 +153,38 @@ def region_grid(grid: TileGrid, core: PixelWindow) -> TileGrid:
         origin=(oy, ox),
         border=(r0 == 0, r1 == len(grid.row_starts) - 1, c0 == 0, c1 == len(grid.col_starts) - 1),
     )
+
+
+def model_window(region: PixelWindow, spec: RasterSpec, model: RasterSpec) -> PixelWindow:
+    """The window of the model grid whose pixels the read-back of ``region`` uses.
+
+    ``region`` is a window of the input grid (``spec``), ``model`` the same extent
+    resampled to the model's pixel size (north-up, as
+    :class:`~geoseg.io.read.RasterSource` builds it).  The result covers the
+    region's extent with a margin of two model pixels (nearest classes and the
+    bilinear kernel of the probabilities), clipped to the model grid.
+
+    Raises
+    ------
+    ConfigError
+        The input is rotated or sheared: its read-back goes through a warper
+        whose approximations depend on the window, so a region would not equal
+        the whole run.
+    """
+    t, mt = spec.transform, model.transform
+    if t.b or t.d or mt.b or mt.d:
+        raise ConfigError(
+            f"{spec.path} has a rotated grid at another pixel size than the model's; regions of "
+            "it cannot be resampled exactly as one run; warp it north-up first (gdalwarp -r "
+            "bilinear IN OUT.tif), or set 'resample: never'"
+        )
+    x0, y0 = t * (region.col_off, region.row_off)
+    x1, y1 = t * (region.col_off + region.width, region.row_off + region.height)
+    c0, r0 = ~mt * (min(x0, x1), max(y0, y1))
+    c1, r1 = ~mt * (max(x0, x1), min(y0, y1))
+    margin = 2
+    row0 = max(0, math.floor(r0) - margin)
+    col0 = max(0, math.floor(c0) - margin)
+    row1 = min(model.height, math.ceil(r1) + margin)
+    col1 = min(model.width, math.ceil(c1) + margin)
+    return PixelWindow(row0, col0, row1 - row0, col1 - col0)

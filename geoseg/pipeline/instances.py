@@ -33,7 +33,7 @@ from geoseg.io.atomic import check_output_path
 from geoseg.io.read import RasterSource
 from geoseg.io.write_raster import RasterStripWriter
 from geoseg.pipeline.measure import VectorStats, cleanup_for, output_crs
-from geoseg.tiling import make_grid
+from geoseg.tiling import make_grid, model_window
 from geoseg.types import PixelWindow, Tile
 
 if TYPE_CHECKING:
@@ -202,8 +202,6 @@ def _region_tiles(
     n_rows, n_cols = grid.shape
     if region is None:
         return PixelWindow(0, 0, spec.height, spec.width), list(range(n_rows)), list(range(n_cols))
-    from geoseg.pipeline.predict import model_window
-
     core = region if plan.resolution is None else model_window(region, spec, rspec)
     r0, r1, c0, c1 = core.row_off, core.row_end, core.col_off, core.col_end
     rows = [i for i, s in enumerate(grid.row_starts) if s < r1 and s + grid.tile_h > r0]

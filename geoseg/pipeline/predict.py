@@ -46,7 +46,7 @@ from geoseg.io.read import RasterSource, RasterSpec, north_up_rpc, north_up_vrt,
 from geoseg.io.write_raster import RasterStripWriter
 from geoseg.models.checkpoint import LoadedModel, load_checkpoint
 from geoseg.settings import from_mapping, load_yaml_mapping
-from geoseg.tiling import make_grid, region_grid
+from geoseg.tiling import make_grid, model_window, region_grid
 from geoseg.types import PixelWindow
 
 if TYPE_CHECKING:
@@ -499,41 +499,6 @@ def crop_strips(
             None if s.probs_f32 is None else s.probs_f32[:, rs, cs],
         )
         out_row += b - a
-
-
-def model_window(region: PixelWindow, spec: RasterSpec, model: RasterSpec) -> PixelWindow:
-    """The window of the model grid whose pixels the read-back of ``region`` uses.
-
-    ``region`` is a window of the input grid (``spec``), ``model`` the same extent
-    resampled to the model's pixel size (north-up, as
-    :class:`~geoseg.io.read.RasterSource` builds it).  The result covers the
-    region's extent with a margin of two model pixels (nearest classes and the
-    bilinear kernel of the probabilities), clipped to the model grid.
-
-    Raises
-    ------
-    ConfigError
-        The input is rotated or sheared: its read-back goes through a warper
-        whose approximations depend on the window, so a region would not equal
-        the whole run.
-    """
-    t, mt = spec.transform, model.transform
-    if t.b or t.d or mt.b or mt.d:
-        raise ConfigError(
-            f"{spec.path} has a rotated grid at another pixel size than the model's; regions of "
-            "it cannot be resampled exactly as one run; warp it north-up first (gdalwarp -r "
-            "bilinear IN OUT.tif), or set 'resample: never'"
-        )
-    x0, y0 = t * (region.col_off, region.row_off)
-    x1, y1 = t * (region.col_off + region.width, region.row_off + region.height)
-    c0, r0 = ~mt * (min(x0, x1), max(y0, y1))
-    c1, r1 = ~mt * (max(x0, x1), min(y0, y1))
-    margin = 2
-    row0 = max(0, math.floor(r0) - margin)
-    col0 = max(0, math.floor(c0) - margin)
-    row1 = min(model.height, math.ceil(r1) + margin)
-    col1 = min(model.width, math.ceil(c1) + margin)
-    return PixelWindow(row0, col0, row1 - row0, col1 - col0)
 
 
 def check_upsampling(src_m: float, model_m: float, resample: str, name: str) -> None:
