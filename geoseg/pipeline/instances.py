@@ -435,13 +435,18 @@ class _VectorSink:
             )
             for i, g in zip(idx, cleaned, strict=True):
                 out[i] = g
-            anchors = {i: anchor_pixel(batch[i].geometry, self.transform) for i in idx}
+            # Anchors only matter to a batch region's collector (which objects it owns).
+            anchors = (
+                {i: anchor_pixel(batch[i].geometry, self.transform) for i in idx}
+                if self.collect is not None
+                else {}
+            )
             mine = [i for i in idx if self.collect is None or self.collect.owns(*anchors[i])]
             kept = [(i, out[i]) for i in mine if out[i] is not None]
             if self.vstats is not None:
                 self.vstats.dropped += len(mine) - len(kept)
             if kept:
-                self._emit(cid, batch, kept, [anchors[i] for i, _ in kept])
+                self._emit(cid, batch, kept, [anchors.get(i, (0, 0)) for i, _ in kept])
         return out
 
     def _emit(
