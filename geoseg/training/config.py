@@ -28,6 +28,7 @@ __all__ = [
     "IGNORE",
     "IGNORE_INDEX",
     "LOSSES",
+    "LR_SCHEDULES",
     "AugmentConfig",
     "SourceConfig",
     "TrainConfig",
@@ -41,6 +42,8 @@ __all__ = [
 IGNORE = "ignore"
 #: Loss terms that can be combined, e.g. ``ce+dice``.
 LOSSES = ("ce", "dice", "focal")
+#: How the learning rate moves after the warm-up.
+LR_SCHEDULES = ("cosine", "linear", "constant")
 
 VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".fgb", ".parquet", ".geoparquet", ".gml")
 PALETTE = ("#000000", "#e41a1c", "#4daf4a", "#ffd92f", "#377eb8", "#984ea3", "#ff7f00", "#a65628")
@@ -596,7 +599,12 @@ class TrainConfig:
     epochs, batch_size, samples_per_epoch : int
         Length of training; chips per step; chips per epoch over all sources.
     lr, weight_decay : float
-        AdamW learning rate (cosine-decayed to 1 % after a 5 % warm-up) and decay.
+        AdamW peak learning rate and weight decay.
+    lr_schedule : str
+        How the learning rate moves after the warm-up: ``cosine`` (down to 1 % of
+        ``lr`` at the last step), ``linear`` (straight down to 1 %) or ``constant``.
+    warmup : float
+        Fraction of all steps spent rising linearly to ``lr`` (0 to 0.5).
     loss : tuple of (str, float)
         Weighted terms among ``ce``, ``dice``, ``focal`` (partial-label aware).
     focal_gamma : float
@@ -662,6 +670,8 @@ class TrainConfig:
     batch_size: int = 8
     samples_per_epoch: int = 512
     lr: float = 1e-3
+    lr_schedule: str = "cosine"
+    warmup: float = 0.05
     weight_decay: float = 1e-4
     loss: tuple[tuple[str, float], ...] = (("ce", 1.0),)
     focal_gamma: float = 2.0
@@ -706,6 +716,12 @@ class TrainConfig:
         _num(self.lr, "lr", lo=0)
         if self.lr <= 0:
             raise _fail("lr", f"must be > 0, got {self.lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise _fail(
+                "lr_schedule",
+                f"must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}",
+            )
+        _num(self.warmup, "warmup", lo=0, hi=0.5)
         _num(self.weight_decay, "weight_decay", lo=0)
         object.__setattr__(self, "loss", parse_loss(self.loss))
         _num(self.focal_gamma, "focal_gamma", lo=0)
@@ -949,6 +965,10 @@ class TrainConfig:
             "batch_size": self.batch_size,
             "samples_per_epoch": self.samples_per_epoch,
             "lr": self.lr,
+            # Written only when they differ from the defaults, so that runs started
+            # before the keys existed resume with configs that compare equal.
+            **({"lr_schedule": self.lr_schedule} if self.lr_schedule != "cosine" else {}),
+            **({"warmup": self.warmup} if self.warmup != 0.05 else {}),
             "weight_decay": self.weight_decay,
             "loss": dict(self.loss),
             "focal_gamma": self.focal_gamma,

@@ -97,18 +97,32 @@ class TrainResult:
 
 
 def lr_at(
-    step: int, total: int, base: float, *, warmup: float = 0.05, floor: float = 0.01
+    step: int,
+    total: int,
+    base: float,
+    *,
+    warmup: float = 0.05,
+    floor: float = 0.01,
+    schedule: str = "cosine",
 ) -> float:
-    """Learning rate at ``step`` of ``total``: linear warm-up, then cosine down to ``floor * base``.
+    """Learning rate at ``step`` of ``total``: linear warm-up, then ``schedule`` down to ``floor * base``.
+
+    ``cosine`` and ``linear`` reach ``floor * base`` at the last step; ``constant``
+    stays at ``base`` after the warm-up.
 
     >>> round(lr_at(0, 100, 1.0), 3), round(lr_at(5, 100, 1.0), 3), round(lr_at(99, 100, 1.0), 3)
     (0.2, 1.0, 0.01)
+    >>> round(lr_at(52, 100, 1.0, schedule="linear"), 3), lr_at(99, 100, 1.0, schedule="constant")
+    (0.505, 1.0)
     """
-    warm = max(1, int(total * warmup))
+    warm = max(1, int(total * warmup)) if warmup > 0 else 0
     if step < warm:
         return base * (step + 1) / warm
+    if schedule == "constant":
+        return base
     t = min(1.0, (step - warm) / max(1, total - warm - 1))
-    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
+    fall = 0.5 * (1 + math.cos(math.pi * t)) if schedule == "cosine" else 1 - t
+    return base * (floor + (1 - floor) * fall)
 
 
 def _derive(seed: int, *keys: int) -> int:
@@ -669,7 +683,13 @@ class _Step:
 
         from geoseg.training.instances import instance_loss
 
-        lr = lr_at(step, self.total, self.config.lr)
+        lr = lr_at(
+            step,
+            self.total,
+            self.config.lr,
+            warmup=self.config.warmup,
+            schedule=self.config.lr_schedule,
+        )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         x, mask, source = self.batches(batch, generator)

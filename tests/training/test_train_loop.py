@@ -301,3 +301,19 @@ def test_learning_rate_schedule():
     rates = [lr_at(s, 100, 1e-3) for s in range(100)]
     assert rates[4] == pytest.approx(1e-3) and rates[-1] == pytest.approx(1e-5)
     assert np.all(np.diff(rates[5:]) <= 0)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
+def test_learning_rate_schedules(schedule):
+    rates = np.array([lr_at(s, 200, 1e-3, warmup=0.1, schedule=schedule) for s in range(200)])
+    assert np.all(np.diff(rates[:20]) > 0) and rates[19] == pytest.approx(1e-3)
+    after = rates[20:]
+    if schedule == "constant":
+        assert np.all(after == pytest.approx(1e-3))
+    else:
+        assert np.all(np.diff(after) < 0) and after[-1] == pytest.approx(1e-5)
+        mid = after[len(after) // 2]
+        # cosine stays high longer than a straight line halfway down
+        assert mid == pytest.approx(5.05e-4, rel=0.02) or schedule == "cosine"
+    no_warmup = lr_at(0, 200, 1e-3, warmup=0.0, schedule=schedule)
+    assert no_warmup == pytest.approx(1e-3)

@@ -46,6 +46,11 @@ def test_defaults_and_round_trip(tmp_path):
     assert cfg.classes[0].vectorize is False and cfg.classes[1].vectorize is True
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.with_overrides(epochs=3, lr=None).epochs == 3
+    # the schedule keys are written only when changed: older runs' configs compare equal
+    assert "lr_schedule" not in cfg.to_dict() and "warmup" not in cfg.to_dict()
+    lin = TrainConfig.from_dict(minimal(lr_schedule="linear", warmup=0.0), tmp_path)
+    assert lin.to_dict()["lr_schedule"] == "linear" and lin.to_dict()["warmup"] == 0.0
+    assert TrainConfig.from_dict(lin.to_dict()) == lin
 
 
 @pytest.mark.parametrize(
@@ -61,6 +66,8 @@ def test_defaults_and_round_trip(tmp_path):
         ({"augment": {"contrast": 2}}, "augment.contrast"),
         ({"overlap": 300}, "overlap"),
         ({"input_range": [10, 0]}, "input_range"),
+        ({"lr_schedule": "step"}, "lr_schedule"),
+        ({"warmup": 0.9}, "warmup"),
     ],
 )
 def test_errors_name_the_field(change, field):
