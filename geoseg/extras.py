@@ -28,9 +28,10 @@ from geoseg.errors import MissingExtraError
 EXTRAS: dict[str, tuple[str, ...]] = {
     "torch": ("torch", "torchvision", "segmentation_models_pytorch", "timm", "onnx"),
     "train": ("torch", "torchvision", "segmentation_models_pytorch", "timm", "onnx", "torchgeo"),
+    "parquet": ("pyarrow",),
 }
 
-_WHAT = {"torch": "PyTorch", "train": "PyTorch and torchgeo"}
+_WHAT = {"torch": "PyTorch", "train": "PyTorch and torchgeo", "parquet": "pyarrow"}
 
 
 def missing(extra: str) -> list[str]:
@@ -55,7 +56,7 @@ def require(extra: str, what: str) -> None:
 
     Parameters
     ----------
-    extra : {"torch", "train"}
+    extra : {"torch", "train", "parquet"}
     what : str
         The feature, as the start of the message ("training", "backend='torch'").
 

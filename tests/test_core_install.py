@@ -50,7 +50,9 @@ def test_core_venv_predicts_and_vectorizes_without_torch(tmp_path: Path) -> None
     info = run([str(bindir / "geoseg"), "info", "--json"])
     assert info.returncode == 0, info.stderr
     extras = json.loads(info.stdout)["extras"]
-    assert all(v.startswith("not installed") for v in extras.values())
+    assert extras["torch"].startswith("not installed")
+    assert extras["train"].startswith("not installed")
+    assert set(extras) == {"torch", "train", "parquet"}
 
     scene = tmp_path / "scene.tif"
     write_scene(SceneSpec(320, 256, pixel_size=1.0, seed=7), scene)
