@@ -529,6 +529,9 @@ class ValidationConfig:
         At most this many validation chips per source (evenly spread).
     every : int
         Validate every this many epochs (and after the last).
+    seed : int, optional
+        Seed of the held-out choice (default: the run's ``seed``), so that runs
+        with different seeds can be compared on one split.
     """
 
     split: str = "files"
@@ -536,6 +539,7 @@ class ValidationConfig:
     block_size_m: float | None = None
     max_chips: int | None = None
     every: int = 1
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.split not in ("files", "blocks"):
@@ -548,6 +552,8 @@ class ValidationConfig:
         if self.max_chips is not None:
             _int(self.max_chips, "validation.max_chips", lo=1)
         _int(self.every, "validation.every", lo=1)
+        if self.seed is not None:
+            _int(self.seed, "validation.seed", lo=0)
 
     @classmethod
     def from_dict(cls, data: Any) -> ValidationConfig:
@@ -985,8 +991,11 @@ class TrainConfig:
                 else {}
             ),
             "augment": {f.name: getattr(self.augment, f.name) for f in fields(self.augment)},
+            # validation.seed only when set, so that older runs' configs compare equal
             "validation": {
-                f.name: getattr(self.validation, f.name) for f in fields(self.validation)
+                f.name: getattr(self.validation, f.name)
+                for f in fields(self.validation)
+                if f.name != "seed" or self.validation.seed is not None
             },
             "stats_chips": self.stats_chips,
             "seed": self.seed,

@@ -550,6 +550,12 @@ def _apportion(total: int, weights: np.ndarray) -> list[int]:
     return out.tolist()
 
 
+def _split_seed(config: TrainConfig) -> int:
+    """Seed of the held-out choice: ``validation.seed``, else the run's seed."""
+    seed = config.validation.seed
+    return config.seed if seed is None else seed
+
+
 def _seeded_pick(items: Sequence[Any], fraction: float, seed: int) -> set[Any]:
     """A seeded choice of ``round(fraction * n)`` items (at least one, never all)."""
     n = len(items)
@@ -654,7 +660,9 @@ def build_training_data(config: TrainConfig) -> TrainingData:
             val_files = set(explicit_val)
             mode = "files"
         elif val_cfg.fraction > 0 and val_cfg.split == "files" and len(files) >= 2:
-            val_files = _seeded_pick(sorted(files), val_cfg.fraction, config.seed * 7919 + si)
+            val_files = _seeded_pick(
+                sorted(files), val_cfg.fraction, _split_seed(config) * 7919 + si
+            )
             mode = "files"
         else:
             val_files = set()
@@ -790,7 +798,7 @@ def _split_blocks(parts: list[Part], config: TrainConfig, si: int) -> None:
             )
         blocks.append(block)
         cells += [(pi, c) for c in _full_cells(part.train_index, block, extent)]
-    chosen = _seeded_pick(cells, val_cfg.fraction, config.seed * 7919 + si)
+    chosen = _seeded_pick(cells, val_cfg.fraction, _split_seed(config) * 7919 + si)
     for pi, part in enumerate(parts):
         val_cells = {c for p, c in chosen if p == pi}
         part.train_index, part.val_index = _block_split(part.train_index, blocks[pi], val_cells)

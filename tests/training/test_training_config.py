@@ -51,6 +51,10 @@ def test_defaults_and_round_trip(tmp_path):
     lin = TrainConfig.from_dict(minimal(lr_schedule="linear", warmup=0.0), tmp_path)
     assert lin.to_dict()["lr_schedule"] == "linear" and lin.to_dict()["warmup"] == 0.0
     assert TrainConfig.from_dict(lin.to_dict()) == lin
+    assert "seed" not in cfg.to_dict()["validation"]
+    fixed = TrainConfig.from_dict(minimal(validation={"seed": 3}), tmp_path)
+    assert fixed.to_dict()["validation"]["seed"] == 3
+    assert TrainConfig.from_dict(fixed.to_dict()) == fixed
 
 
 @pytest.mark.parametrize(
@@ -68,6 +72,7 @@ def test_defaults_and_round_trip(tmp_path):
         ({"input_range": [10, 0]}, "input_range"),
         ({"lr_schedule": "step"}, "lr_schedule"),
         ({"warmup": 0.9}, "warmup"),
+        ({"validation": {"seed": -1}}, "validation.seed"),
     ],
 )
 def test_errors_name_the_field(change, field):

@@ -234,6 +234,21 @@ def test_split_by_files(tmp_path):
     assert data.sources[0]["validation"] == "files"
 
 
+def test_validation_seed_fixes_the_split_across_run_seeds(tmp_path):
+    paths, labels = scenes(tmp_path, 5)
+
+    def held(seed: int, split_seed: int | None) -> list[list[str]]:
+        val = {"fraction": 0.4, "seed": split_seed}
+        cfg = config(paths, str(labels), seed=seed, validation=val)
+        return [sorted(p.val_files) for p in build_training_data(cfg).parts]
+
+    # the held-out files follow validation.seed, not the run's seed ...
+    assert held(0, 0) == held(1, 0) == held(7, 0)
+    # ... and default to the run's seed
+    assert held(3, None) == held(0, 3) and held(0, None) == held(5, 0)
+    assert {tuple(held(0, k)[0]) for k in range(6)} != {tuple(held(0, 0)[0])}
+
+
 def test_split_by_blocks(tmp_path):
     paths, labels = scenes(tmp_path, 1)
     cfg = config(
