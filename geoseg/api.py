@@ -92,6 +92,7 @@ def predict(
     vectorize_workers: int | None = None,
     progress: ProgressFn | None = None,
     vector_progress: ProgressFn | None = None,
+    quicklook: str | Path | None = None,
     **options: Any,
 ) -> PredictResult:
     """Segment raster ``src`` tile by tile; write classes (and polygons) to ``dst``.
@@ -117,6 +118,10 @@ def predict(
         ``if __name__ == "__main__":`` guard).
     progress, vector_progress : callable, optional
         ``progress(done, total)`` of the raster and vector stages.
+    quicklook : str or Path, optional
+        Also draw a PNG of the image with the class overlay (and the polygon
+        outlines while there are at most 20,000), from decimated reads
+        (:func:`geoseg.io.quicklook.write_quicklook`).
     **options
         Fields of :class:`~geoseg.pipeline.PredictConfig`: ``tile``, ``overlap``
         (pixels), ``batch_size``, ``device``, ``bands`` (1-based), ``probabilities``
@@ -135,7 +140,8 @@ def predict(
         a message that names the problem and the fix; nothing is left under the
         final output names.
     """
-    from geoseg.io.atomic import output_lock
+    from geoseg.io.atomic import check_output_path, output_lock
+    from geoseg.io.quicklook import write_quicklook
     from geoseg.pipeline import PredictConfig
 
     dst = Path(dst)
@@ -145,10 +151,13 @@ def predict(
     # One run owns its outputs from start to end: a second run with the same
     # outputs fails at once instead of leaving one run's raster beside the other's
     # polygons.
+    extra = [Path(quicklook)] if quicklook is not None else []
     with contextlib.ExitStack() as locks:
-        for path in dict.fromkeys([raster_out, dst]):
+        for path in dict.fromkeys([raster_out, dst, *extra]):
             locks.enter_context(output_lock(path))
-        return _predict(
+        if quicklook is not None:
+            check_output_path(quicklook, overwrite=cfg.overwrite)
+        result = _predict(
             src,
             dst,
             raster_out,
@@ -161,6 +170,18 @@ def predict(
             progress,
             vector_progress,
         )
+        if quicklook is not None:
+            try:
+                write_quicklook(
+                    src, raster_out, quicklook, polygons=result.vector, overwrite=cfg.overwrite
+                )
+            except BaseException:
+                # One run, one outcome (as for the vector stage).
+                for p in result.outputs:
+                    p.unlink(missing_ok=True)
+                raise
+            result.outputs.append(Path(quicklook))
+        return result
 
 
 def _predict(

@@ -111,7 +111,8 @@ def run_demo(
     -------
     DemoReport
     """
-    from geoseg.io.demo_outputs import read_class_strips, write_quicklook
+    from geoseg.io.demo_outputs import read_class_strips
+    from geoseg.io.quicklook import write_quicklook
     from geoseg.synth import make_sample_scene
 
     out = Path(outdir)
@@ -153,7 +154,14 @@ def run_demo(
     iou = iou_from_confusion(cm)
     report.iou = {c.name: float(iou[c.id]) for c in loaded.card.classes}
     quicklook = out / "sample_quicklook.png"
-    write_quicklook(scene.image, classes, gpkg, quicklook, loaded.card, overwrite=overwrite)
+    write_quicklook(
+        scene.image,
+        classes,
+        quicklook,
+        polygons=gpkg,
+        title=f"geoseg demo: {loaded.card.name}",
+        overwrite=overwrite,
+    )
     report.files = {
         "image": scene.image,
         "truth": scene.classes,

@@ -35,6 +35,8 @@ from affine import Affine
 from rasterio.warp import transform_bounds
 
 from geoseg.errors import ConfigError, GeosegWarning
+from geoseg.io.env import no_pam_sidecars
+from geoseg.io.quicklook import display_rgb
 from geoseg.io.read import RasterSource, select_bands
 from geoseg.metrics import ConfusionMatrix, PixelMetrics
 from geoseg.models.card import ClassInfo, ModelCard
@@ -499,17 +501,6 @@ class _Truth:
             handle.close()
 
 
-def _display_rgb(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """uint8 (H, W, 3) from 1+ bands, stretched between the 2nd and 98th percentiles."""
-    bands = data[:3] if data.shape[0] >= 3 else np.repeat(data[:1], 3, axis=0)
-    out = np.zeros((*bands.shape[1:], 3), dtype=np.uint8)
-    for i, b in enumerate(bands.astype(np.float64)):
-        vals = b[valid] if valid.any() else b.ravel()
-        lo, hi = np.percentile(vals, [2, 98]) if vals.size else (0.0, 1.0)
-        out[..., i] = np.clip((b - lo) / max(hi - lo, 1e-9) * 255, 0, 255).astype(np.uint8)
-    return out
-
-
 def evaluate(
     model: Any,
     images: Sequence[str | Path],
@@ -799,6 +790,7 @@ def _score_image(
     return img_cm
 
 
+@no_pam_sidecars()
 def _through_polygons(
     classes: Path, obj_ids: Sequence[int], *, written_by_run: bool = False
 ) -> tuple[Path, dict[int, list[Any]]]:
@@ -912,7 +904,7 @@ def _sample(
         bands = select_bands(probe.spec, card.bands, cfg.predict.bands)
     with RasterSource(images[i], bands=bands, assume_crs=cfg.predict.assume_crs) as src:
         data, valid = src.read(win)
-    return OverlaySample(str(images[i]), win, _display_rgb(data, valid), true, pred)
+    return OverlaySample(str(images[i]), win, display_rgb(data, valid), true, pred)
 
 
 def _palette(classes: Sequence[ClassInfo]) -> np.ndarray:

@@ -24,6 +24,7 @@ from typing import Any
 from affine import Affine
 
 from geoseg.io.atomic import atomic_output
+from geoseg.io.env import no_pam_sidecars
 from geoseg.models.card import ClassInfo
 from geoseg.types import PixelWindow
 
@@ -224,6 +225,7 @@ def mosaic_layout(
     return origin, width, height, windows
 
 
+@no_pam_sidecars()
 def append_geopackages(
     sources: Sequence[Path],
     dst: Path,

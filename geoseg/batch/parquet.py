@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from geoseg.errors import GeosegError, OutputWriteError
+from geoseg.io.env import no_pam_sidecars
 
 __all__ = [
     "PARQUET_NAME",
@@ -252,6 +253,7 @@ def dataset_files(dst: Path) -> list[Path]:
     return sorted(p for p in Path(dst).glob("*.parquet") if p.is_file())
 
 
+@no_pam_sidecars()
 def layer_rows(
     sources: Sequence[tuple[str, Path]],
     dataset: ParquetDataset,

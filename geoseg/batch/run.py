@@ -77,6 +77,7 @@ from geoseg.errors import (
     OutputWriteError,
 )
 from geoseg.io.atomic import probe_writable
+from geoseg.io.env import no_pam_sidecars
 from geoseg.types import PixelWindow
 
 if TYPE_CHECKING:
@@ -539,6 +540,7 @@ def _checked_parts(out: Path, regions: Sequence[Region], state: ManifestState) -
     return parts
 
 
+@no_pam_sidecars()
 def _merge(
     work: WorkSpec,
     out: Path,
@@ -647,6 +649,7 @@ def _merge(
     result.parquet = parquet
 
 
+@no_pam_sidecars()
 def _rasters_parquet(
     regions: Sequence[Region],
     gpkgs: Sequence[Path],

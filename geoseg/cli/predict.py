@@ -48,6 +48,12 @@ from geoseg.cli.progress import stage_progress
     default=None,
     help="Also write per-class probabilities (uint8 COG, p*254) here.",
 )
+@click.option(
+    "--quicklook",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also draw a PNG of the image with the class overlay and polygon outlines.",
+)
 @click.option("--input-range", default=None, help="Raw value range LOW,HIGH mapped to the model's.")
 @click.option("--assume-crs", default=None, help="CRS for rasters that have none, e.g. EPSG:32633.")
 @click.option(
@@ -117,6 +123,7 @@ def predict(
     device: str,
     bands: str | None,
     probabilities: Path | None,
+    quicklook: Path | None,
     input_range: str | None,
     assume_crs: str | None,
     resample: str,
@@ -161,6 +168,7 @@ def predict(
             vectorize_workers=default_cleanup_workers(),
             progress=bar.update,
             vector_progress=vector_progress,
+            quicklook=quicklook,
             tile=tile,
             overlap=overlap,
             batch_size=batch_size,

@@ -10,6 +10,7 @@ wide raster, so overlapping tiles do not decode blocks twice.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -34,3 +35,25 @@ def gdal_env() -> Iterator[None]:
         CPL_VSIL_CURL_ALLOWED_EXTENSIONS=".tif,.tiff,.vrt,.jp2,.img",
     ):
         yield
+
+
+_PAM_GUARD = threading.RLock()
+
+
+@contextmanager
+def no_pam_sidecars() -> Iterator[None]:
+    """Read vector files with pyogrio without leaving ``.aux.xml`` files beside them.
+
+    pyogrio's GDAL (3.12) writes a PAM sidecar next to a GeoPackage that carries
+    dataset metadata whenever it is opened read-only, so merely listing the layers
+    of a file geoseg wrote would drop ``out.gpkg.aux.xml`` beside it.
+    """
+    import pyogrio
+
+    with _PAM_GUARD:
+        before = pyogrio.get_gdal_config_option("GDAL_PAM_ENABLED")
+        pyogrio.set_gdal_config_options({"GDAL_PAM_ENABLED": "NO"})
+        try:
+            yield
+        finally:
+            pyogrio.set_gdal_config_options({"GDAL_PAM_ENABLED": before})
