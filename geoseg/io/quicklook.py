@@ -175,7 +175,8 @@ def write_quicklook(
         cls = cls_src.read(1, out_shape=shape, resampling=Resampling.nearest)
         bounds, crs = cls_src.bounds, cls_src.crs
     with rasterio.open(image) as src:
-        same_grid = src.crs == crs and np.allclose(
+        # (an image without a CRS was predicted with --assume-crs: same grid, if same bounds)
+        same_grid = (src.crs is None or src.crs == crs) and np.allclose(
             tuple(src.bounds), tuple(bounds), rtol=0, atol=abs(src.transform.a) * 1.01
         )
         if same_grid:

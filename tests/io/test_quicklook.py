@@ -25,13 +25,15 @@ CLASSES = [
 ]
 
 
-def _pair(tmp_path: Path, name: str, block: bool) -> tuple[Path, Path]:
+def _pair(
+    tmp_path: Path, name: str, block: bool, image_crs: str | None = "EPSG:32633"
+) -> tuple[Path, Path]:
     """A uint16 image and its class raster (a building block in the left half, or none)."""
     tf = from_origin(500000, 4000000, 1.0, 1.0)
     profile = {"driver": "GTiff", "width": 120, "height": 90, "crs": "EPSG:32633", "transform": tf}
     image = tmp_path / f"{name}.tif"
     data = np.random.default_rng(0).integers(800, 3000, (3, 90, 120)).astype(np.uint16)
-    with rasterio.open(image, "w", count=3, dtype="uint16", **profile) as ds:
+    with rasterio.open(image, "w", count=3, dtype="uint16", **{**profile, "crs": image_crs}) as ds:
         ds.write(data)
     classes = tmp_path / f"{name}_classes.tif"
     ids = np.zeros((90, 120), np.uint8)
@@ -59,6 +61,20 @@ def test_overlay_paints_the_class_colour_where_the_class_is(tmp_path: Path) -> N
     assert mean[0] > 0.05 and mean[1] < -0.05 and mean[2] < -0.05
     with pytest.raises(OutputExistsError):
         write_quicklook(*_pair(tmp_path, "c", True), tmp_path / "q1.png")
+
+
+def test_image_without_crs_is_drawn_under_its_classes(tmp_path: Path) -> None:
+    """An image predicted with --assume-crs has no CRS of its own; it is still drawn."""
+    looks = {}
+    for crs in ("EPSG:32633", None, "EPSG:4326"):
+        image, classes = _pair(tmp_path, f"i{crs}".replace(":", ""), False, image_crs=crs)
+        out = write_quicklook(image, classes, tmp_path / f"{image.stem}.png", title="t")
+        looks[crs] = matplotlib.image.imread(out)[..., :3]
+    np.testing.assert_array_equal(looks[None], looks["EPSG:32633"])
+    # an image on another grid is not drawn: the classes go over a flat grey
+    h, w = looks[None].shape[:2]
+    centre = {k: v[h // 3 : 2 * h // 3, w // 3 : 2 * w // 3] for k, v in looks.items()}
+    assert centre["EPSG:32633"].std() > 0.1 and centre["EPSG:4326"].std() < 0.01
 
 
 def test_outlines_are_read_without_sidecars_and_skipped_when_too_many(tmp_path: Path) -> None:
