@@ -7,9 +7,9 @@ exact commands, validation metrics of the run and held-out metrics from
 
 Usage (package, score the packaged model through its own clean-up, package with the scores)::
 
-    python examples/bundled/package.py runs/bundled-ft3/model
+    python examples/bundled/package.py runs/bundled-ft5/last
     python examples/bundled/evaluate_heldout.py geoseg/models/bundled/default runs/bundled-eval
-    python examples/bundled/package.py runs/bundled-ft3/model runs/bundled-eval/heldout.json
+    python examples/bundled/package.py runs/bundled-ft5/last runs/bundled-eval/heldout.json
 
 The packaged checkpoint also carries its ONNX graph (``geoseg models export``), so the core
 install runs it without PyTorch.
@@ -48,9 +48,13 @@ COMMANDS = [
     "geoseg train --config examples/bundled/finetune.yaml",
     "# stage 3: warm start from stage 2, per-band colour gain augmentation, lr 2.5e-4",
     "geoseg train --config examples/bundled/finetune_colour.yaml",
-    "python examples/bundled/package.py runs/bundled-ft3/model",
+    "# stage 4: warm start from stage 3, 8 generated suburbs added, flips and rotations only",
+    "python examples/bundled/prepare.py runs/bundled-inputs --scenes 12 --suburb-scenes 8",
+    "geoseg train --config examples/bundled/finetune_plain.yaml",
+    "python examples/bundled/package.py runs/bundled-ft5/last",
     "python examples/bundled/evaluate_heldout.py geoseg/models/bundled/default runs/bundled-eval",
-    "python examples/bundled/package.py runs/bundled-ft3/model runs/bundled-eval/heldout.json",
+    "python examples/bundled/package.py runs/bundled-ft5/last runs/bundled-eval/heldout.json",
+    "# then the int8 graph: geoseg models quantize (README, 'The bundled model')",
 ]
 
 
@@ -130,8 +134,9 @@ def main() -> None:
             "sources": sources,
             "commands": COMMANDS,
             "weights_dtype": "float16",
-            "init_weights": "stage 2 (examples/bundled/finetune.yaml), itself from stage 1 "
-            "(examples/bundled/train.yaml)",
+            "init_weights": "stage 3 (examples/bundled/finetune_colour.yaml; the run that "
+            "made this model started from its packaged float16 weights), itself from stage 2 "
+            "(finetune.yaml) and stage 1 (train.yaml)",
         },
         metrics={"validation_during_training": card.metrics, "held_out_real": held},
         postprocess={
