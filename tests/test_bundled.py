@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import zipfile
@@ -33,6 +34,10 @@ def test_bundled_model_is_small_and_loads_from_package_data():
     assert names == ["background", "building", "vegetation", "cropland"]
     assert [c.layer for c in loaded.card.classes[1:]] == ["buildings", "vegetation", "cropland"]
     assert loaded.card.licence and loaded.card.provenance and loaded.card.metrics
+    # The shipped card names no path of the machine it was trained on.
+    text = (path / CARD_NAME).read_text(encoding="utf-8")
+    strings = re.findall(r'"((?:[^"\\]|\\.)*)"', text)
+    assert not [v for v in strings if Path(v).is_absolute() or re.match(r"[A-Za-z]:\\", v)]
 
 
 def test_wheel_ships_the_bundled_model(tmp_path):

@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from geoseg.infer.backends import ship_onnx
 from geoseg.models import load_checkpoint, save_checkpoint
 from geoseg.training.config import TrainConfig
 
-DEST = Path(__file__).resolve().parents[2] / "geoseg" / "models" / "bundled" / "default"
+ROOT = Path(__file__).resolve().parents[2]
+DEST = ROOT / "geoseg" / "models" / "bundled" / "default"
 
 RECIPE = Path(__file__).resolve().parent / "train.yaml"
 
@@ -56,6 +58,35 @@ COMMANDS = [
     "python examples/bundled/package.py runs/bundled-ft5/last runs/bundled-eval/heldout.json",
     "# then the int8 graph: geoseg models quantize (README, 'The bundled model')",
 ]
+
+
+def _portable(training: dict) -> dict:
+    """The run's config with its paths relative to the repository root.
+
+    A run records the paths it was given, which may be absolute paths of the machine
+    it ran on (``ablate.py`` writes absolute ones); the shipped card must not carry them.
+    """
+
+    def rel(value: str) -> str:
+        path = Path(value)
+        return os.path.relpath(path, ROOT) if path.is_absolute() else value
+
+    out = dict(training)
+    for key in ("output", "encoder_weights", "init_weights"):
+        if out.get(key):
+            out[key] = rel(out[key])
+    out["sources"] = [
+        {
+            **src,
+            **{
+                k: [rel(v) for v in src[k]] if isinstance(src[k], list) else rel(src[k])
+                for k in ("images", "labels", "val_images")
+                if src.get(k)
+            },
+        }
+        for src in training.get("sources", [])
+    ]
+    return out
 
 
 def main() -> None:
@@ -116,6 +147,7 @@ def main() -> None:
     new = card.replace(
         name="geoseg-default",
         classes=tuple(classes),
+        training=_portable(card.training),
         licence=LICENCE,
         description=(
             "U-Net with an EfficientNet-Lite0 encoder (ImageNet init), 3 bands (RGB, 8-bit), "
