@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,26 +19,14 @@ import numpy.typing as npt
 import rasterio
 from rasterio.enums import ColorInterp, Resampling
 
+from geoseg.errors import ModelCardError
 from geoseg.io.atomic import atomic_output
+from geoseg.models.card import ClassInfo
 
 __all__ = ["QUICKLOOK_PX", "display_rgb", "write_quicklook"]
 
 #: Longest edge of a quicklook, in pixels.
 QUICKLOOK_PX = 1400
-
-
-@dataclass(frozen=True)
-class _Class:
-    id: int
-    name: str
-    color: str
-    layer: str
-    vectorize: bool
-
-    @property
-    def rgb(self) -> tuple[float, float, float]:
-        h = self.color.lstrip("#")
-        return (int(h[0:2], 16) / 255, int(h[2:4], 16) / 255, int(h[4:6], 16) / 255)
 
 
 def display_rgb(data: npt.NDArray[np.generic], valid: npt.NDArray[np.bool_]) -> np.ndarray:
@@ -63,29 +50,17 @@ def display_rgb(data: npt.NDArray[np.generic], valid: npt.NDArray[np.bool_]) -> 
     return out
 
 
-def _classes(tags: dict[str, str], values: npt.NDArray[np.uint8]) -> list[_Class]:
+def _classes(tags: dict[str, str], values: npt.NDArray[np.uint8]) -> list[ClassInfo]:
     """The raster's classes from its GEOSEG_CLASSES tag, else a palette over its values."""
     try:
-        return [
-            _Class(
-                int(c["id"]),
-                str(c["name"]),
-                str(c["color"]),
-                str(c.get("layer") or c["name"]),
-                bool(c.get("vectorize", True)),
-            )
-            for c in json.loads(tags["GEOSEG_CLASSES"])
-        ]
-    except (KeyError, ValueError, TypeError):
+        return [ClassInfo.from_dict(c) for c in json.loads(tags["GEOSEG_CLASSES"])]
+    except (KeyError, ValueError, TypeError, ModelCardError):
         import matplotlib
+        from matplotlib.colors import to_hex
 
         palette = matplotlib.colormaps["tab10"]
-        out = []
-        for v in sorted(int(x) for x in np.unique(values) if x != 0):
-            r, g, b, _ = palette(v % 10)
-            color = f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
-            out.append(_Class(v, f"class {v}", color, f"class {v}", True))
-        return out
+        found = sorted(int(x) for x in np.unique(values) if x != 0)
+        return [ClassInfo(v, f"class {v}", to_hex(palette(v % 10))) for v in found]
 
 
 def _image_bands(src: rasterio.DatasetReader, tags: dict[str, str]) -> list[int]:
@@ -167,11 +142,8 @@ def write_quicklook(
     dst = Path(dst)
     with rasterio.open(classes) as cls_src:
         tags = cls_src.tags()
-        scale = max(cls_src.width, cls_src.height) / max_px
-        shape = (
-            max(1, round(cls_src.height / max(scale, 1))),
-            max(1, round(cls_src.width / max(scale, 1))),
-        )
+        scale = max(1.0, max(cls_src.width, cls_src.height) / max_px)
+        shape = (max(1, round(cls_src.height / scale)), max(1, round(cls_src.width / scale)))
         cls = cls_src.read(1, out_shape=shape, resampling=Resampling.nearest)
         bounds, crs = cls_src.bounds, cls_src.crs
     with rasterio.open(image) as src:
@@ -205,7 +177,7 @@ def write_quicklook(
         hit = cls == k.id
         share[k.id] = float(hit.mean())
         if k.vectorize:
-            overlay[hit] = (*k.rgb, 0.38)
+            overlay[hit] = (*(v / 255 for v in k.rgb), 0.38)
     outlines: dict[str, Any] = {}
     total = 0
     if polygons is not None:
