@@ -41,7 +41,7 @@ __all__ = [
 #: Class-map target that marks label values to leave out of the loss and the metrics.
 IGNORE = "ignore"
 #: Loss terms that can be combined, e.g. ``ce+dice``.
-LOSSES = ("ce", "dice", "focal")
+LOSSES = ("ce", "dice", "focal", "lovasz")
 #: How the learning rate moves after the warm-up.
 LR_SCHEDULES = ("cosine", "linear", "constant")
 
@@ -612,7 +612,7 @@ class TrainConfig:
     warmup : float
         Fraction of all steps spent rising linearly to ``lr`` (0 to 0.5).
     loss : tuple of (str, float)
-        Weighted terms among ``ce``, ``dice``, ``focal`` (partial-label aware).
+        Weighted terms among ``ce``, ``dice``, ``focal``, ``lovasz`` (partial-label aware).
     focal_gamma : float
         Focusing exponent of the focal term.
     class_weights : tuple of float, optional

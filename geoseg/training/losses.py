@@ -1,4 +1,4 @@
-"""Partial-label ("marginal") segmentation losses: cross-entropy, focal and Dice.
+"""Partial-label ("marginal") segmentation losses: cross-entropy, focal, Dice and Lovász.
 
 Each training chip comes from a source that labels only some classes.  Its
 ``labelled`` row says which: a pixel labelled with class ``c`` is supervised as
@@ -12,13 +12,16 @@ so an unlabelled tree in a cropland-only source is not pushed towards
 background.  For a source that labels every class this is ordinary
 cross-entropy.
 
-All three losses work on the same *merged* distribution ``q``: per chip, the
+All four losses work on the same *merged* distribution ``q``: per chip, the
 probabilities of the unlabelled classes are summed into the background slot
 (class 0) and those classes get no slot of their own.  Cross-entropy and focal
 loss are the usual formulas on ``q``; Dice compares ``q`` with the one-hot
-target class by class, counting each class only over chips where it has a slot.
+target class by class, counting each class only over chips where it has a slot;
+Lovász-softmax (Berman et al. 2018, segmentation-models-pytorch's implementation)
+is the convex surrogate of each class's IoU over the batch, computed on ``q``.
 Class weights weigh pixels by their target class (cross-entropy, focal) or
-classes in the Dice mean.  Pixels equal to ``ignore_index`` count nowhere.
+classes in the Dice mean; the Lovász term ignores them.  Pixels equal to
+``ignore_index`` count nowhere.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ __all__ = [
     "partial_cross_entropy",
     "partial_dice",
     "partial_focal",
+    "partial_lovasz",
 ]
 
 
@@ -244,13 +248,54 @@ def partial_dice(
     return ((1.0 - dice) * weight).sum() / weight.sum()
 
 
+def partial_lovasz(
+    logits: Tensor,
+    target: Tensor,
+    labelled: Tensor,
+    *,
+    ignore_index: int = IGNORE_INDEX,
+) -> Tensor:
+    """Partial-label Lovász-softmax loss: a convex surrogate of ``1 - IoU`` per class.
+
+    The Lovász-softmax of segmentation-models-pytorch over the whole batch, on the
+    merged distribution ``q`` (see the module docstring), averaged over the classes
+    that occur in the targets.  A class without a slot in a chip has ``q = 0`` and no
+    target pixel there, so those pixels add nothing to its term: a source is never
+    asked about a class it does not label.
+
+    Parameters as :func:`partial_cross_entropy`, without class weights.
+
+    Examples
+    --------
+    A confident, correct prediction costs almost nothing; a wrong one almost 1:
+
+    >>> import torch
+    >>> target = torch.tensor([[[0, 1], [1, 2]]])
+    >>> every = torch.tensor([[False, True, True]])
+    >>> right = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2) * 20.0
+    >>> round(float(partial_lovasz(right, target, every)), 4)
+    0.0
+    >>> wrong = torch.nn.functional.one_hot((target + 1) % 3, 3).permute(0, 3, 1, 2) * 20.0
+    >>> round(float(partial_lovasz(wrong, target, every)), 4)
+    1.0
+    """
+    from segmentation_models_pytorch.losses import LovaszLoss
+
+    logq = merged_log_probs(logits, labelled)
+    # smp's multiclass Lovász takes logits and applies a softmax over the classes;
+    # the softmax of log q is q itself (q sums to 1, unlabelled slots are -inf -> 0).
+    lovasz = LovaszLoss("multiclass", ignore_index=ignore_index)
+    return lovasz(logq, target.long())
+
+
 class PartialLabelLoss(nn.Module):
-    """A weighted sum of partial-label cross-entropy, Dice and focal terms.
+    """A weighted sum of partial-label cross-entropy, Dice, focal and Lovász terms.
 
     Parameters
     ----------
     terms : sequence of (str, float)
-        ``("ce" | "dice" | "focal", weight)`` pairs, e.g. ``[("ce", 1), ("dice", 1)]``.
+        ``("ce" | "dice" | "focal" | "lovasz", weight)`` pairs, e.g.
+        ``[("ce", 1), ("dice", 1)]``.
     class_weights : sequence of float, optional
         One weight per class, shared by every term.
     gamma : float
@@ -278,10 +323,10 @@ class PartialLabelLoss(nn.Module):
         ignore_index: int = IGNORE_INDEX,
     ) -> None:
         super().__init__()
-        known = {"ce", "dice", "focal"}
+        known = {"ce", "dice", "focal", "lovasz"}
         bad = [name for name, _ in terms if name not in known]
         if bad or not terms:
-            raise ConfigError(f"unknown loss term(s) {bad}; use ce, dice and/or focal")
+            raise ConfigError(f"unknown loss term(s) {bad}; use ce, dice, focal and/or lovasz")
         self.terms = [(name, float(w)) for name, w in terms]
         self.gamma = float(gamma)
         self.ignore_index = ignore_index
@@ -313,6 +358,8 @@ class PartialLabelLoss(nn.Module):
                     class_weights=cw,
                     ignore_index=self.ignore_index,
                 )
+            elif name == "lovasz":
+                value = partial_lovasz(logits, target, labelled, ignore_index=self.ignore_index)
             else:
                 value = partial_dice(
                     logits, target, labelled, class_weights=cw, ignore_index=self.ignore_index

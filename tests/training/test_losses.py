@@ -16,6 +16,7 @@ from geoseg.training.losses import (
     partial_cross_entropy,
     partial_dice,
     partial_focal,
+    partial_lovasz,
 )
 
 # classes: 0 background, 1 vegetation, 2 cropland
@@ -141,15 +142,18 @@ def test_combined_loss_is_the_weighted_sum():
     target = torch.randint(0, 3, (2, 6, 6))
     target[0][target[0] == 1] = 0  # the cropland-only chip has no vegetation labels
     labelled = torch.cat([CROPLAND_ONLY, FULL])
-    loss_fn = PartialLabelLoss([("ce", 1.0), ("dice", 0.5), ("focal", 2.0)], gamma=1.5)
+    loss_fn = PartialLabelLoss(
+        [("ce", 1.0), ("dice", 0.5), ("focal", 2.0), ("lovasz", 0.25)], gamma=1.5
+    )
     total, parts = loss_fn(logits, target, labelled)
     expected = (
         partial_cross_entropy(logits, target, labelled)
         + 0.5 * partial_dice(logits, target, labelled)
         + 2.0 * partial_focal(logits, target, labelled, gamma=1.5)
+        + 0.25 * partial_lovasz(logits, target, labelled)
     )
     assert float(total.detach()) == pytest.approx(float(expected.detach()), abs=1e-6)
-    assert set(parts) == {"ce", "dice", "focal"}
+    assert set(parts) == {"ce", "dice", "focal", "lovasz"}
     total.backward()
     assert torch.isfinite(logits.grad).all()
 
@@ -168,4 +172,61 @@ def test_labelled_matrix_and_bad_terms():
     with pytest.raises(ConfigError):
         labelled_matrix([[0]], 3)
     with pytest.raises(ConfigError):
-        PartialLabelLoss([("lovasz", 1.0)])
+        PartialLabelLoss([("tversky", 1.0)])
+
+
+def _lovasz_by_hand(probs: torch.Tensor, target: torch.Tensor) -> float:
+    """Lovász-softmax (Berman et al. 2018) over all pixels, written out with numpy-like steps."""
+    p = probs.permute(0, 2, 3, 1).reshape(-1, probs.shape[1]).double()
+    t = target.reshape(-1)
+    losses = []
+    for c in range(p.shape[1]):
+        fg = (t == c).double()
+        if fg.sum() == 0:
+            continue
+        errors = (fg - p[:, c]).abs()
+        order = torch.argsort(errors, descending=True)
+        e, g = errors[order], fg[order]
+        inter = g.sum() - g.cumsum(0)
+        union = g.sum() + (1 - g).cumsum(0)
+        jac = 1 - inter / union
+        grad = torch.cat([jac[:1], jac[1:] - jac[:-1]])
+        losses.append(float((e * grad).sum()))
+    return sum(losses) / len(losses)
+
+
+def test_lovasz_on_a_fully_labelled_source_is_lovasz_softmax():
+    torch.manual_seed(3)
+    logits = torch.randn(2, 3, 5, 5)
+    target = torch.randint(0, 3, (2, 5, 5))
+    target[1, 0, :2] = 255  # ignored pixels count nowhere
+    full = torch.cat([FULL, FULL])
+    keep = target != 255
+    probs = logits.softmax(1)
+    expected = _lovasz_by_hand(
+        probs.permute(0, 2, 3, 1)[keep].T[None, :, :, None], target[keep].view(1, -1, 1)
+    )
+    assert float(partial_lovasz(logits, target, full)) == pytest.approx(expected, abs=1e-5)
+
+
+def test_lovasz_merges_unlabelled_classes_into_background():
+    # A cropland-only chip: vegetation has no slot, so the loss is the two-class
+    # Lovász of (background + vegetation, cropland), and a chip where vegetation has
+    # no slot adds nothing to the vegetation term of a mixed batch.
+    torch.manual_seed(4)
+    logits = torch.randn(1, 3, 4, 4)
+    target = torch.randint(0, 3, (1, 4, 4))
+    target[target == 1] = 0
+    p = logits.softmax(1)
+    merged = torch.stack([p[:, 0] + p[:, 1], torch.zeros_like(p[:, 1]), p[:, 2]], 1)
+    expected = _lovasz_by_hand(merged, target)
+    assert float(partial_lovasz(logits, target, CROPLAND_ONLY)) == pytest.approx(expected, abs=1e-5)
+    # a vegetation-probable pixel called background costs less than under full labels
+    tree = pixels((0.1, 0.8, 0.1), (0.05, 0.05, 0.9))
+    called = targets(0, 2)
+    assert float(partial_lovasz(tree, called, CROPLAND_ONLY)) < float(
+        partial_lovasz(tree, called, FULL)
+    )
+    tree.requires_grad_(True)
+    partial_lovasz(tree, called, CROPLAND_ONLY).backward()
+    assert tree.grad is not None and torch.isfinite(tree.grad).all()

@@ -63,7 +63,7 @@ def test_defaults_and_round_trip(tmp_path):
         ({"chip_size": 30, "architecture": "unet"}, "chip_size"),
         ({"classes": ["background"]}, "classes"),
         ({"epochs": 0}, "epochs"),
-        ({"loss": "ce+lovasz"}, "loss"),
+        ({"loss": "ce+tversky"}, "loss"),
         ({"class_weights": [1, 2]}, "class_weights"),
         ({"architecture": "nonet"}, "architecture"),
         ({"validation": {"split": "pixels"}}, "validation.split"),
