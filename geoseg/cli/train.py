@@ -147,7 +147,9 @@ def _saved_config(run_dir: Path) -> dict[str, Any]:
     "--init-weights",
     type=click.Path(path_type=Path),
     default=None,
-    help="Start the whole network from this checkpoint (a model name's folder or a weights file).",
+    help="Start the whole network from this checkpoint (a bundled model name such as default, a "
+    "checkpoint folder or a weights file); a checkpoint's classes, bands, architecture, pixel "
+    "size and normalisation are kept unless given.",
 )
 @click.option("--chip-size", type=int, default=None, help="Training chip edge in pixels.")
 @click.option("--pixel-size", type=float, default=None, help="Train at this pixel size in metres.")
@@ -155,7 +157,7 @@ def _saved_config(run_dir: Path) -> dict[str, Any]:
 @click.option("--batch-size", type=int, default=None)
 @click.option("--samples-per-epoch", type=int, default=None)
 @click.option("--lr", type=float, default=None, help="Learning rate (AdamW).")
-@click.option("--loss", default=None, help="Loss terms: ce, dice, focal, e.g. ce+dice.")
+@click.option("--loss", default=None, help="Loss terms: ce, dice, focal, lovasz, e.g. ce+dice.")
 @click.option(
     "--val-split",
     type=click.Choice(["files", "blocks"]),
@@ -226,6 +228,8 @@ def train(
       geoseg train --config train.yaml
       geoseg train --images tiles/*.tif --labels roofs.gpkg --classes background,building \\
           --labelled-classes building --arch unet --encoder resnet18 -o run/
+      geoseg train --init-weights default --images mine/*.tif --labels roofs.gpkg \\
+          --labelled-classes building -o run/     # fine-tune the bundled model
 
     The best checkpoint (by validation mean IoU) lands in OUTPUT/model and works
     with 'geoseg predict --model OUTPUT/model'.  A stopped run continues where
@@ -255,8 +259,11 @@ def train(
     elif not (all_images and labels):
         raise ConfigError("pass --config train.yaml, or --images and --labels (with --classes)")
     else:
-        if classes is None:
-            raise ConfigError("--classes is required without --config, e.g. background,building")
+        if classes is None and init_weights is None:
+            raise ConfigError(
+                "--classes is required without --config, e.g. background,building "
+                "(or --init-weights MODEL to fine-tune MODEL with its classes)"
+            )
         source: dict[str, Any] = {"name": "flags", "images": all_images, "labels": list(labels)}
         if label_field:
             source["label_field"] = label_field

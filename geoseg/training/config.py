@@ -21,18 +21,20 @@ from pathlib import Path
 from typing import Any
 
 from geoseg.errors import ConfigError, ModelCardError
-from geoseg.models.card import ClassInfo
+from geoseg.models.card import ClassInfo, ModelCard
 from geoseg.types import IGNORE_INDEX  # target value of ignored pixels in label chips
 
 __all__ = [
     "IGNORE",
     "IGNORE_INDEX",
+    "INHERITED",
     "LOSSES",
     "LR_SCHEDULES",
     "AugmentConfig",
     "SourceConfig",
     "TrainConfig",
     "ValidationConfig",
+    "init_card",
     "parse_class_list",
     "parse_class_map",
     "parse_loss",
@@ -565,6 +567,84 @@ class ValidationConfig:
         return cls(**data)
 
 
+#: Settings a warm start (``init_weights``) takes from its checkpoint's card when the
+#: config leaves them out: the network and the classes it predicts stay the same.
+INHERITED = (
+    "classes",
+    "bands",
+    "architecture",
+    "encoder",
+    "arch_params",
+    "pixel_size_m",
+    "input_range",
+    "tile_size",
+    "overlap",
+    "contact_class",
+)
+
+
+def _init_weights_path(value: str, base_dir: Path | None) -> Path:
+    """``init_weights`` as a path: a bundled model's name becomes its folder."""
+    path = Path(_resolve(value, base_dir))
+    if not path.exists():
+        from geoseg.models.checkpoint import bundled_models
+
+        bundled = bundled_models()
+        if value in bundled:
+            return bundled[value]
+    return path
+
+
+def init_card(path: Path | None) -> ModelCard | None:
+    """The card of the checkpoint a warm start begins from (None for plain weights).
+
+    Parameters
+    ----------
+    path : Path, optional
+        ``init_weights``: a checkpoint directory, its ``model.safetensors``, or a
+        plain weights file.
+    """
+    if path is None:
+        return None
+    p = Path(path)
+    folder = p if p.is_dir() else p.parent if p.name == "model.safetensors" else None
+    if folder is None or not (folder / "model_card.json").is_file():
+        return None
+    from geoseg.models.checkpoint import load_card
+
+    try:
+        return load_card(folder)
+    except ModelCardError as exc:
+        raise _fail("init_weights", f"has an invalid card: {exc}") from exc
+
+
+def _inherited(card: ModelCard) -> dict[str, Any]:
+    """The :data:`INHERITED` settings of ``card``, as config data."""
+    return {
+        "classes": [
+            {
+                "name": c.name,
+                "color": c.color,
+                "layer": c.layer,
+                "vectorize": c.vectorize,
+                "definition": c.definition,
+            }
+            for c in card.classes
+        ],
+        "bands": list(card.bands),
+        "architecture": card.architecture,
+        "encoder": card.encoder,
+        "arch_params": dict(card.arch_params),
+        "pixel_size_m": card.pixel_size_m,
+        "input_range": list(card.input_range),
+        "tile_size": card.tile_size,
+        "overlap": card.overlap,
+        "contact_class": (
+            None if card.contact_class is None else card.class_by_id(card.contact_class).name
+        ),
+    }
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run needs.
@@ -590,9 +670,13 @@ class TrainConfig:
         Local state-dict file (.safetensors, or .pt/.pth read with
         ``weights_only=True``) to initialise the encoder from; never a hub.
     init_weights : Path, optional
-        A geoseg checkpoint directory (or its ``model.safetensors``) whose weights
-        the whole network starts from (a warm start); tensors whose names or
-        shapes differ, e.g. a head for other classes, keep their initial values.
+        A geoseg checkpoint directory (or its ``model.safetensors``), or the name
+        of a bundled model, whose weights the whole network starts from (a warm
+        start); tensors whose names or shapes differ, e.g. a head for other
+        classes, keep their initial values.  The settings in :data:`INHERITED`
+        that the config leaves out are taken from that checkpoint's card, and so
+        is its normalisation (``mean``, ``std``) when the bands and input range
+        are the card's: the weights were learnt on inputs scaled that way.
     chip_size : int
         Training chip edge in pixels (a multiple of the architecture's stride).
     pixel_size_m : float, optional
@@ -602,6 +686,9 @@ class TrainConfig:
         512 and the chip size, rounded to the stride; 64, or a quarter tile).
     input_range : (float, float)
         Raw value range mapped to [0, 1] before normalisation.
+    mean, std : tuple of float, optional
+        Per-band normalisation after scaling to [0, 1] (default: a warm start's
+        card's, else measured on ``stats_chips`` training chips).
     epochs, batch_size, samples_per_epoch : int
         Length of training; chips per step; chips per epoch over all sources.
     lr, weight_decay : float
@@ -672,6 +759,8 @@ class TrainConfig:
     tile_size: int | None = None
     overlap: int | None = None
     input_range: tuple[float, float] = (0.0, 255.0)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
     epochs: int = 20
     batch_size: int = 8
     samples_per_epoch: int = 512
@@ -711,6 +800,7 @@ class TrainConfig:
         if not hi > lo:
             raise _fail("input_range", f"must be [low, high] with high > low, got {[lo, hi]}")
         object.__setattr__(self, "input_range", (lo, hi))
+        self._check_normalisation()
         _int(self.epochs, "epochs", lo=1)
         _int(self.batch_size, "batch_size", lo=1)
         _int(self.samples_per_epoch, "samples_per_epoch", lo=1)
@@ -767,6 +857,25 @@ class TrainConfig:
         if self.threads is not None:
             _int(self.threads, "threads", lo=1)
         _int(self.workers, "workers", lo=0)
+
+    def _check_normalisation(self) -> None:
+        """``mean`` and ``std`` come together, one number per band, std > 0."""
+        if (self.mean is None) != (self.std is None):
+            raise _fail("mean", "and std go together: give both, or neither")
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if not isinstance(value, Sequence) or isinstance(value, str):
+                raise _fail(key, f"must be a list of numbers, one per band, got {value!r}")
+            if len(value) != len(self.bands):
+                raise _fail(
+                    key, f"has {len(value)} value(s) but the model reads {len(self.bands)} band(s)"
+                )
+            nums = tuple(_num(v, key) for v in value)
+            if key == "std" and any(v <= 0 for v in nums):
+                raise _fail("std", f"must be > 0 for every band, got {list(nums)}")
+            object.__setattr__(self, key, nums)
 
     def _check_classes_and_sources(self) -> None:
         """Classes, bands and each source checked against them; paths become Paths."""
@@ -885,6 +994,11 @@ class TrainConfig:
             )
         _check_keys(data, cls, "")
         d = dict(data)
+        if d.get("init_weights") is not None:
+            d["init_weights"] = _init_weights_path(str(d["init_weights"]), base_dir)
+            donor = init_card(d["init_weights"])
+            if donor is not None:
+                d = {**_inherited(donor), **d}
         if "sources" not in d or "classes" not in d:
             missing = [k for k in ("sources", "classes") if k not in d]
             raise ConfigError(f"config is missing required field(s) {missing}")
@@ -903,9 +1017,12 @@ class TrainConfig:
         d["classes"] = _parse_classes(d["classes"])
         if "bands" in d:
             d["bands"] = _strs(d["bands"], "bands")
-        for key in ("output", "encoder_weights", "init_weights"):
+        for key in ("output", "encoder_weights"):
             if d.get(key) is not None:
                 d[key] = Path(_resolve(str(d[key]), base_dir))
+        for key in ("mean", "std"):
+            if isinstance(d.get(key), list):
+                d[key] = tuple(d[key])
         if "input_range" in d:
             rng = d["input_range"]
             if not isinstance(rng, Sequence) or isinstance(rng, str) or len(rng) != 2:
@@ -967,6 +1084,9 @@ class TrainConfig:
             "tile_size": self.tile_size,
             "overlap": self.overlap,
             "input_range": list(self.input_range),
+            # mean and std only when set, so that older runs' configs compare equal
+            **({"mean": list(self.mean)} if self.mean is not None else {}),
+            **({"std": list(self.std)} if self.std is not None else {}),
             "epochs": self.epochs,
             "batch_size": self.batch_size,
             "samples_per_epoch": self.samples_per_epoch,

@@ -30,7 +30,7 @@ import numpy as np
 from geoseg import __version__
 from geoseg.errors import CheckpointError, ConfigError
 from geoseg.models.card import ModelCard
-from geoseg.training.config import IGNORE_INDEX, TrainConfig
+from geoseg.training.config import IGNORE_INDEX, TrainConfig, init_card
 from geoseg.training.rundir import RunDir
 
 if TYPE_CHECKING:
@@ -269,15 +269,10 @@ def _load_matching(
 
 def _shared_outputs(config: TrainConfig, card: ModelCard) -> int | None:
     """Class outputs a warm start shares with a new contact head (see :func:`load_init_weights`)."""
-    from geoseg.models.checkpoint import CARD_NAME, load_card
-
-    if card.contact_class is None or config.init_weights is None:
+    if card.contact_class is None:
         return None
-    donor = Path(config.init_weights)
-    if not (donor / CARD_NAME).is_file():
-        return None
-    theirs = load_card(donor)
-    if [c.name for c in theirs.classes] != [c.name for c in card.classes]:
+    theirs = init_card(config.init_weights)
+    if theirs is None or [c.name for c in theirs.classes] != [c.name for c in card.classes]:
         return None
     return card.n_classes
 
@@ -297,11 +292,30 @@ def _provenance(config: TrainConfig, data: TrainingData) -> dict[str, Any]:
 
 
 def _card(
-    config: TrainConfig, data: TrainingData, mean: tuple[float, ...], std: tuple[float, ...]
+    config: TrainConfig,
+    data: TrainingData,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    donor: ModelCard | None = None,
+    normalisation: str = "",
 ) -> ModelCard:
     from geoseg.models.registry import architecture_task
 
     names = ", ".join(c.name for c in config.classes[1:])
+    description = config.description or f"{config.architecture} trained by geoseg on {names}"
+    licence = config.licence
+    postprocess: dict[str, Any] = {}
+    provenance = _provenance(config, data)
+    if normalisation:
+        provenance["normalisation"] = normalisation
+    if donor is not None:
+        # A fine-tune keeps the clean-up its classes had and says where it came from.
+        postprocess = {k: v for k, v in donor.postprocess.items() if k in config.class_names}
+        provenance["init_weights"] = {"name": donor.name, "description": donor.description}
+        if not config.description:
+            description = f"{config.architecture} fine-tuned by geoseg from {donor.name} on {names}"
+        if not licence and donor.licence:
+            licence = f"Fine-tuned from {donor.name}, whose card says: {donor.licence}"
     return ModelCard(
         name=config.name,
         architecture=config.architecture,
@@ -322,9 +336,10 @@ def _card(
         tile_size=config.tile_size or 512,
         overlap=config.overlap if config.overlap is not None else 64,
         stride=config.stride,
-        description=config.description or f"{config.architecture} trained by geoseg on {names}",
-        licence=config.licence,
-        provenance=_provenance(config, data),
+        description=description,
+        licence=licence,
+        postprocess=postprocess,
+        provenance=provenance,
         training=config.to_dict(),
     )
 
@@ -446,11 +461,30 @@ def _initial_model(
         return loaded.model, loaded.card
     # Only now that the data is known to be usable is an earlier run replaced.
     run.clear()
-    emit(TrainEvent("setup", 0, config.epochs, message="estimating band statistics"))
-    stats_seed = _derive(config.seed, 1 << 20)
-    stats_chips = ChipDataset(data, data.train_queries(stats_seed, count=config.stats_chips), cache)
-    mean, std = band_statistics(stats_chips, config.input_range)
-    card = _card(config, data, mean, std)
+    donor = init_card(config.init_weights)
+    if config.mean is not None and config.std is not None:
+        mean, std = config.mean, config.std
+        normalisation = "given in the config"
+    elif (
+        donor is not None
+        and donor.mean
+        and donor.std
+        and tuple(donor.bands) == tuple(config.bands)
+        and tuple(donor.input_range) == tuple(config.input_range)
+    ):
+        # The warm start's weights were learnt on inputs scaled by its card: keep that.
+        mean, std = tuple(donor.mean), tuple(donor.std)
+        normalisation = f"from the card of init_weights ({donor.name})"
+        log.info("band statistics %s", normalisation)
+    else:
+        emit(TrainEvent("setup", 0, config.epochs, message="estimating band statistics"))
+        stats_seed = _derive(config.seed, 1 << 20)
+        stats_chips = ChipDataset(
+            data, data.train_queries(stats_seed, count=config.stats_chips), cache
+        )
+        mean, std = band_statistics(stats_chips, config.input_range)
+        normalisation = f"measured on {config.stats_chips} training chips"
+    card = _card(config, data, mean, std, donor, normalisation)
     torch.manual_seed(config.seed)
     model = build_model(card)
     if config.encoder_weights is not None:

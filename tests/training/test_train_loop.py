@@ -195,6 +195,77 @@ def test_a_run_can_start_from_another_runs_weights(roofs, tmp_path):
     assert run.card.training["init_weights"] == str(first.last)
 
 
+def test_a_fine_tune_keeps_the_checkpoints_classes_network_and_normalisation(roofs, tmp_path):
+    from geoseg.models import load_checkpoint, save_checkpoint
+
+    first = train(TrainConfig.from_dict(roof_config(roofs, tmp_path / "a", epochs=1)))
+    loaded = load_checkpoint(first.last)
+    donor = tmp_path / "donor"
+    save_checkpoint(
+        loaded.model,
+        loaded.card.replace(
+            name="donor",
+            mean=(0.1, 0.2, 0.3),
+            std=(0.4, 0.5, 0.6),
+            licence="CC0",
+            postprocess={"building": {"min_area_m2": 7.0}},
+        ),
+        donor,
+    )
+    base = roof_config(roofs, tmp_path / "b", epochs=1)
+    for key in ("classes", "architecture", "arch_params", "tile_size", "overlap"):
+        base.pop(key)
+    cfg = TrainConfig.from_dict({**base, "init_weights": str(donor)})
+    assert cfg.class_names == ("background", "building") and cfg.architecture == "tinycnn"
+    assert cfg.arch_params == {"width": 12, "depth": 2} and (cfg.tile_size, cfg.overlap) == (64, 8)
+    run = train(cfg)
+    # the weights were learnt on inputs scaled by the donor's card: the fine-tune keeps it
+    assert run.card.mean == (0.1, 0.2, 0.3) and run.card.std == (0.4, 0.5, 0.6)
+    assert run.card.provenance["normalisation"] == "from the card of init_weights (donor)"
+    assert run.card.postprocess == {"building": {"min_area_m2": 7.0}}
+    assert "donor" in run.card.licence and "CC0" in run.card.licence
+    assert run.card.provenance["init_weights"]["name"] == "donor"
+    # another input range: the donor's statistics no longer apply and are measured
+    other = train(
+        TrainConfig.from_dict(
+            {**base, "init_weights": str(donor), "input_range": [0, 1000], "overwrite": True}
+        )
+    )
+    assert other.card.mean != (0.1, 0.2, 0.3)
+    assert other.card.provenance["normalisation"] == "measured on 8 training chips"
+    # the CLI: a fine-tune needs no --classes
+    r = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--init-weights",
+            str(donor),
+            "--images",
+            *[str(p) for p in roofs["images"]],
+            "--labels",
+            str(roofs["labels"]),
+            "--labelled-classes",
+            "building",
+            "--chip-size",
+            "32",
+            "--epochs",
+            "1",
+            "--samples-per-epoch",
+            "16",
+            "--device",
+            "cpu",
+            "-o",
+            str(tmp_path / "c"),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    card = load_card(tmp_path / "c" / "last")
+    assert [c.name for c in card.classes] == ["background", "building"]
+    assert card.mean == (0.1, 0.2, 0.3) and card.architecture == "tinycnn"
+    r = CliRunner().invoke(cli, ["train", "--images", str(roofs["images"][0]), "--labels", "x"])
+    assert r.exit_code != 0 and "--init-weights" in str(r.exception or r.output)
+
+
 def test_encoder_weights_come_from_a_local_file(tmp_path):
     card = ModelCard.from_dict(
         {

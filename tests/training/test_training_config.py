@@ -55,6 +55,35 @@ def test_defaults_and_round_trip(tmp_path):
     fixed = TrainConfig.from_dict(minimal(validation={"seed": 3}), tmp_path)
     assert fixed.to_dict()["validation"]["seed"] == 3
     assert TrainConfig.from_dict(fixed.to_dict()) == fixed
+    # normalisation likewise: only when given
+    assert "mean" not in cfg.to_dict() and cfg.mean is None
+    norm = TrainConfig.from_dict(minimal(mean=[0.4, 0.5, 0.6], std=[0.2, 0.2, 0.25]), tmp_path)
+    assert norm.mean == (0.4, 0.5, 0.6) and norm.to_dict()["std"] == [0.2, 0.2, 0.25]
+    assert TrainConfig.from_dict(norm.to_dict()) == norm
+
+
+def test_a_warm_start_from_a_bundled_model_takes_its_network_and_classes(tmp_path):
+    from geoseg.models import load_card
+    from geoseg.models.checkpoint import bundled_models
+
+    card = load_card("default")
+    d = minimal()
+    for key in ("classes", "architecture"):
+        d.pop(key)
+    cfg = TrainConfig.from_dict({**d, "init_weights": "default", "chip_size": 192}, tmp_path)
+    assert cfg.init_weights == bundled_models()["default"]
+    assert cfg.classes == card.classes and cfg.bands == card.bands
+    assert (cfg.architecture, cfg.encoder) == (card.architecture, card.encoder)
+    assert cfg.pixel_size_m == card.pixel_size_m and cfg.tile_size == card.tile_size
+    assert cfg.mean is None  # the loop takes the card's normalisation (tests/training)
+    # what the config says wins; a folder of that name beside the config wins over the name
+    own = TrainConfig.from_dict({**minimal(), "init_weights": "default"}, tmp_path)
+    assert own.architecture == "tinycnn" and own.classes[1].definition == ""
+    assert card.classes[1].definition
+    (tmp_path / "default").mkdir()
+    assert TrainConfig.from_dict(minimal(init_weights="default"), tmp_path).init_weights == (
+        tmp_path / "default"
+    )
 
 
 @pytest.mark.parametrize(
@@ -73,6 +102,9 @@ def test_defaults_and_round_trip(tmp_path):
         ({"lr_schedule": "step"}, "lr_schedule"),
         ({"warmup": 0.9}, "warmup"),
         ({"validation": {"seed": -1}}, "validation.seed"),
+        ({"mean": [0.5, 0.5, 0.5]}, "mean"),
+        ({"mean": [0.5, 0.5], "std": [0.2, 0.2]}, "mean"),
+        ({"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.0, 0.2]}, "std"),
     ],
 )
 def test_errors_name_the_field(change, field):
