@@ -12,7 +12,8 @@ tiled inference users run, against its own labels and only for the classes it la
 Scores come through the user's path by default: the polygons ``geoseg predict IMG -o X.gpkg``
 writes, rasterized back onto the image for pixel metrics (``--raster`` scores the class
 rasters instead); ``--tta flips|d4`` adds test-time augmentation; ``--precision int8``
-runs the checkpoint's int8 graph.
+runs the checkpoint's int8 graph; ``--split-from CHECKPOINT`` scores on another card's
+held-out files (a fine-tune of the bundled model on the bundled model's split).
 
 Usage::
 
@@ -41,9 +42,16 @@ def main() -> None:
     ap.add_argument("--raster", action="store_true", help="score class rasters, not polygons")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "int8", "auto"])
     ap.add_argument("--sources", default="", help="comma list of sources (default: all)")
+    ap.add_argument(
+        "--split-from",
+        type=Path,
+        default=None,
+        help="take the held-out files from this checkpoint's card (e.g. the bundled model, to "
+        "score a fine-tune of it on the same files)",
+    )
     args = ap.parse_args()
     model, out = args.model, args.out
-    card = json.loads((model / "model_card.json").read_text())
+    card = json.loads(((args.split_from or model) / "model_card.json").read_text())
     held: dict[str, list[str]] = {}
     for src in card["provenance"]["sources"]:
         for part in src.get("parts", []):

@@ -159,6 +159,13 @@ def _saved_config(run_dir: Path) -> dict[str, Any]:
 @click.option("--lr", type=float, default=None, help="Learning rate (AdamW).")
 @click.option("--loss", default=None, help="Loss terms: ce, dice, focal, lovasz, e.g. ce+dice.")
 @click.option(
+    "--distill",
+    type=float,
+    default=None,
+    help="With --init-weights: weight of keeping that network's split of background pixels "
+    "among the classes the labels leave out (e.g. 1; 0: off).",
+)
+@click.option(
     "--val-split",
     type=click.Choice(["files", "blocks"]),
     default=None,
@@ -210,6 +217,7 @@ def train(
     samples_per_epoch: int | None,
     lr: float | None,
     loss: str | None,
+    distill: float | None,
     val_split: str | None,
     val_fraction: float | None,
     seed: int | None,
@@ -229,7 +237,7 @@ def train(
       geoseg train --images tiles/*.tif --labels roofs.gpkg --classes background,building \\
           --labelled-classes building --arch unet --encoder resnet18 -o run/
       geoseg train --init-weights default --images mine/*.tif --labels roofs.gpkg \\
-          --labelled-classes building -o run/     # fine-tune the bundled model
+          --labelled-classes building --distill 1 -o run/   # fine-tune the bundled model
 
     The best checkpoint (by validation mean IoU) lands in OUTPUT/model and works
     with 'geoseg predict --model OUTPUT/model'.  A stopped run continues where
@@ -291,6 +299,7 @@ def train(
         "samples_per_epoch": samples_per_epoch,
         "lr": lr,
         "loss": loss,
+        "distill": distill,
         "seed": seed,
         "amp": amp,
         "threads": threads,

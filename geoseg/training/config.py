@@ -718,6 +718,14 @@ class TrainConfig:
     contact_radius : int
         A pixel is a contact pixel when the square of ``2 * radius + 1``
         pixels around it holds pixels of two different objects.
+    distill : float
+        Weight of a "learning without forgetting" term for fine-tunes (0: off).
+        Where a source calls a pixel background ("none of my labelled classes"),
+        the network is asked to share that pixel between background and the
+        classes the source does not label as the ``init_weights`` network
+        does (a KL divergence to its prediction, which runs beside training),
+        so a building-only fine-tune does not turn streets into vegetation.
+        Needs ``init_weights`` with the same classes.
     augment : AugmentConfig
     validation : ValidationConfig
     stats_chips : int
@@ -774,6 +782,7 @@ class TrainConfig:
     contact_class: str | None = None
     contact_weight: float = 1.0
     contact_radius: int = 1
+    distill: float = 0.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     stats_chips: int = 64
@@ -850,6 +859,7 @@ class TrainConfig:
             self._check_instance_sources()
         _num(self.contact_weight, "contact_weight", lo=0)
         _int(self.contact_radius, "contact_radius", lo=1)
+        self._check_distill()
         _int(self.stats_chips, "stats_chips", lo=1)
         _int(self.seed, "seed", lo=0)
         if not isinstance(self.device, str):
@@ -857,6 +867,27 @@ class TrainConfig:
         if self.threads is not None:
             _int(self.threads, "threads", lo=1)
         _int(self.workers, "workers", lo=0)
+
+    def _check_distill(self) -> None:
+        """``distill`` needs a warm start from a checkpoint with the same classes."""
+        _num(self.distill, "distill", lo=0)
+        if not self.distill:
+            return
+        if self.task == "instance":
+            raise _fail("distill", f"is for semantic models; {self.architecture} has none")
+        donor = init_card(self.init_weights)
+        if donor is None:
+            raise _fail(
+                "distill",
+                "keeps what the init_weights network predicts: set init_weights to a "
+                "checkpoint folder or a bundled model name",
+            )
+        if [c.name for c in donor.classes] != list(self.class_names):
+            raise _fail(
+                "distill",
+                f"needs the classes of init_weights ({', '.join(c.name for c in donor.classes)}), "
+                f"got {', '.join(self.class_names)}",
+            )
 
     def _check_normalisation(self) -> None:
         """``mean`` and ``std`` come together, one number per band, std > 0."""
@@ -1110,6 +1141,8 @@ class TrainConfig:
                 if self.contact_class is not None
                 else {}
             ),
+            # distill only when set, so that older runs' configs compare equal
+            **({"distill": self.distill} if self.distill else {}),
             "augment": {f.name: getattr(self.augment, f.name) for f in fields(self.augment)},
             # validation.seed only when set, so that older runs' configs compare equal
             "validation": {

@@ -587,11 +587,19 @@ def train(config: TrainConfig, callback: TrainCallback | None = None) -> TrainRe
     ).to(device)
     labelled = labelled_matrix(data.labelled, n_classes).to(device)
     objective = _Objective(loss_fn, labelled, n_classes, config, data.contact_known, device)
+    teacher = _teacher(config, device)
     batches = _Batches(config, card, device)
     instance = card.task == "instance"
     steps = config.samples_per_epoch // config.batch_size
     step_fn = _Step(
-        model, (optimizer, scaler), batches, objective, config, (use_amp, amp_dtype), instance
+        model,
+        (optimizer, scaler),
+        batches,
+        objective,
+        config,
+        (use_amp, amp_dtype),
+        instance,
+        teacher,
     )
     history: list[dict[str, Any]] = list(state["history"]) if state else []
     best_miou: float | None = state.get("best_miou") if state else None
@@ -704,11 +712,13 @@ class _Step:
         config: TrainConfig,
         amp: tuple[bool, torch.dtype],
         instance: bool,
+        teacher: nn.Module | None = None,
     ) -> None:
         self.model, (self.optimizer, self.scaler) = model, opt
         self.batches, self.objective, self.config = batches, objective, config
         self.use_amp, self.amp_dtype = amp
         self.instance = instance
+        self.teacher = teacher
         self.total = config.samples_per_epoch // config.batch_size * config.epochs
 
     def __call__(self, step: int, batch: Any, generator: torch.Generator) -> tuple[float, float]:
@@ -732,12 +742,35 @@ class _Step:
             if self.instance:
                 loss = instance_loss(self.model, x, mask)
             else:
-                loss = self.objective(self.model(x), mask, source)
+                logits = self.model(x)
+                loss = self.objective(logits, mask, source)
+                if self.teacher is not None:
+                    with torch.no_grad():
+                        taught = self.teacher(x)
+                    loss = loss + self.config.distill * self.objective.distill(
+                        logits, taught, mask, source
+                    )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return float(loss.detach()), lr
+
+
+def _teacher(config: TrainConfig, device: torch.device) -> nn.Module | None:
+    """The frozen ``init_weights`` network a ``distill`` run keeps close to, or None."""
+    if not config.distill or config.init_weights is None:
+        return None
+    import torch
+
+    from geoseg.models.checkpoint import load_checkpoint
+
+    teacher = load_checkpoint(config.init_weights).model.to(device)
+    teacher = teacher.to(memory_format=torch.channels_last).eval()
+    for param in teacher.parameters():
+        param.requires_grad_(False)
+    log.info("distill: the %s network predicts beside training", config.init_weights)
+    return teacher
 
 
 def _mixed_precision(config: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:
@@ -960,6 +993,22 @@ class _Objective:
         classes, contact = split_contact(mask)
         known = (classes != IGNORE_INDEX) & self.contact_known[source][:, None, None]
         return classes, contact, known
+
+    def distill(
+        self,
+        logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        mask: torch.Tensor,
+        source: torch.Tensor,
+    ) -> torch.Tensor:
+        """The ``distill`` term (:func:`~geoseg.training.losses.distill_unlabelled`)."""
+        from geoseg.training.losses import distill_unlabelled
+
+        classes, _, _ = self.split(mask, source)
+        k = self.n_classes
+        return distill_unlabelled(
+            logits[:, :k], teacher_logits[:, :k], classes, self.labelled[source]
+        )
 
     def __call__(
         self, logits: torch.Tensor, mask: torch.Tensor, source: torch.Tensor

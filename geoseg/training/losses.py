@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PartialLabelLoss",
     "contact_loss",
+    "distill_unlabelled",
     "labelled_matrix",
     "merged_log_probs",
     "partial_cross_entropy",
@@ -367,6 +368,65 @@ class PartialLabelLoss(nn.Module):
             total = total + weight * value
             parts[name] = float(value.detach())
         return total, parts
+
+
+def distill_unlabelled(
+    logits: Tensor,
+    teacher_logits: Tensor,
+    target: Tensor,
+    labelled: Tensor,
+) -> Tensor:
+    """Keep a teacher's split of each background pixel among the classes a source leaves out.
+
+    Where a source calls a pixel background (target 0: "none of my labelled
+    classes"), the labels say nothing about how that pixel divides between
+    background and the classes the source does not label.  This term asks the
+    network to divide it as the teacher (the network a fine-tune started from)
+    does: the KL divergence ``KL(t || s)`` between the teacher's and the network's
+    distributions over those classes, each renormalised over them, averaged over
+    such pixels ("learning without forgetting", Li and Hoiem 2016, restricted to
+    what the labels leave open).  Zero where a source labels every class.
+
+    Parameters
+    ----------
+    logits, teacher_logits : torch.Tensor
+        float ``(N, K, H, W)``: the network's and the teacher's.
+    target : torch.Tensor
+        int ``(N, H, W)``, as :func:`partial_cross_entropy`.
+    labelled : torch.Tensor
+        bool ``(N, K)``: classes with a slot of their own (labelled or declared
+        absent), as :func:`merged_log_probs`.
+
+    Examples
+    --------
+    A building-only chip: the network calls a street pixel vegetation, the
+    teacher background; the term is the KL divergence between their splits:
+
+    >>> import torch, math
+    >>> student = torch.log(torch.tensor([0.1, 0.1, 0.8])).view(1, 3, 1, 1)
+    >>> teacher = torch.log(torch.tensor([0.8, 0.1, 0.1])).view(1, 3, 1, 1)
+    >>> building_only = torch.tensor([[False, True, False]])
+    >>> street = torch.zeros(1, 1, 1, dtype=torch.long)
+    >>> kl = 0.8 / 0.9 * math.log(8) + 0.1 / 0.9 * math.log(1 / 8)
+    >>> round(float(distill_unlabelled(student, teacher, street, building_only)), 4)
+    1.6173
+    >>> round(kl, 4)
+    1.6173
+    """
+    open_ = ~labelled.to(device=logits.device, dtype=torch.bool)
+    open_[:, 0] = True
+    open4 = open_[:, :, None, None]
+    logp = torch.log_softmax(logits.float(), dim=1).masked_fill(~open4, float("-inf"))
+    logt = torch.log_softmax(teacher_logits.float(), dim=1).masked_fill(~open4, float("-inf"))
+    logp = logp - torch.logsumexp(logp, dim=1, keepdim=True)
+    logt = logt - torch.logsumexp(logt, dim=1, keepdim=True)
+    t = logt.exp()
+    kl = torch.where(t > 0, t * (logt - logp), torch.zeros_like(t)).sum(1)
+    # only chips with something left open, and only their background pixels
+    where = (target == 0) & (open_.sum(1) > 1)[:, None, None]
+    if not bool(where.any()):
+        return logits.sum() * 0.0
+    return kl[where].mean()
 
 
 def contact_loss(logit: Tensor, target: Tensor, known: Tensor) -> Tensor:

@@ -230,3 +230,30 @@ def test_lovasz_merges_unlabelled_classes_into_background():
     tree.requires_grad_(True)
     partial_lovasz(tree, called, CROPLAND_ONLY).backward()
     assert tree.grad is not None and torch.isfinite(tree.grad).all()
+
+
+def test_distillation_keeps_the_teachers_split_of_background_pixels():
+    from geoseg.training.losses import distill_unlabelled
+
+    torch.manual_seed(5)
+    student = torch.randn(2, 3, 4, 4, requires_grad=True)
+    teacher = torch.randn(2, 3, 4, 4)
+    target = torch.randint(0, 3, (2, 4, 4))
+    target[0][target[0] == 2] = 0  # chip 0: a vegetation-only source (classes bg, veg, crop)
+    labelled = torch.tensor([[False, True, False], [False, True, True]])
+    value = distill_unlabelled(student, teacher, target, labelled)
+    # by hand: chip 0's background pixels, split between background and cropland
+    s = student[0].detach().softmax(0)[[0, 2]]
+    t = teacher[0].softmax(0)[[0, 2]]
+    s, t = s / s.sum(0), t / t.sum(0)
+    kl = (t * (t.log() - s.log())).sum(0)
+    where = target[0] == 0
+    assert float(value) == pytest.approx(float(kl[where].mean()), abs=1e-5)
+    # chip 1 labels every class: nothing is left open, it adds nothing
+    assert float(distill_unlabelled(student[1:], teacher[1:], target[1:], labelled[1:])) == 0.0
+    # the teacher itself costs nothing, and gradients are finite
+    assert float(distill_unlabelled(teacher, teacher, target, labelled)) == pytest.approx(
+        0, abs=1e-6
+    )
+    value.backward()
+    assert torch.isfinite(student.grad).all() and float(student.grad[1].abs().sum()) == 0.0

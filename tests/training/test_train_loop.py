@@ -266,6 +266,43 @@ def test_a_fine_tune_keeps_the_checkpoints_classes_network_and_normalisation(roo
     assert r.exit_code != 0 and "--init-weights" in str(r.exception or r.output)
 
 
+def test_distill_keeps_what_the_labels_leave_open(roofs, tmp_path):
+    """A building-only fine-tune of a three-class model: with ``distill`` the background
+    pixels keep the donor's split between background and vegetation."""
+    from geoseg.models import load_checkpoint
+
+    three = ["background", "building", "vegetation"]
+    donor = train(
+        TrainConfig.from_dict(roof_config(roofs, tmp_path / "donor", classes=three, epochs=1))
+    ).last
+    with rasterio.open(roofs["holdout"]) as src:
+        raw = torch.from_numpy(src.read().astype("float32"))[None]
+
+    def probs(model_dir):
+        loaded = load_checkpoint(model_dir)
+        mean = torch.tensor(loaded.card.mean)[:, None, None]
+        std = torch.tensor(loaded.card.std)[:, None, None]
+        with torch.no_grad():
+            return loaded.model((raw / 255 - mean) / std).softmax(1)[0]
+
+    def share(p):  # the vegetation share of background + vegetation
+        return p[2] / (p[0] + p[2])
+
+    before = probs(donor)
+    open_ = before[1] < 0.5  # pixels the donor does not call building
+    base = roof_config(roofs, tmp_path / "x", epochs=2)
+    for key in ("classes", "architecture", "arch_params"):
+        base.pop(key)
+    drift = {}
+    for weight in (0.0, 5.0):
+        out = tmp_path / f"ft{weight}"
+        cfg = {**base, "init_weights": str(donor), "distill": weight, "output": str(out)}
+        run = train(TrainConfig.from_dict(cfg))
+        assert run.card.training.get("distill", 0.0) == weight
+        drift[weight] = float((share(probs(run.last)) - share(before)).abs()[open_].mean())
+    assert drift[5.0] < 0.5 * drift[0.0], drift
+
+
 def test_encoder_weights_come_from_a_local_file(tmp_path):
     card = ModelCard.from_dict(
         {

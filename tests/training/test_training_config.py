@@ -105,6 +105,12 @@ def test_a_warm_start_from_a_bundled_model_takes_its_network_and_classes(tmp_pat
         ({"mean": [0.5, 0.5, 0.5]}, "mean"),
         ({"mean": [0.5, 0.5], "std": [0.2, 0.2]}, "mean"),
         ({"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.0, 0.2]}, "std"),
+        ({"distill": 1.0}, "distill"),
+        ({"distill": -1.0}, "distill"),
+        (
+            {"distill": 1.0, "init_weights": "default", "classes": ["background", "building"]},
+            "distill",
+        ),
     ],
 )
 def test_errors_name_the_field(change, field):
