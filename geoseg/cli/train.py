@@ -125,6 +125,13 @@ def _saved_config(run_dir: Path) -> dict[str, Any]:
     help="Classes known to be nowhere in the images, e.g. cropland for a city.",
 )
 @click.option(
+    "--nodata",
+    type=float,
+    default=None,
+    help="Without --config: image value of missing pixels where the files declare none, "
+    "e.g. 0 for black borders (ignored in training).",
+)
+@click.option(
     "--class-map", default=None, help="Label value to class: 1=building,2=background,0=ignore."
 )
 @renamed_opt(
@@ -203,6 +210,7 @@ def train(
     classes: str | None,
     labelled_classes: str | None,
     absent_classes: str | None,
+    nodata: float | None,
     class_map: str | None,
     band_names: str | None,
     name: str | None,
@@ -279,6 +287,8 @@ def train(
             source["labelled_classes"] = [c.strip() for c in labelled_classes.split(",")]
         if absent_classes:
             source["absent_classes"] = [c.strip() for c in absent_classes.split(",")]
+        if nodata is not None:
+            source["nodata"] = nodata
         if class_map:
             source["class_map"] = parse_class_map(class_map)
         data["sources"] = [source]

@@ -246,6 +246,8 @@ def test_a_fine_tune_keeps_the_checkpoints_classes_network_and_normalisation(roo
             str(roofs["labels"]),
             "--labelled-classes",
             "building",
+            "--nodata",
+            "0",
             "--chip-size",
             "32",
             "--epochs",
@@ -262,6 +264,7 @@ def test_a_fine_tune_keeps_the_checkpoints_classes_network_and_normalisation(roo
     card = load_card(tmp_path / "c" / "last")
     assert [c.name for c in card.classes] == ["background", "building"]
     assert card.mean == (0.1, 0.2, 0.3) and card.architecture == "tinycnn"
+    assert card.training["sources"][0]["nodata"] == 0
     r = CliRunner().invoke(cli, ["train", "--images", str(roofs["images"][0]), "--labels", "x"])
     assert r.exit_code != 0 and "--init-weights" in str(r.exception or r.output)
 
