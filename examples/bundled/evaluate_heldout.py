@@ -62,6 +62,14 @@ def main() -> None:
         held["spacenet-rio"] = sorted(
             str(p) for p in (SHARED / "spacenet-rio" / "images").glob("*.tif")
         )
+        if args.split_from:  # never score a model on images it trained on
+            own = json.loads((model / "model_card.json").read_text())
+            seen = {
+                Path(f).name
+                for src in own["provenance"]["sources"]
+                for f in (src.get("images") or [])
+            }
+            held["spacenet-rio"] = [f for f in held["spacenet-rio"] if Path(f).name not in seen]
     for name, files in held.items():
         folder = SHARED / name / "images"
         held[name] = [f if Path(f).is_file() else str(folder / Path(f).name) for f in files]

@@ -584,15 +584,46 @@ INHERITED = (
 
 
 def _init_weights_path(value: str, base_dir: Path | None) -> Path:
-    """``init_weights`` as a path: a bundled model's name becomes its folder."""
-    path = Path(_resolve(value, base_dir))
-    if not path.exists():
-        from geoseg.models.checkpoint import bundled_models
+    """``init_weights`` as a path: a bundled model's name is its folder (as ``--model``)."""
+    from geoseg.models.checkpoint import bundled_models
 
-        bundled = bundled_models()
-        if value in bundled:
-            return bundled[value]
-    return path
+    bundled = bundled_models()
+    if value in bundled:
+        return bundled[value]
+    return Path(_resolve(value, base_dir))
+
+
+def _with_inherited(d: dict[str, Any], base_dir: Path | None) -> dict[str, Any]:
+    """``d`` with the :data:`INHERITED` settings it leaves out filled in.
+
+    A run being resumed takes them from its own saved config (what it started
+    with); a new run from the card of its ``init_weights`` checkpoint, keeping the
+    groups consistent: the checkpoint's encoder and parameters only with its
+    architecture, its contact class only with its classes.
+    """
+    if d.get("init_weights") is None:
+        return d
+    d["init_weights"] = _init_weights_path(str(d["init_weights"]), base_dir)
+    if d.get("resume") and d.get("output") is not None:
+        state = Path(_resolve(str(d["output"]), base_dir)) / "train_state.json"
+        if state.is_file():
+            import json
+
+            try:
+                saved = json.loads(state.read_text(encoding="utf-8")).get("config") or {}
+            except (OSError, ValueError):
+                saved = {}
+            return {**{k: saved[k] for k in INHERITED if k in saved}, **d}
+    donor = init_card(d["init_weights"])
+    if donor is None:
+        return d
+    inherited = _inherited(donor)
+    if d.get("architecture", donor.architecture) != donor.architecture:
+        inherited.pop("encoder")
+        inherited.pop("arch_params")
+    if "classes" in d:
+        inherited.pop("contact_class")
+    return {**inherited, **d}
 
 
 def init_card(path: Path | None) -> ModelCard | None:
@@ -673,10 +704,12 @@ class TrainConfig:
         A geoseg checkpoint directory (or its ``model.safetensors``), or the name
         of a bundled model, whose weights the whole network starts from (a warm
         start); tensors whose names or shapes differ, e.g. a head for other
-        classes, keep their initial values.  The settings in :data:`INHERITED`
-        that the config leaves out are taken from that checkpoint's card, and so
-        is its normalisation (``mean``, ``std``) when the bands and input range
-        are the card's: the weights were learnt on inputs scaled that way.
+        classes, keep their initial values.  :meth:`from_dict` fills the
+        settings in :data:`INHERITED` that the config leaves out from that
+        checkpoint's card (a resumed run from its own saved config), and
+        training takes the card's normalisation (``mean``, ``std``) when the
+        bands and input range are the card's: the weights were learnt on
+        inputs scaled that way.
     chip_size : int
         Training chip edge in pixels (a multiple of the architecture's stride).
     pixel_size_m : float, optional
@@ -724,8 +757,9 @@ class TrainConfig:
         the network is asked to share that pixel between background and the
         classes the source does not label as the ``init_weights`` network
         does (a KL divergence to its prediction, which runs beside training),
-        so a building-only fine-tune does not turn streets into vegetation.
-        Needs ``init_weights`` with the same classes.
+        so a building-only fine-tune does not drift in the classes it says
+        nothing about.  Needs ``init_weights`` with the same classes, bands and
+        input range.
     augment : AugmentConfig
     validation : ValidationConfig
     stats_chips : int
@@ -888,6 +922,15 @@ class TrainConfig:
                 f"needs the classes of init_weights ({', '.join(c.name for c in donor.classes)}), "
                 f"got {', '.join(self.class_names)}",
             )
+        if tuple(donor.bands) != tuple(self.bands) or tuple(donor.input_range) != tuple(
+            self.input_range
+        ):
+            raise _fail(
+                "distill",
+                f"needs the bands and input range of init_weights ({', '.join(donor.bands)}; "
+                f"{list(donor.input_range)}), got {', '.join(self.bands)}; "
+                f"{list(self.input_range)}",
+            )
 
     def _check_normalisation(self) -> None:
         """``mean`` and ``std`` come together, one number per band, std > 0."""
@@ -1024,12 +1067,7 @@ class TrainConfig:
                 f"a training config must be a mapping of fields, got {type(data).__name__}"
             )
         _check_keys(data, cls, "")
-        d = dict(data)
-        if d.get("init_weights") is not None:
-            d["init_weights"] = _init_weights_path(str(d["init_weights"]), base_dir)
-            donor = init_card(d["init_weights"])
-            if donor is not None:
-                d = {**_inherited(donor), **d}
+        d = _with_inherited(dict(data), base_dir)
         if "sources" not in d or "classes" not in d:
             missing = [k for k in ("sources", "classes") if k not in d]
             raise ConfigError(f"config is missing required field(s) {missing}")

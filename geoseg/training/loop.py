@@ -587,7 +587,7 @@ def train(config: TrainConfig, callback: TrainCallback | None = None) -> TrainRe
     ).to(device)
     labelled = labelled_matrix(data.labelled, n_classes).to(device)
     objective = _Objective(loss_fn, labelled, n_classes, config, data.contact_known, device)
-    teacher = _teacher(config, device)
+    teacher = _teacher(config, card, device)
     batches = _Batches(config, card, device)
     instance = card.task == "instance"
     steps = config.samples_per_epoch // config.batch_size
@@ -757,20 +757,41 @@ class _Step:
         return float(loss.detach()), lr
 
 
-def _teacher(config: TrainConfig, device: torch.device) -> nn.Module | None:
-    """The frozen ``init_weights`` network a ``distill`` run keeps close to, or None."""
+def _teacher(config: TrainConfig, card: ModelCard, device: torch.device) -> nn.Module | None:
+    """The frozen ``init_weights`` network a ``distill`` run keeps close to, or None.
+
+    It sees each training batch scaled by its own card: where the run's
+    normalisation (``card``) differs, the batch is rescaled before it.
+    """
     if not config.distill or config.init_weights is None:
         return None
     import torch
+    from torch import nn
 
     from geoseg.models.checkpoint import load_checkpoint
 
-    teacher = load_checkpoint(config.init_weights).model.to(device)
-    teacher = teacher.to(memory_format=torch.channels_last).eval()
-    for param in teacher.parameters():
+    loaded = load_checkpoint(config.init_weights)
+    network = loaded.model.to(device).to(memory_format=torch.channels_last).eval()
+    for param in network.parameters():
         param.requires_grad_(False)
+
+    def column(values: Sequence[float]) -> torch.Tensor:
+        return torch.tensor(list(values), dtype=torch.float32, device=device)[None, :, None, None]
+
+    # x_teacher = (x * std + mean - mean_t) / std_t: the identity when the cards agree
+    scale = column(card.std) / column(loaded.card.std)
+    shift = (column(card.mean) - column(loaded.card.mean)) / column(loaded.card.std)
+
+    class Teacher(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.network = network
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.network(x * scale + shift)
+
     log.info("distill: the %s network predicts beside training", config.init_weights)
-    return teacher
+    return Teacher().eval()
 
 
 def _mixed_precision(config: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:

@@ -260,9 +260,10 @@ def partial_lovasz(
 
     The Lovász-softmax of segmentation-models-pytorch over the whole batch, on the
     merged distribution ``q`` (see the module docstring), averaged over the classes
-    that occur in the targets.  A class without a slot in a chip has ``q = 0`` and no
-    target pixel there, so those pixels add nothing to its term: a source is never
-    asked about a class it does not label.
+    that occur in the targets.  A class without a slot in a chip has ``q = 0`` there,
+    and target pixels of such a class are left out (as cross-entropy does), so those
+    pixels add nothing to its term: a source is never asked about a class it does
+    not label.  A batch without a labelled pixel costs 0.
 
     Parameters as :func:`partial_cross_entropy`, without class weights.
 
@@ -283,10 +284,18 @@ def partial_lovasz(
     from segmentation_models_pytorch.losses import LovaszLoss
 
     logq = merged_log_probs(logits, labelled)
+    slot = labelled.to(device=logits.device, dtype=torch.bool).clone()
+    slot[:, 0] = True
+    target = target.long()
+    safe = torch.where(target == ignore_index, torch.zeros_like(target), target)
+    has_slot = slot.gather(1, safe.flatten(1)).view_as(target)
+    target = torch.where(has_slot, target, torch.full_like(target, ignore_index))
+    if not bool((target != ignore_index).any()):
+        return logits.sum() * 0.0
     # smp's multiclass Lovász takes logits and applies a softmax over the classes;
     # the softmax of log q is q itself (q sums to 1, unlabelled slots are -inf -> 0).
     lovasz = LovaszLoss("multiclass", ignore_index=ignore_index)
-    return lovasz(logq, target.long())
+    return lovasz(logq, target)
 
 
 class PartialLabelLoss(nn.Module):

@@ -257,3 +257,20 @@ def test_distillation_keeps_the_teachers_split_of_background_pixels():
     )
     value.backward()
     assert torch.isfinite(student.grad).all() and float(student.grad[1].abs().sum()) == 0.0
+
+
+def test_lovasz_leaves_out_targets_without_a_slot_and_empty_batches():
+    torch.manual_seed(6)
+    logits = torch.randn(1, 3, 4, 4)
+    target = torch.randint(0, 3, (1, 4, 4))
+    target[0, 0, 0] = 1  # a vegetation label in a cropland-only chip: no slot, left out
+    ignored = target.clone()
+    ignored[0, 0, 0] = 255
+    assert float(partial_lovasz(logits, target, CROPLAND_ONLY)) == pytest.approx(
+        float(partial_lovasz(logits, ignored, CROPLAND_ONLY)), abs=1e-6
+    )
+    nothing = torch.full((1, 4, 4), 255)
+    assert float(partial_lovasz(logits, nothing, FULL)) == 0.0
+    loss_fn = PartialLabelLoss([("ce", 1.0), ("lovasz", 1.0)])
+    total, _ = loss_fn(logits, nothing, FULL)
+    assert float(total) == 0.0

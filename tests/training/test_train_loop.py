@@ -225,6 +225,20 @@ def test_a_fine_tune_keeps_the_checkpoints_classes_network_and_normalisation(roo
     assert run.card.postprocess == {"building": {"min_area_m2": 7.0}}
     assert "donor" in run.card.licence and "CC0" in run.card.licence
     assert run.card.provenance["init_weights"]["name"] == "donor"
+    # distill's teacher sees a batch scaled by the run's normalisation as the donor scaled it
+    from geoseg.training.loop import _teacher
+
+    own = run.card.replace(mean=(0.5, 0.5, 0.5), std=(0.2, 0.3, 0.1))
+    teacher = _teacher(cfg.with_overrides(distill=1.0), own, torch.device("cpu"))
+    assert teacher is not None
+    raw = torch.rand(1, 3, 32, 32)
+    mean_t, std_t = (
+        torch.tensor(v)[None, :, None, None] for v in ((0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
+    )
+    mean_o, std_o = (torch.tensor(v)[None, :, None, None] for v in (own.mean, own.std))
+    with torch.no_grad():
+        expected = loaded.model((raw - mean_t) / std_t)
+        assert torch.allclose(teacher((raw - mean_o) / std_o), expected, atol=1e-4)
     # another input range: the donor's statistics no longer apply and are measured
     other = train(
         TrainConfig.from_dict(

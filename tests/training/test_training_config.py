@@ -80,10 +80,44 @@ def test_a_warm_start_from_a_bundled_model_takes_its_network_and_classes(tmp_pat
     own = TrainConfig.from_dict({**minimal(), "init_weights": "default"}, tmp_path)
     assert own.architecture == "tinycnn" and own.classes[1].definition == ""
     assert card.classes[1].definition
+    # a bundled name means the bundled model, as --model does; a folder is ./default
     (tmp_path / "default").mkdir()
-    assert TrainConfig.from_dict(minimal(init_weights="default"), tmp_path).init_weights == (
+    assert (
+        TrainConfig.from_dict(minimal(init_weights="default"), tmp_path).init_weights
+        == (bundled_models()["default"])
+    )
+    assert TrainConfig.from_dict(minimal(init_weights="./default"), tmp_path).init_weights == (
         tmp_path / "default"
     )
+    # another architecture does not take the checkpoint's encoder
+    other = {**d, "init_weights": "default", "architecture": "tinycnn", "chip_size": 32}
+    assert TrainConfig.from_dict(other, tmp_path).encoder is None
+    # a round trip through to_dict gives the same config
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_a_resumed_warm_start_takes_what_it_left_out_from_its_saved_config(tmp_path):
+    import json
+
+    from geoseg.models import load_card
+
+    card = load_card("default")
+    d = minimal()
+    for key in ("classes", "architecture"):
+        d.pop(key)
+    # a run started before warm starts inherited anything: its saved config has
+    # the settings it ran with, not the checkpoint's
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = {**minimal(), "pixel_size_m": None, "tile_size": 256}
+    (run / "train_state.json").write_text(json.dumps({"config": saved}))
+    cfg = TrainConfig.from_dict(
+        {**d, "init_weights": "default", "output": str(run), "resume": True}, tmp_path
+    )
+    assert cfg.architecture == "tinycnn" and cfg.pixel_size_m is None and cfg.tile_size == 256
+    assert cfg.classes != card.classes
+    fresh = TrainConfig.from_dict({**d, "init_weights": "default", "chip_size": 192}, tmp_path)
+    assert fresh.pixel_size_m == card.pixel_size_m
 
 
 @pytest.mark.parametrize(
