@@ -309,10 +309,18 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
-def train(config: TrainConfig | str | Path, callback: TrainCallback | None = None) -> TrainResult:
-    """Train a model from a :class:`~geoseg.training.TrainConfig` or a YAML file.
+def train(
+    config: TrainConfig | Mapping[str, Any] | str | Path,
+    callback: TrainCallback | None = None,
+) -> TrainResult:
+    """Train a model from a :class:`~geoseg.training.TrainConfig`, a mapping or a YAML file.
 
-    Needs ``geoseg[train]``.  Relative paths in a YAML file are relative to it.
+    Needs ``geoseg[train]``.  Relative paths in a YAML file are relative to it.  A
+    mapping has the YAML's fields, e.g. a fine-tune of the bundled model::
+
+        geoseg.train({"init_weights": "default", "distill": 1.0, "output": "runs/mine",
+                      "sources": [{"name": "mine", "images": "mine/*.tif",
+                                   "labels": "roofs.gpkg", "labelled_classes": ["building"]}]})
     """
     from geoseg.extras import require
 
@@ -320,7 +328,9 @@ def train(config: TrainConfig | str | Path, callback: TrainCallback | None = Non
     from geoseg.training.config import TrainConfig
     from geoseg.training.loop import train as run_training
 
-    if not isinstance(config, TrainConfig):
+    if isinstance(config, Mapping):
+        config = TrainConfig.from_dict(config)
+    elif not isinstance(config, TrainConfig):
         path = Path(config)
         try:
             text = path.read_text(encoding="utf-8")

@@ -279,6 +279,11 @@ def test_a_fine_tune_keeps_the_checkpoints_classes_network_and_normalisation(roo
     assert [c.name for c in card.classes] == ["background", "building"]
     assert card.mean == (0.1, 0.2, 0.3) and card.architecture == "tinycnn"
     assert card.training["sources"][0]["nodata"] == 0
+    # the Python API takes the same settings as a mapping
+    import geoseg
+
+    api = geoseg.train({**base, "init_weights": str(donor), "output": str(tmp_path / "d")})
+    assert load_card(api.last).mean == (0.1, 0.2, 0.3)
     r = CliRunner().invoke(cli, ["train", "--images", str(roofs["images"][0]), "--labels", "x"])
     assert r.exit_code != 0 and "--init-weights" in str(r.exception or r.output)
 
