@@ -649,19 +649,24 @@ def init_card(path: Path | None) -> ModelCard | None:
         raise _fail("init_weights", f"has an invalid card: {exc}") from exc
 
 
+def _class_data(classes: Sequence[ClassInfo]) -> list[dict[str, Any]]:
+    """Classes as config data (what ``classes:`` in a YAML file holds)."""
+    return [
+        {
+            "name": c.name,
+            "color": c.color,
+            "layer": c.layer,
+            "vectorize": c.vectorize,
+            "definition": c.definition,
+        }
+        for c in classes
+    ]
+
+
 def _inherited(card: ModelCard) -> dict[str, Any]:
     """The :data:`INHERITED` settings of ``card``, as config data."""
     return {
-        "classes": [
-            {
-                "name": c.name,
-                "color": c.color,
-                "layer": c.layer,
-                "vectorize": c.vectorize,
-                "definition": c.definition,
-            }
-            for c in card.classes
-        ],
+        "classes": _class_data(card.classes),
         "bands": list(card.bands),
         "architecture": card.architecture,
         "encoder": card.encoder,
@@ -1130,16 +1135,7 @@ class TrainConfig:
         """JSON-friendly data that :meth:`from_dict` turns back into an equal config."""
         return {
             "name": self.name,
-            "classes": [
-                {
-                    "name": c.name,
-                    "color": c.color,
-                    "layer": c.layer,
-                    "vectorize": c.vectorize,
-                    "definition": c.definition,
-                }
-                for c in self.classes
-            ],
+            "classes": _class_data(self.classes),
             "bands": list(self.bands),
             "sources": [s.to_dict() for s in self.sources],
             "output": str(self.output),
