@@ -80,6 +80,45 @@ class InterruptedRunError(GeosegError, KeyboardInterrupt):
     """A run was stopped by SIGINT/SIGTERM; no partial output was kept."""
 
 
+# Why the process was asked to stop (a signal's name), once it was.  An exception raised by
+# a signal handler can be lost: Python prints and drops one raised while a ``__del__`` or
+# a weakref callback runs, and a worker thread never sees it.  Writers check this before
+# they put a finished file under its final name, so a stopped run replaces nothing.
+_stop_reason: str | None = None
+
+
+def request_stop(reason: str) -> InterruptedRunError:
+    """Record that this process was asked to stop; return the error to raise.
+
+    Examples
+    --------
+    >>> err = request_stop("stopped by signal SIGTERM")
+    >>> stop_requested()
+    'stopped by signal SIGTERM'
+    >>> clear_stop_request()
+    """
+    global _stop_reason
+    _stop_reason = reason
+    return InterruptedRunError(reason)
+
+
+def stop_requested() -> str | None:
+    """The reason given to :func:`request_stop`, or None while no stop was asked for."""
+    return _stop_reason
+
+
+def raise_if_stop_requested() -> None:
+    """Raise :class:`InterruptedRunError` if this process was asked to stop."""
+    if _stop_reason is not None:
+        raise InterruptedRunError(_stop_reason)
+
+
+def clear_stop_request() -> None:
+    """Forget an earlier stop request (a library caller that handled it, tests)."""
+    global _stop_reason
+    _stop_reason = None
+
+
 class BatchError(GeosegError, RuntimeError):
     """Some regions of a batch failed after their retries (the others finished)."""
 

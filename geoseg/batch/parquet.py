@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from geoseg.errors import GeosegError, OutputWriteError
+from geoseg.errors import GeosegError, OutputWriteError, raise_if_stop_requested
 from geoseg.io.env import no_pam_sidecars
 
 __all__ = [
@@ -147,6 +147,7 @@ class ParquetDataset:
 
     def close(self) -> None:
         """Write the metadata file and move the directory into place."""
+        raise_if_stop_requested()  # a stop whose exception was lost (geoseg.errors)
         doc = {"metadata": self.metadata, **self.extra, "rows": self.counts}
         (self._tmp / _META).write_text(json.dumps(doc, indent=1, sort_keys=True))
         old: Path | None = None

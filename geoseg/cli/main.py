@@ -21,7 +21,7 @@ from geoseg import __version__
 from geoseg.cli.flags import cli_message
 from geoseg.cli.options import configure_logging
 from geoseg.cli.progress import one_line
-from geoseg.errors import GeosegError, GeosegWarning, InterruptedRunError
+from geoseg.errors import GeosegError, GeosegWarning, InterruptedRunError, request_stop
 from geoseg.runtime import bound_malloc, passive_openmp
 
 
@@ -87,7 +87,7 @@ _register()
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise InterruptedRunError(f"stopped by signal {signal.Signals(signum).name}")
+    raise request_stop(f"stopped by signal {signal.Signals(signum).name}")
 
 
 def _show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from geoseg.errors import OutputExistsError, OutputWriteError
+from geoseg.errors import OutputExistsError, OutputWriteError, raise_if_stop_requested
 
 __all__ = [
     "SIDECAR_SUFFIXES",
@@ -365,6 +365,9 @@ def _replace_on_success(target: Path) -> Iterator[Path]:
         if not tmp.is_file():
             raise OutputWriteError(f"writing {target} produced no file (expected {tmp.name})")
         _fsync_path(tmp)
+        # A SIGTERM whose exception was lost on the way (see geoseg.errors) still stops
+        # the run here, before the previous file is replaced.
+        raise_if_stop_requested()
         try:
             os.replace(tmp, target)
         except OSError as exc:

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import errno
+import importlib
 import os
+import signal
 
 import pytest
 
-from geoseg.errors import OutputExistsError, OutputWriteError
+from geoseg.errors import (
+    InterruptedRunError,
+    OutputExistsError,
+    OutputWriteError,
+    clear_stop_request,
+    stop_requested,
+)
 from geoseg.io.atomic import atomic_output, check_output_path, is_disk_full, output_lock
 
 
@@ -65,3 +73,33 @@ def test_the_lock_is_reentrant_in_a_process_and_removed_after(tmp_path):
             pass
         assert lock.exists()
     assert not lock.exists()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_sigterm_whose_exception_was_lost_still_replaces_nothing(tmp_path):
+    # The CLI's SIGTERM handler raises; Python drops an exception raised while a __del__
+    # runs ("Exception ignored in ..."), and the run would go on to replace the output.
+    target = tmp_path / "out.gpkg"
+    target.write_bytes(b"keep")
+
+    class SignalledWhileCollected:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10_000):  # the handler runs here, inside __del__
+                pass
+
+    on_sigterm = importlib.import_module("geoseg.cli.main")._on_sigterm
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        with (
+            pytest.raises(InterruptedRunError, match="SIGTERM"),
+            atomic_output(target, overwrite=True) as tmp,
+        ):
+            tmp.write_bytes(b"new")
+            SignalledWhileCollected()  # collected at once; its exception is lost
+            assert stop_requested() == "stopped by signal SIGTERM"
+        assert target.read_bytes() == b"keep"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["out.gpkg"]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        clear_stop_request()

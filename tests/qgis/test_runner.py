@@ -115,8 +115,11 @@ def test_cancel_leaves_nothing_under_the_output_names(
 def test_cancel_keeps_an_output_the_run_did_not_replace(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    # 1024 px: the cancel (at the first tile) comes seconds before the run could write;
-    # at 512 px this failed once in a clean CI run (cause not found: 2026-12-03 note)
+    # 1024 px: the cancel (at the first tile) comes seconds before the run could write.
+    # At 512 px this failed once in a clean CI run (2026-12-03) and did not fail in 12
+    # reruns; one way it can happen, a SIGTERM whose exception Python drops (raised inside
+    # a __del__), is closed since (tests/io/test_atomic.py); whether that was the cause is
+    # not known.
     src = write_raster(tmp_path / "scene.tif", random_image(1024, 1024))
     dst = tmp_path / "scene.gpkg"
     dst.write_bytes(b"keep")
