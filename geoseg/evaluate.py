@@ -38,7 +38,7 @@ from geoseg.errors import ConfigError, GeosegWarning
 from geoseg.io.env import no_pam_sidecars
 from geoseg.io.quicklook import display_rgb
 from geoseg.io.read import RasterSource, select_bands
-from geoseg.metrics import ConfusionMatrix, PixelMetrics
+from geoseg.metrics import ConfusionMatrix, PixelMetrics, image_bootstrap_iou
 from geoseg.models.card import ClassInfo, ModelCard
 from geoseg.pipeline import PredictConfig
 from geoseg.settings import from_mapping, load_yaml_mapping
@@ -46,6 +46,10 @@ from geoseg.training.config import SourceConfig
 from geoseg.types import IGNORE_INDEX, PixelWindow
 
 log = logging.getLogger(__name__)
+
+#: The interval reported beside each pooled IoU: images resampled with replacement.
+INTERVAL_LEVEL = 0.95
+INTERVAL_RESAMPLES = 2000
 
 __all__ = [
     "EvalConfig",
@@ -303,6 +307,12 @@ class ImageResult:
     labelled_pixels: int
     mean_iou: float | None
     prediction: str | None = None
+    #: IoU of each class the labels cover, on this image alone (left out where the class is
+    #: in neither its labels nor its prediction). One image's figure says where a model fails;
+    #: the pooled pixel metrics, not the mean of these, are the evaluation's score.
+    class_iou: dict[str, float | None] = field(default_factory=dict)
+    #: This image's confusion matrix (rows: truth, columns: prediction, class id order).
+    confusion: list[list[int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -331,6 +341,9 @@ class EvalReport:
     images: tuple[ImageResult, ...]
     elapsed_s: float
     sample: OverlaySample | None = None
+    #: Per class (id order): the 95 % interval of its pixel IoU over the images
+    #: (:func:`geoseg.metrics.image_bootstrap_iou`); ``None`` with one image or no labels.
+    pixel_interval: tuple[tuple[float, float] | None, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (what ``metrics.json`` holds)."""
@@ -340,6 +353,14 @@ class EvalReport:
             "labelled_classes": list(self.labelled_classes),
             "pixel": self.pixel.to_dict(),
             "objects": {o.name: o.to_dict() for o in self.objects},
+            "pixel_interval": {
+                "method": f"{INTERVAL_LEVEL:.0%} percentile interval of each class's pooled IoU "
+                f"over {INTERVAL_RESAMPLES} resamples of the images with replacement",
+                "classes": {
+                    c.name: (list(iv) if iv is not None else None)
+                    for c, iv in zip(self.classes, self.pixel_interval, strict=False)
+                },
+            },
             "images": [i.__dict__ for i in self.images],
             "elapsed_s": round(self.elapsed_s, 3),
         }
@@ -360,13 +381,16 @@ class EvalReport:
             "",
             "## Pixels",
             "",
-            "| class | IoU | Dice/F1 | precision | recall | labelled px | predicted px |",
-            "|---|---|---|---|---|---|---|",
+            "| class | IoU | IoU 95 % interval (images resampled) | Dice/F1 | precision | recall "
+            "| labelled px | predicted px |",
+            "|---|---|---|---|---|---|---|---|",
         ]
-        for c in self.pixel.classes:
+        for i, c in enumerate(self.pixel.classes):
+            iv = self.pixel_interval[i] if i < len(self.pixel_interval) else None
+            span = "–" if iv is None else f"{iv[0]:.3f}–{iv[1]:.3f}"
             lines.append(
-                f"| {c.name} | {f(c.iou)} | {f(c.dice)} | {f(c.precision)} | {f(c.recall)} "
-                f"| {c.support:,} | {c.predicted:,} |"
+                f"| {c.name} | {f(c.iou)} | {span} | {f(c.dice)} | {f(c.precision)} "
+                f"| {f(c.recall)} | {c.support:,} | {c.predicted:,} |"
             )
         if self.objects:
             thr = self.objects[0].iou_threshold
@@ -392,17 +416,20 @@ class EvalReport:
         ]
         for name, row in zip(names, self.pixel.confusion, strict=True):
             lines.append(f"| **{name}** | " + " | ".join(f"{v:,}" for v in row) + " |")
+        shown = [c for c in self.labelled_classes if any(c in im.class_iou for im in self.images)]
         lines += [
             "",
             "## Images",
             "",
-            "| image | size | labelled px | mean IoU |",
-            "|---|---|---|---|",
+            "| image | size | labelled px | mean IoU | "
+            + " | ".join(f"{c} IoU" for c in shown)
+            + " |",
+            "|---" * (4 + len(shown)) + "|",
         ]
         for im in self.images:
             lines.append(
                 f"| {Path(im.path).name} | {im.width}x{im.height} | {im.labelled_pixels:,} "
-                f"| {f(im.mean_iou)} |"
+                f"| {f(im.mean_iou)} | " + " | ".join(f(im.class_iou.get(c)) for c in shown) + " |"
             )
         lines += ["", "![confusion matrix](confusion.png)", ""]
         if self.sample is not None:
@@ -611,7 +638,14 @@ def evaluate(
         object_metrics(names[c], pred_objects[c], true_objects[c], iou_threshold=cfg.iou_threshold)
         for c in obj_ids
     )
+    intervals = image_bootstrap_iou(
+        [np.asarray(r.confusion) for r in results],
+        cm.covered,
+        resamples=INTERVAL_RESAMPLES,
+        level=INTERVAL_LEVEL,
+    )
     return EvalReport(
+        pixel_interval=tuple(intervals),
         model=card.name,
         classes=card.classes,
         labelled_classes=tuple(source.known_classes),
@@ -668,6 +702,7 @@ def _score_prediction(
                 g for g in written[c] if g.area >= cfg.min_object_pixels * px
             ]
     labelled_px = int(img_cm.matrix.sum())
+    img_metrics = img_cm.metrics()
     if labelled_px == 0:
         warnings.warn(
             f"no labelled pixel lies on {image}; check that labels and image overlap",
@@ -679,8 +714,10 @@ def _score_prediction(
         width=spec.width,
         height=spec.height,
         labelled_pixels=labelled_px,
-        mean_iou=img_cm.metrics().mean_iou,
+        mean_iou=img_metrics.mean_iou,
         prediction=str(dst) if keep else None,
+        class_iou={c.name: c.iou for c in img_metrics.classes if c.iou is not None},
+        confusion=img_cm.matrix.tolist(),
     )
 
 

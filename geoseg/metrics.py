@@ -18,7 +18,7 @@ import numpy as np
 
 from geoseg.types import IGNORE_INDEX
 
-__all__ = ["ClassMetrics", "ConfusionMatrix", "PixelMetrics"]
+__all__ = ["ClassMetrics", "ConfusionMatrix", "PixelMetrics", "image_bootstrap_iou"]
 
 
 @dataclass(frozen=True)
@@ -165,3 +165,75 @@ class ConfusionMatrix:
             accuracy=_ratio(tp.sum(), total),
             confusion=m.copy(),
         )
+
+
+def image_bootstrap_iou(
+    matrices: Sequence[np.ndarray],
+    covered: Sequence[bool] | np.ndarray,
+    *,
+    resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> list[tuple[float, float] | None]:
+    """Percentile interval of each class's pooled IoU, resampling whole images.
+
+    Neighbouring pixels of one image are not independent draws, so the spread of a
+    score is that of the images it was measured on: each resample draws as many
+    images as there are, with replacement, pools their confusion matrices and takes
+    each class's IoU; the interval holds the central ``level`` of those values. With
+    a handful of images it is wide, and that is the point: two models whose scores
+    differ by less than it were not told apart by these images.
+
+    Parameters
+    ----------
+    matrices : sequence of numpy.ndarray
+        One ``(n_classes, n_classes)`` confusion matrix per image (rows: truth).
+    covered : sequence of bool
+        Per class: whether some labels covered it (others get ``None``).
+    resamples : int
+        Number of bootstrap resamples.
+    level : float
+        Coverage of the interval, in (0, 1).
+    seed : int
+        Seed of the resampling (the same matrices give the same interval).
+
+    Returns
+    -------
+    list of (float, float) or None
+        Per class, the interval's low and high IoU; ``None`` for a class that is not
+        covered, with fewer than two images, or where no resample defines its IoU.
+
+    Examples
+    --------
+    >>> a = np.array([[8, 2], [2, 8]])  # building IoU 8/12
+    >>> b = np.array([[9, 0], [0, 1]])  # building IoU 1
+    >>> lo, hi = image_bootstrap_iou([a, b], [True, True])[1]
+    >>> round(lo, 3), round(hi, 3)
+    (0.667, 1.0)
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    stack = np.asarray(matrices, dtype=np.float64)
+    n_images = stack.shape[0] if stack.ndim == 3 else 0
+    n_classes = len(covered)
+    if n_images < 2:
+        return [None] * n_classes
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_images, size=(resamples, n_images))
+    weights = np.zeros((resamples, n_images))
+    np.add.at(weights, (np.arange(resamples)[:, None], draws), 1.0)
+    pooled = np.einsum("bn,nij->bij", weights, stack)
+    tp = np.diagonal(pooled, axis1=1, axis2=2)
+    den = pooled.sum(axis=1) + pooled.sum(axis=2) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(den > 0, tp / den, np.nan)
+    tail = (1.0 - level) / 2.0
+    out: list[tuple[float, float] | None] = []
+    for c in range(n_classes):
+        values = iou[:, c][~np.isnan(iou[:, c])]
+        if not covered[c] or values.size == 0:
+            out.append(None)
+            continue
+        lo, hi = np.quantile(values, [tail, 1.0 - tail])
+        out.append((float(lo), float(hi)))
+    return out

@@ -120,6 +120,9 @@ def test_pixel_and_object_metrics_by_hand(threshold_model, scene):
     assert veg.iou == 0.0 and veg.precision == 0.0 and veg.recall is None
     assert report.pixel.mean_iou == pytest.approx((0.5 + 1 / 3 + 0) / 3)
     assert report.images[0].labelled_pixels == 1200
+    per_image = report.images[0].class_iou  # one image: its own scores are the pooled ones
+    assert report.pixel_interval == (None, None, None)  # no spread to measure on one image
+    assert per_image == pytest.approx({"background": 0.5, "building": 1 / 3, "vegetation": 0.0})
     # objects: the predicted and true squares overlap at IoU 1/3
     (obj,) = report.objects
     assert (obj.name, obj.tp, obj.fp, obj.fn) == ("building", 0, 1, 1)
@@ -136,6 +139,7 @@ def test_partial_labels_leave_other_classes_unscored(threshold_model, scene):
     assert report.pixel.confusion.tolist() == [[600, 200, 0], [200, 200, 0], [0, 0, 0]]
     assert report.pixel.classes[2].iou is None
     assert report.labelled_classes == ("building",)
+    assert report.images[0].class_iou == pytest.approx({"background": 0.6, "building": 1 / 3})
 
 
 def test_label_rasters(threshold_model, scene, tmp_path):
@@ -179,6 +183,11 @@ def test_report_files_and_cli(threshold_model, scene, tmp_path):
     assert data["objects"]["building"]["fn"] == 2
     md = (out / "report.md").read_text()
     assert "Mean IoU" in md and "| building |" in md
+    assert [im["class_iou"]["building"] for im in data["images"]] == pytest.approx([1 / 3] * 2)
+    # two identical images: every resample pools the same counts, so the interval is a point
+    assert data["pixel_interval"]["classes"]["building"] == pytest.approx([1 / 3, 1 / 3])
+    assert data["images"][0]["confusion"] == (report.pixel.confusion // 2).tolist()
+    assert "| building IoU |" in md and "| 0.333 |" in md
     assert report.sample is not None and report.sample.rgb.shape == (40, 40, 3)
     with pytest.raises(OutputExistsError):
         write_report(report, out)
@@ -206,6 +215,7 @@ def test_report_files_and_cli(threshold_model, scene, tmp_path):
     r = runner.invoke(cli, args)
     assert r.exit_code == 0, r.output
     assert "mean IoU" in r.output and "objects" in r.output
+    assert "building       IoU 0.333 [0.333-0.333]" in r.output and "2 images resampled" in r.output
     cli_data = json.loads((tmp_path / "cli" / "metrics.json").read_text())
     assert cli_data["pixel"]["confusion"] == report.pixel.confusion.tolist()
     assert len(list((tmp_path / "cli" / "predictions").glob("*.tif"))) == 2

@@ -182,11 +182,15 @@ def evaluate(
 
     pm = report.pixel
     click.echo(f"mean IoU {fmt(pm.mean_iou)}  pixel accuracy {fmt(pm.accuracy)}")
-    for c in pm.classes:
+    for i, c in enumerate(pm.classes):
+        iv = report.pixel_interval[i] if i < len(report.pixel_interval) else None
+        span = f" [{iv[0]:.3f}-{iv[1]:.3f}]" if iv is not None else ""
         click.echo(
-            f"  {c.name:<14} IoU {fmt(c.iou)}  F1 {fmt(c.dice)}  "
+            f"  {c.name:<14} IoU {fmt(c.iou)}{span}  F1 {fmt(c.dice)}  "
             f"precision {fmt(c.precision)}  recall {fmt(c.recall)}"
         )
+    if any(iv is not None for iv in report.pixel_interval):
+        click.echo(f"  [..]: {len(report.images)} images resampled, 95 % of the pooled IoUs")
     for o in report.objects:
         click.echo(
             f"  {o.name:<14} objects: precision {fmt(o.precision)}  recall {fmt(o.recall)}  "

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from geoseg.metrics import image_bootstrap_iou
 from geoseg.training.metrics import ConfusionMatrix
 
 NAMES = ["background", "building", "vegetation"]
@@ -71,3 +72,37 @@ def test_windows_add_up_to_the_whole(seed, n_windows):
         parts.update(truth[w * 4 : (w + 1) * 4], pred[w * 4 : (w + 1) * 4])
     assert (parts.matrix == whole.matrix).all()
     assert parts.matrix.sum() == truth.size
+
+
+def _iou(m: np.ndarray, c: int) -> float:
+    tp = m[c, c]
+    return float(tp / (m[c].sum() + m[:, c].sum() - tp))
+
+
+def test_image_bootstrap_interval_brackets_the_pooled_iou_and_the_extremes():
+    rng = np.random.default_rng(3)
+    mats = [rng.integers(0, 200, size=(3, 3)) for _ in range(9)]
+    pooled = np.sum(mats, axis=0)
+    (bg, bld, veg) = image_bootstrap_iou(mats, [True, True, True], resamples=4000, seed=1)
+    for c, iv in ((0, bg), (1, bld), (2, veg)):
+        assert iv is not None
+        lo, hi = iv
+        per_image = [_iou(m, c) for m in mats]
+        # a pooled IoU always lies between the smallest and largest single-image IoU
+        assert min(per_image) - 1e-12 <= lo <= _iou(pooled, c) <= hi <= max(per_image) + 1e-12
+        assert hi - lo > 0.01
+    # deterministic for a seed, and an interval narrows when every image agrees
+    assert image_bootstrap_iou(mats, [True] * 3, resamples=4000, seed=1)[1] == bld
+    same = [mats[0]] * 9
+    lo, hi = image_bootstrap_iou(same, [True] * 3)[1]  # type: ignore[misc]
+    assert lo == pytest.approx(hi) == pytest.approx(_iou(mats[0], 1))
+
+
+def test_image_bootstrap_needs_two_images_and_covered_classes():
+    m = np.array([[5, 1], [1, 5]])
+    assert image_bootstrap_iou([m], [True, True]) == [None, None]
+    assert image_bootstrap_iou([m, m], [True, False])[1] is None
+    zero = np.zeros((2, 2), dtype=int)
+    assert image_bootstrap_iou([zero, zero], [True, True]) == [None, None]
+    with pytest.raises(ValueError, match="level"):
+        image_bootstrap_iou([m, m], [True, True], level=1.5)
