@@ -11,6 +11,11 @@ Usage (package, score the packaged model through its own clean-up, package with 
     python examples/bundled/evaluate_heldout.py geoseg/models/bundled/default runs/bundled-eval
     python examples/bundled/package.py runs/bundled-ft5/last runs/bundled-eval/heldout.json
 
+``--metrics-only`` rewrites only the held-out scores of an already packaged card (e.g. after
+scoring it again with a newer ``geoseg evaluate``)::
+
+    python examples/bundled/package.py - runs/bundled-eval/heldout.json --metrics-only
+
 The packaged checkpoint also carries its ONNX graph (``geoseg models export``), so the core
 install runs it without PyTorch.
 """
@@ -24,6 +29,7 @@ from pathlib import Path
 
 from geoseg.infer.backends import ship_onnx
 from geoseg.models import load_checkpoint, save_checkpoint
+from geoseg.models.card import ModelCard
 from geoseg.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,6 +95,32 @@ def _portable(training: dict) -> dict:
     return out
 
 
+def held_out_metrics(heldout: dict) -> dict:
+    """The card's ``held_out_real`` block from ``evaluate_heldout.py``'s ``heldout.json``."""
+    held = {}
+    for source, r in heldout.items():
+        # Classes a source declares absent have no true pixel: no IoU to report.
+        scored = [
+            c
+            for c, m in r["pixel"]["classes"].items()
+            if c in r["labelled_classes"] and m.get("recall") is not None
+        ]
+        intervals = r.get("pixel_interval", {}).get("classes", {})
+        held[source] = {
+            "images": r["images"],
+            "labelled_classes": r["labelled_classes"],
+            "pixel_iou": {c: r["pixel"]["classes"][c]["iou"] for c in scored},
+            "pixel_dice_f1": {c: r["pixel"]["classes"][c].get("dice") for c in scored},
+            # How far the score could move on other images like these (images resampled).
+            "pixel_iou_interval_95": {c: intervals[c] for c in scored if intervals.get(c)},
+            "objects": {
+                c: {k: o[k] for k in ("precision", "recall", "f1")} for c, o in r["objects"].items()
+            },
+            "scored": r.get("scored", {}),
+        }
+    return held
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_model", type=Path, help="a training run's model/ or last/")
@@ -96,31 +128,24 @@ def main() -> None:
     ap.add_argument(
         "--dest", type=Path, default=DEST, help="where to write (default: the bundled model)"
     )
+    ap.add_argument(
+        "--metrics-only",
+        action="store_true",
+        help="only replace the held-out scores of the card at --dest (run_model is not read)",
+    )
     args = ap.parse_args()
+    heldout = json.loads(args.heldout.read_text()) if args.heldout else {}
+    held = held_out_metrics(heldout)
+    if args.metrics_only:
+        # Only the card's held-out scores change: weights and graphs stay byte for byte.
+        path = args.dest / "model_card.json"
+        card_data = json.loads(path.read_text())
+        card_data["metrics"]["held_out_real"] = held
+        path.write_text(ModelCard.from_dict(card_data).to_json() + "\n", encoding="utf-8")
+        print(path)
+        return
     loaded = load_checkpoint(args.run_model)
     card = loaded.card
-    heldout = json.loads(args.heldout.read_text()) if args.heldout else {}
-    held = {}
-    for source, r in heldout.items():
-        held[source] = {
-            "images": r["images"],
-            "labelled_classes": r["labelled_classes"],
-            # Classes a source declares absent have no true pixel: no IoU to report.
-            "pixel_iou": {
-                c: m["iou"]
-                for c, m in r["pixel"]["classes"].items()
-                if c in r["labelled_classes"] and m.get("recall") is not None
-            },
-            "pixel_dice_f1": {
-                c: m.get("dice")
-                for c, m in r["pixel"]["classes"].items()
-                if c in r["labelled_classes"] and m.get("recall") is not None
-            },
-            "objects": {
-                c: {k: o[k] for k in ("precision", "recall", "f1")} for c, o in r["objects"].items()
-            },
-            "scored": r.get("scored", {}),
-        }
     sources = []
     for src in card.provenance.get("sources", []):
         sources.append(
