@@ -1,0 +1,64 @@
+"""The pure parts of the bundled model's scripts (examples/bundled), on tiny arrays."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")  # package.py imports the training stack
+BUNDLED = Path(__file__).resolve().parents[1] / "examples" / "bundled"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bundled_{name}", BUNDLED / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_valley_split_cuts_two_touching_roofs_and_leaves_one_roof_whole():
+    probe = _load("probe_inference")
+    from scipy import ndimage as ndi
+
+    b = np.zeros((20, 30), np.float32)
+    b[4:16, 3:13] = 0.95
+    b[4:16, 13:15] = 0.55  # the gap between two houses: still building, less sure
+    b[4:16, 15:26] = 0.9
+    mask = b > 0.5
+    assert ndi.label(mask)[1] == 1  # one merged block before the split
+    cut = probe.split_by_valleys(b, mask, 0.7)
+    labels, n = ndi.label(cut)
+    assert n == 2
+    assert (mask & ~cut).sum() == 12  # a one-pixel line, one roof row high
+    assert labels[10, 5] != labels[10, 20]
+    whole = np.where(mask[:, :13], 0.95, 0.0).astype(np.float32)
+    assert (probe.split_by_valleys(whole, whole > 0.5, 0.7) == (whole > 0.5)).all()
+
+
+def test_held_out_metrics_keep_scored_classes_and_their_intervals():
+    package = _load("package")
+    heldout = {
+        "dubai": {
+            "images": ["a.tif", "b.tif"],
+            "labelled_classes": ["building", "cropland"],
+            "pixel": {
+                "classes": {
+                    "background": {"iou": 0.9, "dice": 0.95, "recall": 0.9},
+                    "building": {"iou": 0.6, "dice": 0.75, "recall": 0.7},
+                    "cropland": {"iou": 0.0, "dice": 0.0, "recall": None},  # declared absent
+                }
+            },
+            "pixel_interval": {"classes": {"building": [0.5, 0.7], "cropland": None}},
+            "objects": {"building": {"precision": 0.1, "recall": 0.2, "f1": 0.13, "tp": 3}},
+        }
+    }
+    held = package.held_out_metrics(heldout)["dubai"]
+    assert held["pixel_iou"] == {"building": 0.6}
+    assert held["pixel_iou_interval_95"] == {"building": [0.5, 0.7]}
+    assert held["objects"] == {"building": {"precision": 0.1, "recall": 0.2, "f1": 0.13}}
+    del heldout["dubai"]["pixel_interval"]  # a heldout.json from before the intervals
+    assert package.held_out_metrics(heldout)["dubai"]["pixel_iou_interval_95"] == {}
