@@ -7,7 +7,9 @@
    between two confident cores, the roof is cut. Cores are the building pixels at or above
    ``--core`` (opened by one pixel); every building pixel joins its nearest core (a
    distance-transform watershed), and a one-pixel line is carved where two cores' pixels
-   meet. Building pixels far from any core keep their own component.
+   meet. Building pixels far from any core keep their own component. A local variant
+   ("local R m D") carves the pixels that lie lower by more than D than the building
+   probability on both sides within R metres.
 
 Scores are on the class rasters (not through the polygon clean-up) with ``geoseg``'s own
 object matching (one-to-one at IoU >= 0.5 on polygons traced from the class raster; objects
@@ -114,6 +116,28 @@ def split_by_valleys(building: np.ndarray, mask: np.ndarray, core: float) -> np.
     return mask & ~cut
 
 
+def carve_local_valleys(
+    building: np.ndarray, mask: np.ndarray, radius_px: int, depth: float
+) -> np.ndarray:
+    """``mask`` less the pixels lower by more than ``depth`` than the building probability on
+    both sides (the highest within ``radius_px``) along a row, a column or a diagonal."""
+    h, w = building.shape
+
+    def side_max(dy: int, dx: int) -> np.ndarray:
+        out = np.full(building.shape, -1.0, np.float32)
+        for k in range(1, radius_px + 1):
+            sy, sx = dy * k, dx * k
+            src = building[max(0, sy) : h + min(0, sy), max(0, sx) : w + min(0, sx)]
+            dst = out[max(0, -sy) : h + min(0, -sy), max(0, -sx) : w + min(0, -sx)]
+            np.maximum(dst, src, out=dst)
+        return out
+
+    valley = np.zeros(mask.shape, bool)
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        valley |= np.minimum(side_max(dy, dx), side_max(-dy, -dx)) - building > depth
+    return mask & ~valley
+
+
 def polygons(instances: np.ndarray, min_px: float) -> list:
     """One shapely polygon (in pixel units) per instance id of at least ``min_px`` pixels."""
     import shapely
@@ -162,7 +186,7 @@ def main() -> None:
     combos = [(px,) for px in scales] + [
         c for r in (2, 3) for c in itertools.combinations(scales, r) if native in c
     ]
-    splits = ["none", *[f"core {c:g}" for c in cores]]
+    splits = ["none", *[f"core {c:g}" for c in cores], "local 4 m 0.1", "local 6 m 0.05"]
     cms: dict[tuple[str, tuple[float, ...]], ConfusionMatrix] = {}
     objs: dict[tuple[str, str], tuple[list, list]] = {}
     for kind, image in images:
@@ -183,8 +207,16 @@ def main() -> None:
             if ds.crs.is_geographic:  # square metres of a pixel at the image's centre
                 lat = np.radians((ds.bounds.bottom + ds.bounds.top) / 2)
                 px_area *= 111_320.0**2 * np.cos(lat)
+        px_m = float(np.sqrt(px_area))
         for name in splits:
-            cut = mask if name == "none" else split_by_valleys(p[1], mask, float(name[5:]))
+            if name == "none":
+                cut = mask
+            elif name.startswith("core"):
+                cut = split_by_valleys(p[1], mask, float(name[5:]))
+            else:
+                _, metres, _, depth = name.split()
+                radius = max(1, round(float(metres) / px_m))
+                cut = carve_local_valleys(p[1], mask, radius, float(depth))
             pred_polys = polygons(ndi.label(cut)[0], min_m2 / px_area)
             true_polys = polygons(true_ids, 0)
             acc = objs.setdefault((kind, name), ([], [], np.zeros(2, np.int64)))
