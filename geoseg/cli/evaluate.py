@@ -129,7 +129,9 @@ def evaluate(
       geoseg evaluate --model run/model --images val/*.tif --labels val.gpkg -o report/
 
     Writes per-class pixel IoU, Dice/F1, precision and recall, mean IoU, object
-    precision/recall/F1 (one-to-one matches at IoU >= 0.5) and a confusion matrix.
+    precision/recall/F1 (one-to-one matches at IoU >= 0.5) and a confusion matrix,
+    each image's own class IoUs, and beside each IoU a 95 % interval from
+    resampling the images (how far other images like these could move it).
     """
     from geoseg.extras import require
 
