@@ -18,7 +18,13 @@ import numpy as np
 
 from geoseg.types import IGNORE_INDEX
 
-__all__ = ["ClassMetrics", "ConfusionMatrix", "PixelMetrics", "image_bootstrap_iou"]
+__all__ = [
+    "ClassMetrics",
+    "ConfusionMatrix",
+    "PixelMetrics",
+    "image_bootstrap_iou",
+    "image_bootstrap_iou_difference",
+]
 
 
 @dataclass(frozen=True)
@@ -167,6 +173,56 @@ class ConfusionMatrix:
         )
 
 
+def _resampled_ious(stacks: Sequence[np.ndarray], resamples: int, seed: int) -> list[np.ndarray]:
+    """Per stack, ``(resamples, classes)`` IoUs of the pooled matrices of the same resamples.
+
+    Every stack is ``(images, classes, classes)`` over the same images in the same order;
+    NaN where a resample leaves a class's IoU undefined.
+    """
+    n_images = stacks[0].shape[0]
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_images, size=(resamples, n_images))
+    weights = np.zeros((resamples, n_images))
+    np.add.at(weights, (np.arange(resamples)[:, None], draws), 1.0)
+    out = []
+    for stack in stacks:
+        pooled = np.einsum("bn,nij->bij", weights, stack)
+        tp = np.diagonal(pooled, axis1=1, axis2=2)
+        den = pooled.sum(axis=1) + pooled.sum(axis=2) - tp
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out.append(np.where(den > 0, tp / den, np.nan))
+    return out
+
+
+def _intervals(
+    values: np.ndarray, covered: Sequence[bool] | np.ndarray, level: float
+) -> list[tuple[float, float] | None]:
+    tail = (1.0 - level) / 2.0
+    out: list[tuple[float, float] | None] = []
+    for c in range(len(covered)):
+        v = values[:, c][~np.isnan(values[:, c])]
+        if not covered[c] or v.size == 0:
+            out.append(None)
+            continue
+        lo, hi = np.quantile(v, [tail, 1.0 - tail])
+        out.append((float(lo), float(hi)))
+    return out
+
+
+def _stacks(*groups: Sequence[np.ndarray], level: float) -> list[np.ndarray] | None:
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    stacks = [np.asarray(g, dtype=np.float64) for g in groups]
+    if any(st.ndim != 3 for st in stacks) or stacks[0].shape[0] < 2:
+        return None
+    if any(st.shape != stacks[0].shape for st in stacks):
+        raise ValueError(
+            "the two evaluations must hold the same images with the same classes: "
+            f"{' vs '.join(str(st.shape) for st in stacks)}"
+        )
+    return stacks
+
+
 def image_bootstrap_iou(
     matrices: Sequence[np.ndarray],
     covered: Sequence[bool] | np.ndarray,
@@ -181,8 +237,8 @@ def image_bootstrap_iou(
     score is that of the images it was measured on: each resample draws as many
     images as there are, with replacement, pools their confusion matrices and takes
     each class's IoU; the interval holds the central ``level`` of those values. With
-    a handful of images it is wide, and that is the point: two models whose scores
-    differ by less than it were not told apart by these images.
+    a handful of images it is wide, and that is the point: a score measured on these
+    images could have come out anywhere in it on other images like them.
 
     Parameters
     ----------
@@ -211,29 +267,59 @@ def image_bootstrap_iou(
     >>> round(lo, 3), round(hi, 3)
     (0.667, 1.0)
     """
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must lie in (0, 1), got {level}")
-    stack = np.asarray(matrices, dtype=np.float64)
-    n_images = stack.shape[0] if stack.ndim == 3 else 0
-    n_classes = len(covered)
-    if n_images < 2:
-        return [None] * n_classes
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n_images, size=(resamples, n_images))
-    weights = np.zeros((resamples, n_images))
-    np.add.at(weights, (np.arange(resamples)[:, None], draws), 1.0)
-    pooled = np.einsum("bn,nij->bij", weights, stack)
-    tp = np.diagonal(pooled, axis1=1, axis2=2)
-    den = pooled.sum(axis=1) + pooled.sum(axis=2) - tp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(den > 0, tp / den, np.nan)
-    tail = (1.0 - level) / 2.0
-    out: list[tuple[float, float] | None] = []
-    for c in range(n_classes):
-        values = iou[:, c][~np.isnan(iou[:, c])]
-        if not covered[c] or values.size == 0:
-            out.append(None)
-            continue
-        lo, hi = np.quantile(values, [tail, 1.0 - tail])
-        out.append((float(lo), float(hi)))
-    return out
+    stacks = _stacks(matrices, level=level)
+    if stacks is None:
+        return [None] * len(covered)
+    (iou,) = _resampled_ious(stacks, resamples, seed)
+    return _intervals(iou, covered, level)
+
+
+def image_bootstrap_iou_difference(
+    matrices_a: Sequence[np.ndarray],
+    matrices_b: Sequence[np.ndarray],
+    covered: Sequence[bool] | np.ndarray,
+    *,
+    resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> list[tuple[float, float] | None]:
+    """Interval of ``IoU(a) - IoU(b)`` per class, two models scored on the same images.
+
+    Both models' matrices are pooled over the *same* resampled images (a paired
+    bootstrap), so what the images have in common (an easy image is easy for both)
+    cancels: the interval of a difference is much narrower than the two single
+    intervals suggest. An interval that holds 0 says these images do not tell the
+    two models apart on that class.
+
+    Parameters
+    ----------
+    matrices_a, matrices_b : sequence of numpy.ndarray
+        Per image (the same images, in the same order), each model's confusion matrix.
+    covered : sequence of bool
+        Per class: whether some labels covered it.
+    resamples, level, seed
+        As :func:`image_bootstrap_iou`.
+
+    Returns
+    -------
+    list of (float, float) or None
+        Per class, the low and high end of the difference's interval.
+
+    Raises
+    ------
+    ValueError
+        The two lists differ in images or classes; ``level`` outside (0, 1).
+
+    Examples
+    --------
+    >>> easy, hard = np.array([[9, 1], [1, 9]]), np.array([[5, 5], [5, 5]])
+    >>> better = [easy + np.array([[1, -1], [-1, 1]]), hard + np.array([[1, -1], [-1, 1]])]
+    >>> lo, hi = image_bootstrap_iou_difference(better, [easy, hard], [True, True])[1]
+    >>> lo > 0
+    True
+    """
+    stacks = _stacks(matrices_a, matrices_b, level=level)
+    if stacks is None:
+        return [None] * len(covered)
+    iou_a, iou_b = _resampled_ious(stacks, resamples, seed)
+    return _intervals(iou_a - iou_b, covered, level)

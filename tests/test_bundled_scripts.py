@@ -62,3 +62,35 @@ def test_held_out_metrics_keep_scored_classes_and_their_intervals():
     assert held["objects"] == {"building": {"precision": 0.1, "recall": 0.2, "f1": 0.13}}
     del heldout["dubai"]["pixel_interval"]  # a heldout.json from before the intervals
     assert package.held_out_metrics(heldout)["dubai"]["pixel_iou_interval_95"] == {}
+
+
+def _scored(images: list[tuple[str, list[list[int]]]]) -> dict:
+    pooled = np.sum([np.asarray(m) for _, m in images], axis=0)
+    tp = np.diag(pooled)
+    iou = tp / (pooled.sum(0) + pooled.sum(1) - tp)
+    return {
+        "labelled_classes": ["building"],
+        "pixel": {
+            "classes": {
+                "background": {"iou": float(iou[0]), "recall": 1.0},
+                "building": {"iou": float(iou[1]), "recall": 1.0},
+            }
+        },
+        "image_scores": [{"path": f"/x/{n}", "confusion": m} for n, m in images],
+    }
+
+
+def test_compare_heldout_pairs_images_and_refuses_other_images():
+    compare = _load("compare_heldout").compare
+    a = _scored([("1.tif", [[90, 10], [10, 90]]), ("2.tif", [[50, 20], [20, 10]])])
+    b = _scored([("1.tif", [[85, 15], [15, 85]]), ("2.tif", [[45, 25], [25, 5]])])
+    rows = compare({"dubai": a, "rio": a}, {"dubai": b})
+    assert [(r["source"], r["class"]) for r in rows] == [("dubai", "building")]
+    (row,) = rows
+    iou_a, iou_b = (x["pixel"]["classes"]["building"]["iou"] for x in (a, b))
+    assert row["difference"] == pytest.approx(iou_a - iou_b)
+    lo, hi = row["interval_95"]
+    assert 0 < lo <= row["difference"] <= hi  # better on both images: told apart
+    other = _scored([("1.tif", [[90, 10], [10, 90]]), ("3.tif", [[50, 20], [20, 10]])])
+    with pytest.raises(SystemExit, match="different images"):
+        compare({"dubai": a}, {"dubai": other})

@@ -125,6 +125,7 @@ def main() -> None:
         ]
         subprocess.run(cmd, check=True)
         results[name] = json.loads((out / name / "metrics.json").read_text())
+        results[name]["image_scores"] = results[name]["images"]  # per image, with confusion
         results[name]["images"] = [Path(i).name for i in images]
         results[name]["scored"] = {
             "through_polygons": not args.raster,
@@ -138,7 +139,9 @@ def main() -> None:
             c: m.get("iou") for c, m in r["pixel"]["classes"].items() if c in r["labelled_classes"]
         }
         objs = {c: (o["precision"], o["recall"], o["f1"]) for c, o in r["objects"].items()}
-        print(name, "IoU", ious, "objects P/R/F1", objs)
+        spans = r.get("pixel_interval", {}).get("classes", {})
+        ivs = {c: spans.get(c) for c in ious if spans.get(c)}
+        print(name, "IoU", ious, "95 % intervals", ivs, "objects P/R/F1", objs)
 
 
 if __name__ == "__main__":

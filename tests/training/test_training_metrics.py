@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geoseg.metrics import image_bootstrap_iou
+from geoseg.metrics import image_bootstrap_iou, image_bootstrap_iou_difference
 from geoseg.training.metrics import ConfusionMatrix
 
 NAMES = ["background", "building", "vegetation"]
@@ -106,3 +106,20 @@ def test_image_bootstrap_needs_two_images_and_covered_classes():
     assert image_bootstrap_iou([zero, zero], [True, True]) == [None, None]
     with pytest.raises(ValueError, match="level"):
         image_bootstrap_iou([m, m], [True, True], level=1.5)
+
+
+def test_paired_difference_cancels_what_the_images_share():
+    rng = np.random.default_rng(5)
+    # images of very different difficulty; model a beats b by a few pixels on every one
+    base = [rng.integers(0, 300, size=(2, 2)) + np.diag([k * 200, k * 50]) for k in range(8)]
+    shift = np.array([[3, -3], [-3, 3]])
+    a = [np.clip(m + shift, 0, None) for m in base]
+    lo, hi = image_bootstrap_iou_difference(a, base, [True, True])[1]  # type: ignore[misc]
+    assert 0 < lo <= hi
+    (sa, sb) = (image_bootstrap_iou(a, [True, True])[1], image_bootstrap_iou(base, [True, True])[1])
+    assert sa is not None and sb is not None
+    assert sa[0] < sb[1]  # the single intervals overlap: alone they cannot tell a from b
+    assert hi - lo < (sa[1] - sa[0]) / 3
+    assert image_bootstrap_iou_difference(base, base, [True, True])[1] == (0.0, 0.0)
+    with pytest.raises(ValueError, match="same images"):
+        image_bootstrap_iou_difference(base, base[:-1], [True, True])
