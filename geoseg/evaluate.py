@@ -310,7 +310,7 @@ class ImageResult:
     #: IoU of each class the labels cover, on this image alone (left out where the class is
     #: in neither its labels nor its prediction). One image's figure says where a model fails;
     #: the pooled pixel metrics, not the mean of these, are the evaluation's score.
-    class_iou: dict[str, float | None] = field(default_factory=dict)
+    class_iou: dict[str, float] = field(default_factory=dict)
     #: This image's confusion matrix (rows: truth, columns: prediction, class id order).
     confusion: list[list[int]] = field(default_factory=list)
 
@@ -345,6 +345,11 @@ class EvalReport:
     #: (:func:`geoseg.metrics.image_bootstrap_iou`); ``None`` with one image or no labels.
     pixel_interval: tuple[tuple[float, float] | None, ...] = ()
 
+    def interval(self, class_id: int) -> tuple[float, float] | None:
+        """The 95 % interval of class ``class_id``'s pooled IoU, if there is one."""
+        iv = self.pixel_interval
+        return iv[class_id] if class_id < len(iv) else None
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (what ``metrics.json`` holds)."""
         return {
@@ -357,8 +362,8 @@ class EvalReport:
                 "method": f"{INTERVAL_LEVEL:.0%} percentile interval of each class's pooled IoU "
                 f"over {INTERVAL_RESAMPLES} resamples of the images with replacement",
                 "classes": {
-                    c.name: (list(iv) if iv is not None else None)
-                    for c, iv in zip(self.classes, self.pixel_interval, strict=False)
+                    c.name: (list(iv) if (iv := self.interval(i)) is not None else None)
+                    for i, c in enumerate(self.classes)
                 },
             },
             "images": [i.__dict__ for i in self.images],
@@ -386,7 +391,7 @@ class EvalReport:
             "|---|---|---|---|---|---|---|---|",
         ]
         for i, c in enumerate(self.pixel.classes):
-            iv = self.pixel_interval[i] if i < len(self.pixel_interval) else None
+            iv = self.interval(i)
             span = "–" if iv is None else f"{iv[0]:.3f}–{iv[1]:.3f}"
             lines.append(
                 f"| {c.name} | {f(c.iou)} | {span} | {f(c.dice)} | {f(c.precision)} "
@@ -645,7 +650,6 @@ def evaluate(
         level=INTERVAL_LEVEL,
     )
     return EvalReport(
-        pixel_interval=tuple(intervals),
         model=card.name,
         classes=card.classes,
         labelled_classes=tuple(source.known_classes),
@@ -654,6 +658,7 @@ def evaluate(
         images=tuple(results),
         elapsed_s=time.perf_counter() - t0,
         sample=sample,
+        pixel_interval=tuple(intervals),
     )
 
 

@@ -213,13 +213,13 @@ def _stacks(*groups: Sequence[np.ndarray], level: float) -> list[np.ndarray] | N
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must lie in (0, 1), got {level}")
     stacks = [np.asarray(g, dtype=np.float64) for g in groups]
-    if any(st.ndim != 3 for st in stacks) or stacks[0].shape[0] < 2:
-        return None
     if any(st.shape != stacks[0].shape for st in stacks):
         raise ValueError(
             "the two evaluations must hold the same images with the same classes: "
             f"{' vs '.join(str(st.shape) for st in stacks)}"
         )
+    if stacks[0].ndim != 3 or stacks[0].shape[0] < 2:
+        return None
     return stacks
 
 

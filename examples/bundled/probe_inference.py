@@ -25,6 +25,7 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import shutil
@@ -73,9 +74,15 @@ def probabilities(image: Path, model: Path, out: Path) -> np.ndarray:
     return p
 
 
+@functools.cache
+def _rio_footprints():  # a GeoDataFrame, read once for all tiles
+    import geopandas as gpd
+
+    return gpd.read_file(SHARED / "spacenet-rio" / "buildings.gpkg")
+
+
 def truth(kind: str, image: Path) -> tuple[np.ndarray, np.ndarray]:
     """Class ids (255: unlabelled) and building instance ids (0: none) on the image's grid."""
-    import geopandas as gpd
     import rasterio
     from rasterio.features import rasterize
     from scipy import ndimage as ndi
@@ -87,9 +94,8 @@ def truth(kind: str, image: Path) -> tuple[np.ndarray, np.ndarray]:
         for k, v in DUBAI.items():
             t[m == k] = v
         return t, ndi.label(t == 1)[0]
-    frame = gpd.read_file(SHARED / "spacenet-rio" / "buildings.gpkg")
     with rasterio.open(image) as ds:
-        frame = frame.to_crs(ds.crs)
+        frame = _rio_footprints().to_crs(ds.crs)
         ids = rasterize(
             [(g, i + 1) for i, g in enumerate(frame.geometry)],
             out_shape=(ds.height, ds.width),

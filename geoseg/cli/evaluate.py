@@ -185,7 +185,7 @@ def evaluate(
     pm = report.pixel
     click.echo(f"mean IoU {fmt(pm.mean_iou)}  pixel accuracy {fmt(pm.accuracy)}")
     for i, c in enumerate(pm.classes):
-        iv = report.pixel_interval[i] if i < len(report.pixel_interval) else None
+        iv = report.interval(i)
         span = f" [{iv[0]:.3f}-{iv[1]:.3f}]" if iv is not None else ""
         click.echo(
             f"  {c.name:<14} IoU {fmt(c.iou)}{span}  F1 {fmt(c.dice)}  "
