@@ -94,3 +94,18 @@ def test_compare_heldout_pairs_images_and_refuses_other_images():
     other = _scored([("1.tif", [[90, 10], [10, 90]]), ("3.tif", [[50, 20], [20, 10]])])
     with pytest.raises(SystemExit, match="different images"):
         compare({"dubai": a}, {"dubai": other})
+
+
+def test_trained_files_are_the_folder_minus_the_held_out_ones(tmp_path: Path):
+    heldout = _load("evaluate_heldout")
+    images = tmp_path / "dubai" / "images"
+    images.mkdir(parents=True)
+    for name in ("a.tif", "b.tif", "c.tif", "d.tif"):
+        (images / name).write_bytes(b"")
+    source = {"name": "dubai", "files": 4}
+    got = heldout.trained_files(source, ["/elsewhere/b.tif", "d.tif"], tmp_path)
+    assert [Path(f).name for f in got] == ["a.tif", "c.tif"]
+    # a folder that is not the data the run counted is refused, not scored
+    (images / "e.tif").write_bytes(b"")
+    with pytest.raises(SystemExit, match="counts 4 files"):
+        heldout.trained_files(source, ["b.tif", "d.tif"], tmp_path)

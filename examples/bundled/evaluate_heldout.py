@@ -13,7 +13,10 @@ Scores come through the user's path by default: the polygons ``geoseg predict IM
 writes, rasterized back onto the image for pixel metrics (``--raster`` scores the class
 rasters instead); ``--tta flips|d4`` adds test-time augmentation; ``--precision int8``
 runs the checkpoint's int8 graph; ``--split-from CHECKPOINT`` scores on another card's
-held-out files (a fine-tune of the bundled model on the bundled model's split).
+held-out files (a fine-tune of the bundled model on the bundled model's split);
+``--trained-files`` scores the files the run trained on instead (how well the model fits
+its own training images: the gap to the held-out scores tells underfitting from a failure
+to generalise; SpaceNet Rio is then left out unless the run trained on it).
 
 Usage::
 
@@ -29,6 +32,23 @@ import sys
 from pathlib import Path
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "segmentation"
+
+
+def trained_files(source: dict, held_out: list[str], shared: Path) -> list[str]:
+    """The files of a card's source that its run trained on: the source's folder minus the
+    held-out files the card names, checked against the number of files the card counts."""
+    out_of_training = {Path(f).name for f in held_out}
+    trained = sorted(
+        str(f)
+        for f in (shared / source["name"] / "images").glob("*.tif")
+        if f.name not in out_of_training
+    )
+    if len(trained) + len(out_of_training) != source.get("files"):
+        raise SystemExit(
+            f"{source['name']}: the card counts {source.get('files')} files, the folder holds "
+            f"{len(trained) + len(out_of_training)}: not the data the run trained on"
+        )
+    return trained
 
 
 def main() -> None:
@@ -49,6 +69,11 @@ def main() -> None:
         help="take the held-out files from this checkpoint's card (e.g. the bundled model, to "
         "score a fine-tune of it on the same files)",
     )
+    ap.add_argument(
+        "--trained-files",
+        action="store_true",
+        help="score the files the run trained on (its fit), not the held-out ones",
+    )
     args = ap.parse_args()
     model, out = args.model, args.out
     card = json.loads(((args.split_from or model) / "model_card.json").read_text())
@@ -58,7 +83,9 @@ def main() -> None:
             held.setdefault(src["name"], []).extend(part["val_files"])
         if "parts" not in src:  # cards before the per-part provenance
             held[src["name"]] = list(src.get("held_out", []))
-    if "spacenet-rio" not in held:
+        if args.trained_files and (SHARED / src["name"] / "images").is_dir():
+            held[src["name"]] = trained_files(src, held.get(src["name"], []), SHARED)
+    if "spacenet-rio" not in held and not args.trained_files:
         held["spacenet-rio"] = sorted(
             str(p) for p in (SHARED / "spacenet-rio" / "images").glob("*.tif")
         )

