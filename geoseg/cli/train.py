@@ -85,6 +85,12 @@ def _saved_config(run_dir: Path) -> dict[str, Any]:
     return dict(config)
 
 
+def _is_bundled_name(value: Path) -> bool:
+    from geoseg.models.checkpoint import bundled_models
+
+    return str(value) in bundled_models()
+
+
 @click.command()
 @click.option(
     "-c",
@@ -294,6 +300,13 @@ def train(
         data["sources"] = [source]
     if classes is not None:
         data["classes"] = parse_class_list(classes)
+    if base_dir is not None:
+        # Paths in the config are relative to its folder; paths given on the command line
+        # are relative to where the command runs, as with every other command.
+        output = output.absolute() if output is not None else None
+        encoder_weights = encoder_weights.absolute() if encoder_weights is not None else None
+        if init_weights is not None and not _is_bundled_name(init_weights):
+            init_weights = init_weights.absolute()
     overrides = {
         "output": output,
         "bands": band_names.split(",") if band_names else None,
@@ -326,7 +339,7 @@ def train(
             val["fraction"] = val_fraction
         data["validation"] = val
     if resume and config_path is not None and output is None:
-        data["output"] = resume
+        data["output"] = str(Path(resume).absolute())
     data["resume"] = resume is not None
     data["overwrite"] = overwrite
     config = TrainConfig.from_dict(data, base_dir)

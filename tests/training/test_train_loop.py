@@ -359,6 +359,25 @@ def test_encoder_weights_come_from_a_local_file(tmp_path):
         load_encoder_weights(tiny, tmp_path / "resnet18.pth")
 
 
+def test_cli_train_paths_on_the_command_line_are_relative_to_the_working_directory(
+    roofs, tmp_path, monkeypatch
+):
+    cfg = roof_config(roofs, tmp_path / "ignored", epochs=1, samples_per_epoch=16)
+    cfg["output"] = "from-config"
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "train.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli, ["train", "--config", "configs/train.yaml", "-o", "here"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "here" / "model" / "model_card.json").is_file()
+    assert not (configs / "here").exists() and not (configs / "from-config").exists()
+    # the config's own relative paths stay relative to its folder
+    r = CliRunner().invoke(cli, ["train", "--config", "configs/train.yaml"])
+    assert r.exit_code == 0, r.output
+    assert (configs / "from-config" / "model" / "model_card.json").is_file()
+
+
 def test_cli_train_from_yaml_and_flags(roofs, tmp_path):
     cfg = roof_config(roofs, tmp_path / "ignored", epochs=1, samples_per_epoch=16)
     cfg.pop("output")
