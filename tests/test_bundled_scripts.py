@@ -109,3 +109,21 @@ def test_trained_files_are_the_folder_minus_the_held_out_ones(tmp_path: Path):
     (images / "e.tif").write_bytes(b"")
     with pytest.raises(SystemExit, match="counts 4 files"):
         heldout.trained_files(source, ["b.tif", "d.tif"], tmp_path)
+
+
+def test_edge_errors_tell_outlines_a_pixel_off_from_regions_called_wrong(monkeypatch):
+    monkeypatch.syspath_prepend(str(BUNDLED))  # probe_errors imports probe_inference
+    probe = _load("probe_errors")
+    t = np.zeros((30, 30), np.uint8)
+    t[5:15, 5:15] = 1  # a 10 x 10 roof
+    t[0, :] = 255  # unlabelled: counts nowhere
+    pred = np.zeros_like(t)
+    pred[4:16, 4:16] = 1  # the roof drawn one pixel too wide on every side: 44 false pixels
+    pred[22:25, 22:25] = 1  # and a 3 x 3 roof far from any true one
+    pred[0, 0:5] = 1  # on unlabelled pixels: ignored
+    tp, fp, fn, near1, near2 = probe.edge_errors(t, pred, 1)
+    assert (tp, fp, fn) == (100, 44 + 9, 0)
+    assert near1 == near2 == 44  # the outline errors; the far roof is a region error
+    counts = probe.iou_counts("dubai", t, pred)
+    assert counts[1].tolist() == [100, 153]
+    assert set(counts) == {1, 2}
