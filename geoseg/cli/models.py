@@ -212,6 +212,56 @@ def wrap(
     click.echo(f"wrote {out}")
 
 
+@models.command("merge")
+@click.argument("checkpoint", type=str)
+@click.option(
+    "-o",
+    "--output",
+    "dst",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Checkpoint directory to create.",
+)
+@click.option(
+    "--into",
+    "into",
+    multiple=True,
+    required=True,
+    metavar="CLASS=CLASS,CLASS",
+    help="Merge the classes after '=' into the one before it, e.g. background=road,water "
+    "(repeatable).",
+)
+@overwrite_opt
+def merge(checkpoint: str, dst: Path, into: tuple[str, ...], overwrite: bool) -> None:
+    """Merge some of CHECKPOINT's classes into others: train fine, ship coarse.
+
+    A model trained with finer classes than it should ship (road and water beside
+    background) keeps its network; a class's probability becomes the sum of its
+    merged classes' probabilities, computed inside the network (and its ONNX graph),
+    so every command sees the coarser classes only.
+    """
+    from geoseg.extras import require
+
+    require("torch", "merging classes")
+    from geoseg.models import load_checkpoint, wrap_state_dict
+    from geoseg.models.checkpoint import WEIGHTS_NAME, resolve_model_path
+    from geoseg.models.groups import merge_classes
+
+    groups: dict[str, list[str]] = {}
+    for item in into:
+        keep, sep, rest = item.partition("=")
+        others = [n.strip() for n in rest.split(",") if n.strip()]
+        if not sep or not keep.strip() or not others:
+            raise click.BadParameter(
+                f"{item!r}: give CLASS=CLASS,CLASS, e.g. background=road,water", param_hint="--into"
+            )
+        groups.setdefault(keep.strip(), []).extend(others)
+    src = resolve_model_path(checkpoint)
+    card = merge_classes(load_checkpoint(src, lazy=True).card, groups)
+    out = wrap_state_dict(src / WEIGHTS_NAME, card, dst, overwrite=overwrite)
+    click.echo(f"wrote {out}: classes {', '.join(c.name for c in card.classes)}")
+
+
 @models.command("export")
 @click.argument("checkpoint", type=str)
 @overwrite_opt

@@ -139,6 +139,14 @@ class ModelCard:
     R-CNN, :mod:`geoseg.models.maskrcnn`), prediction writes each kept object as
     a polygon with its score and paints the class raster from them
     (:mod:`geoseg.infer.instances`).
+
+    ``output_groups`` (empty for most models) says that the network has more
+    outputs than the card has classes: class ``i``'s probability is the sum of
+    the softmax probabilities of the outputs in ``output_groups[i]``.  A model
+    trained on finer classes than it ships (Dubai's land, road and water as
+    three outputs of one "background") is built with
+    :class:`~geoseg.models.groups.MergedOutputs`, which returns the classes'
+    logits, so everything downstream sees ``n_classes`` outputs.
     """
 
     name: str
@@ -163,6 +171,7 @@ class ModelCard:
     postprocess: dict[str, Any] = field(default_factory=dict)
     contact_class: int | None = None
     task: str = "semantic"
+    output_groups: tuple[tuple[int, ...], ...] = ()
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -214,7 +223,32 @@ class ModelCard:
             raise ModelCardError(f"task must be 'semantic' or 'instance', got {self.task!r}")
         if self.task == "instance" and self.contact_class is not None:
             raise ModelCardError("an instance model separates its objects itself: no contact_class")
+        if self.output_groups:
+            self._check_output_groups()
         _as_int(self.format_version, "format_version", lo=1, hi=FORMAT_VERSION)
+
+    def _check_output_groups(self) -> None:
+        groups = self.output_groups
+        if len(groups) != len(self.classes):
+            raise ModelCardError(
+                f"output_groups must give one group of network outputs per class "
+                f"({len(self.classes)}), got {len(groups)}"
+            )
+        flat = [_as_int(o, "output_groups[][]", lo=0, hi=255) for g in groups for o in g]
+        if any(not g for g in groups) or sorted(flat) != list(range(len(flat))):
+            raise ModelCardError(
+                "output_groups must split the network outputs 0..N-1 into one non-empty "
+                f"group per class, each output in exactly one group; got {[list(g) for g in groups]}"
+            )
+        if self.contact_class is not None or self.task != "semantic":
+            raise ModelCardError("output_groups is for semantic models without a contact output")
+
+    @property
+    def n_network_outputs(self) -> int:
+        """Output channels of the network itself: its grouped outputs, or :attr:`n_outputs`."""
+        if self.output_groups:
+            return sum(len(g) for g in self.output_groups)
+        return self.n_outputs
 
     @property
     def n_classes(self) -> int:
@@ -279,6 +313,11 @@ class ModelCard:
                 kwargs["pixel_size_m"] = _as_float(d["pixel_size_m"], "pixel_size_m", positive=True)
             if d.get("contact_class") is not None:
                 kwargs["contact_class"] = _as_int(d["contact_class"], "contact_class")
+            if d.get("output_groups"):
+                kwargs["output_groups"] = tuple(
+                    tuple(_as_list(g, "output_groups[]"))
+                    for g in _as_list(d["output_groups"], "output_groups")
+                )
             for key in ("tile_size", "overlap", "stride", "nodata_class", "format_version"):
                 if key in d:
                     kwargs[key] = _as_int(d[key], key)
@@ -302,6 +341,10 @@ class ModelCard:
         d["input_range"] = list(self.input_range)
         d["mean"] = list(self.mean)
         d["std"] = list(self.std)
+        # Written only where used, so cards without groups read in versions without the field.
+        d["output_groups"] = [list(g) for g in self.output_groups]
+        if not self.output_groups:
+            del d["output_groups"]
         return d
 
     def to_json(self) -> str:

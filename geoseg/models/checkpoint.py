@@ -378,6 +378,9 @@ def wrap_state_dict(
     if card.task == "instance" and not any(k.startswith("net.") for k in state):
         # torchvision's own detector weights (backbone., rpn., roi_heads.): ours wrap them.
         state = {f"net.{k}": v for k, v in state.items()}
+    if card.output_groups and not any(k.startswith("base.") for k in state):
+        # The network with its finer outputs, as trained: MergedOutputs holds it as ``base``.
+        state = {f"base.{k}": v for k, v in state.items()}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -72,7 +72,9 @@ def build_model(card: ModelCard) -> nn.Module:
     """Build the (untrained) network a model card describes, in eval mode.
 
     A card with a ``contact_class`` gets the architecture with one more output,
-    wrapped in :class:`~geoseg.models.contact.ContactRefine`.
+    wrapped in :class:`~geoseg.models.contact.ContactRefine`; a card with
+    ``output_groups`` gets it with its finer outputs, wrapped in
+    :class:`~geoseg.models.groups.MergedOutputs`.
     """
     arch = get_architecture(card.architecture)
     if arch.task != card.task:
@@ -82,7 +84,7 @@ def build_model(card: ModelCard) -> nn.Module:
         )
     encoder = card.encoder or arch.default_encoder
     try:
-        model = arch.builder(card.in_channels, card.n_outputs, encoder, **card.arch_params)
+        model = arch.builder(card.in_channels, card.n_network_outputs, encoder, **card.arch_params)
     except (KeyError, ValueError, TypeError) as exc:
         raise ModelCardError(
             f"cannot build {card.architecture!r} with encoder {encoder!r} and "
@@ -92,6 +94,10 @@ def build_model(card: ModelCard) -> nn.Module:
         from geoseg.models.contact import ContactRefine
 
         model = ContactRefine(model, card.in_channels, card.n_classes)
+    if card.output_groups:
+        from geoseg.models.groups import MergedOutputs
+
+        model = MergedOutputs(model, card.output_groups)
     return model.eval()
 
 

@@ -268,13 +268,22 @@ def _load_matching(
 
 
 def _shared_outputs(config: TrainConfig, card: ModelCard) -> int | None:
-    """Class outputs a warm start shares with a new contact head (see :func:`load_init_weights`)."""
-    if card.contact_class is None:
-        return None
+    """Class outputs a warm start shares with a network that has more outputs after them.
+
+    A new contact head after the same classes, or new classes after the checkpoint's
+    (its classes, by name and in order, the first of this run's): the shared outputs keep
+    their trained head rows (see :func:`load_init_weights`).
+    """
     theirs = init_card(config.init_weights)
-    if theirs is None or [c.name for c in theirs.classes] != [c.name for c in card.classes]:
+    if theirs is None or theirs.output_groups or theirs.contact_class is not None:
         return None
-    return card.n_classes
+    mine = [c.name for c in card.classes]
+    shared = [c.name for c in theirs.classes]
+    if mine == shared and card.contact_class is not None:
+        return card.n_classes
+    if len(mine) > len(shared) and mine[: len(shared)] == shared:
+        return len(shared)
+    return None
 
 
 def _provenance(config: TrainConfig, data: TrainingData) -> dict[str, Any]:
