@@ -29,35 +29,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from probe_inference import SHARED, truth
+from probe_inference import SHARED, probabilities, truth
 
 RASTERS = SHARED.parent / "rasters"
 PRIORS = ([1, 1, 1, 1], [1.25, 1, 1, 1], [1.5, 1, 1, 1], [2, 1, 1, 1], [3, 1, 1, 1])
-
-
-def probabilities(image: Path, model: Path, out: Path, assume_crs: str | None = None):
-    """float32 ``(classes, H, W)`` probabilities (NaN on nodata) on the image's grid."""
-    import rasterio
-
-    import geoseg
-
-    out.mkdir(parents=True, exist_ok=True)
-    probs = out / f"{image.stem}_probs.tif"
-    if not probs.exists():
-        geoseg.predict(
-            str(image),
-            str(out / f"{image.stem}_classes.tif"),
-            str(model),
-            probabilities=str(probs),
-            precision="fp32",
-            assume_crs=assume_crs,
-            overwrite=True,
-        )
-    with rasterio.open(probs) as ds:
-        raw = ds.read()
-    p = raw.astype(np.float32) / 254.0
-    p[:, raw[0] == 255] = np.nan
-    return p
 
 
 @functools.cache

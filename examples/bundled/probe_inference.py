@@ -49,7 +49,7 @@ def scaled_copy(model: Path, px: float, out: Path) -> Path:
     return dst
 
 
-def probabilities(image: Path, model: Path, out: Path) -> np.ndarray:
+def probabilities(image: Path, model: Path, out: Path, assume_crs: str | None = None) -> np.ndarray:
     """float32 ``(classes, H, W)`` probabilities of ``model`` on ``image``'s own grid."""
     import rasterio
 
@@ -65,6 +65,7 @@ def probabilities(image: Path, model: Path, out: Path) -> np.ndarray:
             probabilities=str(probs),
             precision="fp32",
             resample="force",
+            assume_crs=assume_crs,
             overwrite=True,
         )
     with rasterio.open(probs) as ds:
