@@ -116,9 +116,8 @@ def _parse_classes(text: str) -> list[dict[str, object]]:
     return out
 
 
-@models.command()
-@click.argument("weights", type=click.Path(path_type=Path))
-@click.option(
+#: ``-o DIR``: the checkpoint directory a command creates.
+_checkpoint_output = click.option(
     "-o",
     "--output",
     "dst",
@@ -126,6 +125,11 @@ def _parse_classes(text: str) -> list[dict[str, object]]:
     type=click.Path(path_type=Path),
     help="Checkpoint directory to create.",
 )
+
+
+@models.command()
+@click.argument("weights", type=click.Path(path_type=Path))
+@_checkpoint_output
 @click.option("--arch", required=True, help="Architecture name (see 'geoseg models').")
 @click.option(
     "--encoder", default=None, help="Encoder name, e.g. resnet34 or tu-efficientnet_lite0."
@@ -214,14 +218,7 @@ def wrap(
 
 @models.command("merge")
 @click.argument("checkpoint", type=str)
-@click.option(
-    "-o",
-    "--output",
-    "dst",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Checkpoint directory to create.",
-)
+@_checkpoint_output
 @click.option(
     "--into",
     "into",
