@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from geoseg.cli.options import overwrite_opt, renamed_opt
+from geoseg.cli.options import class_groups, overwrite_opt, renamed_opt
 
 
 @click.group(invoke_without_command=True)
@@ -244,15 +244,7 @@ def merge(checkpoint: str, dst: Path, into: tuple[str, ...], overwrite: bool) ->
     from geoseg.models.checkpoint import WEIGHTS_NAME, resolve_model_path
     from geoseg.models.groups import merge_classes
 
-    groups: dict[str, list[str]] = {}
-    for item in into:
-        keep, sep, rest = item.partition("=")
-        others = [n.strip() for n in rest.split(",") if n.strip()]
-        if not sep or not keep.strip() or not others:
-            raise click.BadParameter(
-                f"{item!r}: give CLASS=CLASS,CLASS, e.g. background=road,water", param_hint="--into"
-            )
-        groups.setdefault(keep.strip(), []).extend(others)
+    groups = class_groups(into, "--into")
     src = resolve_model_path(checkpoint)
     card = merge_classes(load_checkpoint(src, lazy=True).card, groups)
     out = wrap_state_dict(src / WEIGHTS_NAME, card, dst, overwrite=overwrite)

@@ -167,6 +167,26 @@ def cleanup_opts(f: F) -> F:
     )(f)
 
 
+def class_groups(items: tuple[str, ...], option: str) -> dict[str, list[str]]:
+    """``("background=road,water", ...)`` as ``{"background": ["road", "water"]}``.
+
+    Raises
+    ------
+    click.BadParameter
+        Naming ``option`` when an item is not ``CLASS=CLASS,CLASS``.
+    """
+    groups: dict[str, list[str]] = {}
+    for item in items:
+        keep, sep, rest = item.partition("=")
+        others = [n.strip() for n in rest.split(",") if n.strip()]
+        if not sep or not keep.strip() or not others:
+            raise click.BadParameter(
+                f"{item!r}: give CLASS=CLASS,CLASS, e.g. background=road,water", param_hint=option
+            )
+        groups.setdefault(keep.strip(), []).extend(others)
+    return groups
+
+
 def configure_logging(verbose: int, quiet: int) -> None:
     """Map -v/-q counts to log levels (only the CLI touches logging configuration)."""
     level = logging.WARNING - 10 * verbose + 10 * quiet

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from geoseg.cli.options import device_opt, overwrite_opt, renamed_opt
+from geoseg.cli.options import class_groups, device_opt, overwrite_opt, renamed_opt
 
 
 def expand_images(values: tuple[str, ...]) -> list[str]:
@@ -179,6 +179,15 @@ def _is_bundled_name(value: Path) -> bool:
     "among the classes the labels leave out (e.g. 1; 0: off).",
 )
 @click.option(
+    "--split-init",
+    "split_init",
+    multiple=True,
+    metavar="CLASS=CLASS,CLASS",
+    help="With --init-weights and new classes after its own: start the classes after '=' as "
+    "copies of the one before it, e.g. background=road,water (repeatable; see "
+    "'geoseg models merge').",
+)
+@click.option(
     "--val-split",
     type=click.Choice(["files", "blocks"]),
     default=None,
@@ -232,6 +241,7 @@ def train(
     lr: float | None,
     loss: str | None,
     distill: float | None,
+    split_init: tuple[str, ...],
     val_split: str | None,
     val_fraction: float | None,
     seed: int | None,
@@ -329,6 +339,8 @@ def train(
         "workers": workers,
     }
     data.update({k: v for k, v in overrides.items() if v is not None})
+    if split_init:
+        data["split_init"] = class_groups(split_init, "--split-init")
     if device != "auto" or "device" not in data:
         data["device"] = device
     if val_split is not None or val_fraction is not None:

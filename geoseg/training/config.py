@@ -765,6 +765,15 @@ class TrainConfig:
         so a building-only fine-tune does not drift in the classes it says
         nothing about.  Needs ``init_weights`` with the same classes, bands and
         input range.
+    split_init : tuple of (str, tuple of str)
+        Classes a warm start splits into finer ones, e.g. ``{background: [road,
+        water]}``: the new classes (after the checkpoint's own, which the run's
+        classes begin with) start with the output weights of the class they come
+        from, and every member of the group has its bias lowered by ``log`` of the
+        group's size, so the group's summed probability, and therefore the network
+        with the group merged back (``geoseg models merge``), starts exactly as the
+        checkpoint.  Without it a new class starts from random weights and must
+        out-shout a trained one before it is ever predicted.
     augment : AugmentConfig
     validation : ValidationConfig
     stats_chips : int
@@ -822,6 +831,7 @@ class TrainConfig:
     contact_weight: float = 1.0
     contact_radius: int = 1
     distill: float = 0.0
+    split_init: tuple[tuple[str, tuple[str, ...]], ...] = ()
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     stats_chips: int = 64
@@ -899,6 +909,7 @@ class TrainConfig:
         _num(self.contact_weight, "contact_weight", lo=0)
         _int(self.contact_radius, "contact_radius", lo=1)
         self._check_distill()
+        self._check_split_init()
         _int(self.stats_chips, "stats_chips", lo=1)
         _int(self.seed, "seed", lo=0)
         if not isinstance(self.device, str):
@@ -936,6 +947,37 @@ class TrainConfig:
                 f"{list(donor.input_range)}), got {', '.join(self.bands)}; "
                 f"{list(self.input_range)}",
             )
+
+    def _check_split_init(self) -> None:
+        """``split_init`` names classes of the run, each split class once, and a warm start."""
+        if not self.split_init:
+            return
+        names = list(self.class_names)
+        seen: set[str] = set()
+        groups = []
+        for parent, children in self.split_init:
+            if not isinstance(children, (list, tuple)) or not children:
+                raise _fail(f"split_init[{parent}]", "must list the classes it splits into")
+            children = tuple(children)
+            for name in (parent, *children):
+                if name not in names:
+                    raise _fail(
+                        f"split_init[{parent}]",
+                        f"names unknown class {name!r}; classes are {', '.join(names)}",
+                    )
+            for name in children:
+                if name == parent or name in seen or name in dict(self.split_init):
+                    raise _fail(
+                        f"split_init[{parent}]", f"class {name!r} cannot be split from twice"
+                    )
+                seen.add(name)
+            groups.append((parent, children))
+        if self.init_weights is None:
+            raise _fail(
+                "split_init",
+                "starts new classes from a warm start's trained ones: set init_weights",
+            )
+        object.__setattr__(self, "split_init", tuple(groups))
 
     def _check_normalisation(self) -> None:
         """``mean`` and ``std`` come together, one number per band, std > 0."""
@@ -1109,6 +1151,17 @@ class TrainConfig:
             d["class_weights"] = tuple(cw)
         if "augment" in d:
             d["augment"] = AugmentConfig.from_dict(d["augment"])
+        if d.get("split_init") is not None:
+            split = d["split_init"]
+            if not isinstance(split, Mapping):
+                raise _fail(
+                    "split_init", f"must map a class to the classes it splits into, got {split!r}"
+                )
+            d["split_init"] = tuple(
+                (str(k), tuple(_strs(v, f"split_init[{k}]"))) for k, v in split.items()
+            )
+        else:
+            d.pop("split_init", None)
         if "validation" in d:
             d["validation"] = ValidationConfig.from_dict(d["validation"])
         if d.get("arch_params") is None:
@@ -1177,6 +1230,8 @@ class TrainConfig:
             ),
             # distill only when set, so that older runs' configs compare equal
             **({"distill": self.distill} if self.distill else {}),
+            # split_init only when set, so that older runs' configs compare equal
+            **({"split_init": {k: list(v) for k, v in self.split_init}} if self.split_init else {}),
             "augment": {f.name: getattr(self.augment, f.name) for f in fields(self.augment)},
             # validation.seed only when set, so that older runs' configs compare equal
             "validation": {

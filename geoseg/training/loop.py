@@ -177,7 +177,12 @@ def load_encoder_weights(model: nn.Module, path: Path) -> int:
     return _load_matching(encoder, state, "encoder_weights", path, "the encoder")
 
 
-def load_init_weights(model: nn.Module, path: Path, shared_outputs: int | None = None) -> int:
+def load_init_weights(
+    model: nn.Module,
+    path: Path,
+    shared_outputs: int | None = None,
+    split: Mapping[int, int] | None = None,
+) -> int:
     """Start the whole network from another checkpoint's weights (a warm start).
 
     ``path`` is a geoseg checkpoint directory or a weights file.  Tensors whose
@@ -188,6 +193,12 @@ def load_init_weights(model: nn.Module, path: Path, shared_outputs: int | None =
     classes and the new network adds a contact output after them): the head's
     first ``shared_outputs`` outputs are taken from the checkpoint and only the
     added ones start fresh.
+
+    ``split`` (added output -> shared output it is split from, see
+    ``TrainConfig.split_init``): such an added output starts as a copy of the
+    shared one's head row, and every output of the group has its bias lowered by
+    ``log`` of the group's size, so the group's summed probability starts as the
+    checkpoint's probability of the shared class.
 
     Returns
     -------
@@ -206,7 +217,7 @@ def load_init_weights(model: nn.Module, path: Path, shared_outputs: int | None =
     p = Path(path)
     file = p / "model.safetensors" if p.is_dir() else p
     return _load_matching(
-        model, read_state_dict(file), "init_weights", file, "this network", shared_outputs
+        model, read_state_dict(file), "init_weights", file, "this network", shared_outputs, split
     )
 
 
@@ -217,6 +228,7 @@ def _load_matching(
     path: Path,
     what: str,
     shared_outputs: int | None = None,
+    split: Mapping[int, int] | None = None,
 ) -> int:
     """Load the tensors of ``state`` whose names and shapes fit ``module``; log the rest."""
     own = module.state_dict()
@@ -248,10 +260,23 @@ def _load_matching(
                 continue
             grown = own[k].clone()
             grown[: state[k].shape[0]] = state[k].to(grown.dtype)
+            if split:
+                _split_rows(grown, state[k].to(grown.dtype), split, is_bias=k.endswith("bias"))
             fitting[k] = grown
             log.info(
                 "%s: %s keeps %d of its %d outputs", field, k, state[k].shape[0], grown.shape[0]
             )
+        if split and not any(k.endswith("bias") for k in grows):
+            log.warning(
+                "%s: the output layer has no bias, so the split classes' group does not start "
+                "with the checkpoint's probability",
+                field,
+            )
+    elif split:
+        raise ConfigError(
+            f"{field}: split_init needs a checkpoint whose classes this run's classes begin "
+            f"with and an output layer that grows by the new classes; {path} has none"
+        )
     if not fitting:
         raise ConfigError(
             f"{field}: no tensor of {path} fits {what} (its names start {sorted(state)[:3]}, "
@@ -265,6 +290,44 @@ def _load_matching(
         log.info("%s: %d tensor(s) keep their initial values", field, len(missing))
     module.load_state_dict(fitting, strict=False)
     return len(fitting)
+
+
+def _split_rows(
+    grown: torch.Tensor, theirs: torch.Tensor, split: Mapping[int, int], is_bias: bool
+) -> None:
+    """Added head rows copied from the rows they split from; a bias shared out by group size."""
+    for child, parent in split.items():
+        grown[child] = theirs[parent]
+    if is_bias:
+        sizes: dict[int, int] = {}
+        for parent in split.values():
+            sizes[parent] = sizes.get(parent, 1) + 1
+        for child, parent in split.items():
+            grown[child] -= math.log(sizes[parent])
+        for parent, size in sizes.items():
+            grown[parent] -= math.log(size)
+
+
+def _split_ids(config: TrainConfig, shared: int | None) -> dict[int, int]:
+    """``config.split_init`` as output ids: added class -> the checkpoint class it splits."""
+    if not config.split_init:
+        return {}
+    ids = {name: i for i, name in enumerate(config.class_names)}
+    out = {}
+    for parent, children in config.split_init:
+        if shared is None or ids[parent] >= shared:
+            raise ConfigError(
+                f"split_init: {parent!r} must be a class of init_weights ({config.init_weights}), "
+                "whose classes this run's classes begin with"
+            )
+        for child in children:
+            if ids[child] < shared:
+                raise ConfigError(
+                    f"split_init: {child!r} is a class init_weights already has; only classes "
+                    "the run adds after the checkpoint's can be split off"
+                )
+            out[ids[child]] = ids[parent]
+    return out
 
 
 def _shared_outputs(config: TrainConfig, card: ModelCard) -> int | None:
@@ -500,7 +563,10 @@ def _initial_model(
         n = load_encoder_weights(model, config.encoder_weights)
         log.info("initialised %d encoder tensors from %s", n, config.encoder_weights)
     if config.init_weights is not None:
-        n = load_init_weights(model, config.init_weights, _shared_outputs(config, card))
+        shared = _shared_outputs(config, card)
+        n = load_init_weights(
+            model, config.init_weights, shared, _split_ids(config, shared) or None
+        )
         log.info("initialised %d tensors from %s", n, config.init_weights)
     return model, card
 

@@ -466,3 +466,93 @@ def test_learning_rate_schedules(schedule):
         assert mid == pytest.approx(5.05e-4, rel=0.02) or schedule == "cosine"
     no_warmup = lr_at(0, 200, 1e-3, warmup=0.0, schedule=schedule)
     assert no_warmup == pytest.approx(1e-3)
+
+
+def test_split_init_starts_new_classes_as_copies_whose_group_is_the_checkpoint(tmp_path):
+    """A class split into finer ones: merged back, the network starts as the checkpoint."""
+    from geoseg.models.checkpoint import save_checkpoint
+    from geoseg.models.groups import MergedOutputs
+
+    def card_of(names):
+        return ModelCard.from_dict(
+            {
+                "name": "x",
+                "architecture": "tinycnn",
+                "arch_params": {"width": 6, "depth": 1},
+                "bands": ["red", "green", "blue"],
+                "classes": [{"id": i, "name": n, "color": "#000000"} for i, n in enumerate(names)],
+            }
+        )
+
+    old_card = card_of(["background", "building", "vegetation"])
+    torch.manual_seed(2)
+    old = build_model(old_card)
+    with torch.no_grad():
+        for p in old.parameters():
+            p.mul_(3.0)
+    save_checkpoint(old, old_card, tmp_path / "old")
+    new_card = card_of(["background", "building", "vegetation", "road", "water", "cropland"])
+    split = {3: 0, 4: 0, 5: 2}  # road and water from background, cropland from vegetation
+    new = build_model(new_card)
+    load_init_weights(new, tmp_path / "old", shared_outputs=3, split=split)
+    x = torch.randn(2, 3, 20, 20)
+    with torch.no_grad():
+        before = old(x).softmax(1)
+        fine = new(x).softmax(1)
+        merged = MergedOutputs(new, [[0, 3, 4], [1], [2, 5]])(x).softmax(1)
+    assert torch.allclose(merged, before, atol=1e-5)
+    # The members of a group share its probability equally at the start.
+    assert torch.allclose(fine[:, 3], before[:, 0] / 3, atol=1e-5)
+    assert torch.allclose(fine[:, 5], before[:, 2] / 2, atol=1e-5)
+    # Without split the new classes start from their random rows: not the checkpoint.
+    plain = build_model(new_card)
+    load_init_weights(plain, tmp_path / "old", shared_outputs=3)
+    with torch.no_grad():
+        other = MergedOutputs(plain, [[0, 3, 4], [1], [2, 5]])(x).softmax(1)
+    assert not torch.allclose(other, before, atol=1e-3)
+    # A split needs a head that grows from the checkpoint's classes.
+    with pytest.raises(ConfigError, match="split_init"):
+        load_init_weights(build_model(new_card), tmp_path / "old", split=split)
+
+
+def test_split_init_in_a_run_and_its_config_errors(roofs, tmp_path):
+    first = train(TrainConfig.from_dict(roof_config(roofs, tmp_path / "a", epochs=1)))
+    cfg = roof_config(
+        roofs,
+        tmp_path / "b",
+        epochs=1,
+        classes=["background", "building", "shadow"],
+        init_weights=str(first.last),
+        split_init={"background": ["shadow"]},
+    )
+    config = TrainConfig.from_dict(cfg)
+    assert config.split_init == (("background", ("shadow",)),)
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    assert "split_init" not in TrainConfig.from_dict(roof_config(roofs, tmp_path / "c")).to_dict()
+    run = train(config)
+    assert [c.name for c in run.card.classes] == ["background", "building", "shadow"]
+    assert run.card.training["split_init"] == {"background": ["shadow"]}
+    # The command line says the same with --split-init CLASS=CLASS,CLASS.
+    cli_cfg = {k: v for k, v in cfg.items() if k not in ("split_init", "output")}
+    path = tmp_path / "split.yaml"
+    path.write_text(yaml.safe_dump(cli_cfg))
+    args = ["train", "--config", str(path), "-o", str(tmp_path / "e")]
+    r = CliRunner().invoke(cli, [*args, "--split-init", "background=shadow"])
+    assert r.exit_code == 0, r.output
+    assert load_card(tmp_path / "e" / "model").training["split_init"] == {"background": ["shadow"]}
+    r = CliRunner().invoke(cli, [*args, "--split-init", "background", "--overwrite"])
+    assert r.exit_code != 0 and "CLASS=CLASS,CLASS" in r.output
+    bad = [
+        ({"split_init": {"background": ["road"]}}, "unknown class 'road'"),
+        ({"split_init": {"background": ["background"]}}, "split from twice"),
+        ({"split_init": {"background": []}}, "must list the classes"),
+        ({"split_init": ["shadow"]}, "must map a class"),
+        ({"init_weights": None}, "set init_weights"),
+    ]
+    for change, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            TrainConfig.from_dict({**cfg, **change})
+    # A class the checkpoint already has cannot be split off; one it lacks cannot be split.
+    for split in ({"background": ["building"]}, {"shadow": ["building"]}):
+        with pytest.raises(ConfigError, match="split_init"):
+            train(TrainConfig.from_dict({**cfg, "split_init": split, "output": str(tmp_path / "d")}))
