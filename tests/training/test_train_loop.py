@@ -555,4 +555,6 @@ def test_split_init_in_a_run_and_its_config_errors(roofs, tmp_path):
     # A class the checkpoint already has cannot be split off; one it lacks cannot be split.
     for split in ({"background": ["building"]}, {"shadow": ["building"]}):
         with pytest.raises(ConfigError, match="split_init"):
-            train(TrainConfig.from_dict({**cfg, "split_init": split, "output": str(tmp_path / "d")}))
+            train(
+                TrainConfig.from_dict({**cfg, "split_init": split, "output": str(tmp_path / "d")})
+            )
