@@ -233,8 +233,9 @@ def _load_matching(
     """Load the tensors of ``state`` whose names and shapes fit ``module``; log the rest."""
     own = module.state_dict()
     # A network wrapped for a contact output (geoseg.models.contact.ContactRefine) holds
-    # the checkpoint's network as ``base``.
-    state = {f"base.{k}" if k not in own and f"base.{k}" in own else k: v for k, v in state.items()}
+    # the checkpoint's network as ``base``; so does a network with merged outputs
+    # (geoseg.models.groups.MergedOutputs), whose body fits a network without them.
+    state = {_own_name(k, own): v for k, v in state.items()}
     fitting = {
         k: v.to(own[k].dtype)
         for k, v in state.items()
@@ -290,6 +291,17 @@ def _load_matching(
         log.info("%s: %d tensor(s) keep their initial values", field, len(missing))
     module.load_state_dict(fitting, strict=False)
     return len(fitting)
+
+
+def _own_name(key: str, own: Mapping[str, Any]) -> str:
+    """A checkpoint tensor's name in ``own``, with or without a wrapper's ``base.``."""
+    if key in own:
+        return key
+    if f"base.{key}" in own:
+        return f"base.{key}"
+    if key.startswith("base.") and key[5:] in own:
+        return key[5:]
+    return key
 
 
 def _split_rows(
@@ -388,6 +400,17 @@ def _card(
             description = f"{config.architecture} fine-tuned by geoseg from {donor.name} on {names}"
         if not licence and donor.licence:
             licence = f"Fine-tuned from {donor.name}, whose card says: {donor.licence}"
+    # A warm start from a network with finer outputs than its classes (geoseg models merge)
+    # keeps them when the run keeps its classes: the same network, trained on through the
+    # merged outputs, so every tensor of the checkpoint fits.
+    groups = (
+        donor.output_groups
+        if donor is not None
+        and donor.output_groups
+        and tuple(c.name for c in donor.classes) == config.class_names
+        and config.contact_class is None
+        else ()
+    )
     return ModelCard(
         name=config.name,
         architecture=config.architecture,
@@ -413,6 +436,7 @@ def _card(
         postprocess=postprocess,
         provenance=provenance,
         training=config.to_dict(),
+        output_groups=groups,
     )
 
 

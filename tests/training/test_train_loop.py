@@ -558,3 +558,32 @@ def test_split_init_in_a_run_and_its_config_errors(roofs, tmp_path):
             train(
                 TrainConfig.from_dict({**cfg, "split_init": split, "output": str(tmp_path / "d")})
             )
+
+
+def test_a_warm_start_from_a_merged_model_keeps_its_finer_outputs(roofs, tmp_path):
+    """Fine-tuning a model made by `geoseg models merge` trains the same grouped network."""
+    from geoseg.models import load_checkpoint, wrap_state_dict
+    from geoseg.models.groups import merge_classes
+
+    classes = ["background", "building", "shadow"]
+    fine = train(
+        TrainConfig.from_dict(roof_config(roofs, tmp_path / "a", epochs=1, classes=classes))
+    )
+    grouped = merge_classes(load_checkpoint(fine.last).card, {"background": ["shadow"]})
+    wrap_state_dict(fine.last / "model.safetensors", grouped, tmp_path / "merged")
+    donor = load_file(tmp_path / "merged" / "model.safetensors")
+    cfg = roof_config(roofs, tmp_path / "b", epochs=1, init_weights=str(tmp_path / "merged"))
+    cfg.pop("classes")  # inherited from the merged card: background, building
+    config = TrainConfig.from_dict(cfg)
+    assert config.class_names == ("background", "building")
+    assert load_init_weights(build_model(grouped), tmp_path / "merged") == len(donor)
+    run = train(config)
+    assert run.card.output_groups == ((0, 2), (1,))
+    again = load_checkpoint(run.last)
+    assert again.card.n_network_outputs == 3
+    with torch.no_grad():
+        assert again.model(torch.rand(1, 3, 32, 32)).shape == (1, 2, 32, 32)
+    # Other classes: the body is taken from under the wrapper, the head starts fresh.
+    plain = build_model(grouped.replace(output_groups=()))
+    n = load_init_weights(plain, tmp_path / "merged")
+    assert 0 < n < len(donor)
