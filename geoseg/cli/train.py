@@ -170,6 +170,12 @@ def _is_bundled_name(value: Path) -> bool:
 @click.option("--batch-size", type=int, default=None)
 @click.option("--samples-per-epoch", type=int, default=None)
 @click.option("--lr", type=float, default=None, help="Learning rate (AdamW).")
+@click.option(
+    "--head-lr-scale",
+    type=float,
+    default=None,
+    help="Learning-rate multiplier of the output layer, e.g. 10 for new classes in a fine-tune.",
+)
 @click.option("--loss", default=None, help="Loss terms: ce, dice, focal, lovasz, e.g. ce+dice.")
 @click.option(
     "--distill",
@@ -239,6 +245,7 @@ def train(
     batch_size: int | None,
     samples_per_epoch: int | None,
     lr: float | None,
+    head_lr_scale: float | None,
     loss: str | None,
     distill: float | None,
     split_init: tuple[str, ...],
@@ -331,6 +338,7 @@ def train(
         "batch_size": batch_size,
         "samples_per_epoch": samples_per_epoch,
         "lr": lr,
+        "head_lr_scale": head_lr_scale,
         "loss": loss,
         "distill": distill,
         "seed": seed,

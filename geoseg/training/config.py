@@ -731,6 +731,10 @@ class TrainConfig:
         Length of training; chips per step; chips per epoch over all sources.
     lr, weight_decay : float
         AdamW peak learning rate and weight decay.
+    head_lr_scale : float
+        Multiplier of the learning rate for the output layer (the head with one
+        row per class), e.g. 10 for a fine-tune that adds classes at a small
+        ``lr``: their rows must move far while the body moves little.
     lr_schedule : str
         How the learning rate moves after the warm-up: ``cosine`` (down to 1 % of
         ``lr`` at the last step), ``linear`` (straight down to 1 %) or ``constant``.
@@ -821,6 +825,7 @@ class TrainConfig:
     batch_size: int = 8
     samples_per_epoch: int = 512
     lr: float = 1e-3
+    head_lr_scale: float = 1.0
     lr_schedule: str = "cosine"
     warmup: float = 0.05
     weight_decay: float = 1e-4
@@ -870,6 +875,9 @@ class TrainConfig:
         _num(self.lr, "lr", lo=0)
         if self.lr <= 0:
             raise _fail("lr", f"must be > 0, got {self.lr}")
+        _num(self.head_lr_scale, "head_lr_scale", lo=0)
+        if self.head_lr_scale <= 0:
+            raise _fail("head_lr_scale", f"must be > 0, got {self.head_lr_scale}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise _fail(
                 "lr_schedule",
@@ -1213,6 +1221,7 @@ class TrainConfig:
             # before the keys existed resume with configs that compare equal.
             **({"lr_schedule": self.lr_schedule} if self.lr_schedule != "cosine" else {}),
             **({"warmup": self.warmup} if self.warmup != 0.05 else {}),
+            **({"head_lr_scale": self.head_lr_scale} if self.head_lr_scale != 1.0 else {}),
             "weight_decay": self.weight_decay,
             "loss": dict(self.loss),
             "focal_gamma": self.focal_gamma,

@@ -293,6 +293,29 @@ def _load_matching(
     return len(fitting)
 
 
+def output_layer(model: nn.Module, card: ModelCard) -> list[torch.nn.Parameter]:
+    """The parameters of ``model``'s output layer (the one with a row per class output).
+
+    The last module whose parameters have the network's output count as their first
+    dimension: smp's ``segmentation_head`` conv, or a small network's last conv.
+
+    Raises
+    ------
+    ConfigError
+        When no such layer is found (instance models, unusual networks).
+    """
+    outputs = {card.n_network_outputs, len(card.classes)}
+    layer = None
+    for name, p in model.named_parameters():
+        if p.ndim >= 1 and p.shape[0] in outputs:
+            layer = name.rsplit(".", 1)[0]
+    if layer is None or card.task != "semantic":
+        raise ConfigError(
+            f"head_lr_scale: no output layer with one row per class found in {card.architecture}"
+        )
+    return [p for name, p in model.named_parameters() if name.rsplit(".", 1)[0] == layer]
+
+
 def _own_name(key: str, own: Mapping[str, Any]) -> str:
     """A checkpoint tensor's name in ``own``, with or without a wrapper's ``base.``."""
     if key in own:
@@ -677,6 +700,7 @@ def train(config: TrainConfig, callback: TrainCallback | None = None) -> TrainRe
         model,
         config,
         run,
+        card=card,
         resumed=state is not None,
         device=device,
         fp16=use_amp and amp_dtype == torch.float16,
@@ -834,7 +858,7 @@ class _Step:
             schedule=self.config.lr_schedule,
         )
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         x, mask, source = self.batches(batch, generator)
         device = self.batches.device
         with torch.autocast(device_type=device.type, dtype=self.amp_dtype, enabled=self.use_amp):
@@ -916,16 +940,27 @@ def _optimizer(
     config: TrainConfig,
     run: RunDir,
     *,
+    card: ModelCard,
     resumed: bool,
     device: torch.device,
     fp16: bool,
 ) -> tuple[torch.optim.Optimizer, torch.amp.GradScaler]:
-    """AdamW and its gradient scaler, with their saved state when the run resumes."""
+    """AdamW and its gradient scaler, with their saved state when the run resumes.
+
+    With ``config.head_lr_scale`` the output layer is a parameter group of its own
+    whose ``lr_scale`` the step multiplies the schedule's learning rate by.
+    """
     import torch
 
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
+    params: Any = model.parameters()
+    if config.head_lr_scale != 1.0:
+        head = output_layer(model, card)
+        ids = {id(p) for p in head}
+        params = [
+            {"params": [p for p in model.parameters() if id(p) not in ids], "lr_scale": 1.0},
+            {"params": head, "lr_scale": config.head_lr_scale},
+        ]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=fp16)
     if resumed:
         opt_state = run.load_optimizer()

@@ -587,3 +587,33 @@ def test_a_warm_start_from_a_merged_model_keeps_its_finer_outputs(roofs, tmp_pat
     plain = build_model(grouped.replace(output_groups=()))
     n = load_init_weights(plain, tmp_path / "merged")
     assert 0 < n < len(donor)
+
+
+def test_head_lr_scale_moves_the_output_layer_faster(roofs, tmp_path):
+    from geoseg.models.groups import MergedOutputs
+    from geoseg.training.loop import output_layer
+
+    first = train(TrainConfig.from_dict(roof_config(roofs, tmp_path / "a", epochs=1)))
+    card = first.card
+    head = output_layer(build_model(card), card)
+    net = build_model(card)
+    last = [p for p in net.parameters()][-2:]  # the tiny network's last conv: weight, bias
+    assert [tuple(p.shape) for p in output_layer(net, card)] == [tuple(p.shape) for p in last]
+    assert all(p.shape[0] == 2 for p in head)
+    wrapped = MergedOutputs(net, [[0], [1]])
+    assert [id(p) for p in output_layer(wrapped, card)] == [id(p) for p in last]
+    start = load_file(first.last / "model.safetensors")
+    moved = {}
+    for scale in (1.0, 10.0):
+        cfg = roof_config(
+            roofs, tmp_path / f"s{scale}", epochs=1, lr=1e-4, init_weights=str(first.last)
+        )
+        config = TrainConfig.from_dict({**cfg, "head_lr_scale": scale})
+        assert TrainConfig.from_dict(config.to_dict()) == config
+        end = load_file(train(config).last / "model.safetensors")
+        names = [k for k in end if end[k].shape[:1] == (2,)]
+        head_names = [k for k in names if k.rsplit(".", 1)[0] == names[-1].rsplit(".", 1)[0]]
+        moved[scale] = max(float((end[k] - start[k]).abs().max()) for k in head_names)
+    assert moved[10.0] > 5 * moved[1.0]
+    with pytest.raises(ConfigError, match="head_lr_scale"):
+        TrainConfig.from_dict({**roof_config(roofs, tmp_path / "x"), "head_lr_scale": 0})
