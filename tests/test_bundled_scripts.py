@@ -127,3 +127,39 @@ def test_edge_errors_tell_outlines_a_pixel_off_from_regions_called_wrong(monkeyp
     counts = probe.iou_counts("dubai", t, pred)
     assert counts[1].tolist() == [100, 153]
     assert set(counts) == {1, 2}
+
+
+def test_wise_interpolates_a_fine_tune_with_its_split_start(tmp_path: Path):
+    """alpha 0 is the start (split and merged back), alpha 1 the fine-tune, 0.5 their mean."""
+    import torch
+
+    from geoseg.models import build_model, save_checkpoint
+    from geoseg.models.groups import MergedOutputs
+    from tests.conftest import tiny_card
+
+    wise = _load("wise")
+    start_card = tiny_card(n_classes=3)
+    torch.manual_seed(0)
+    start = build_model(start_card)
+    save_checkpoint(start, start_card, tmp_path / "start")
+    fine_card = tiny_card(n_classes=4).replace(  # + cropland, split from vegetation
+        training={"split_init": {"vegetation": ["cropland"]}}
+    )
+    torch.manual_seed(1)
+    fine = build_model(fine_card)
+    save_checkpoint(fine, fine_card, tmp_path / "fine")
+    x = torch.randn(1, 3, 16, 16)
+    groups = [[0], [1], [2, 3]]
+    with torch.no_grad():
+        at0, card = wise.interpolate(tmp_path / "start", tmp_path / "fine", 0.0)
+        assert torch.allclose(
+            MergedOutputs(at0, groups)(x).softmax(1), start(x).softmax(1), atol=1e-5
+        )
+        at1, _ = wise.interpolate(tmp_path / "start", tmp_path / "fine", 1.0)
+        assert torch.allclose(at1(x), fine(x), atol=1e-6)
+        half, _ = wise.interpolate(tmp_path / "start", tmp_path / "fine", 0.5)
+    a0, a1, h = at0.state_dict(), at1.state_dict(), half.state_dict()
+    assert all(torch.allclose(h[k], (a0[k] + a1[k]) / 2, atol=1e-6) for k in h)
+    assert card.provenance["wise_ft"]["alpha"] == 0.0 and not card.metrics
+    with pytest.raises(ValueError, match="alpha"):
+        wise.interpolate(tmp_path / "start", tmp_path / "fine", 1.5)
