@@ -163,3 +163,11 @@ def test_wise_interpolates_a_fine_tune_with_its_split_start(tmp_path: Path):
     assert card.provenance["wise_ft"]["alpha"] == 0.0 and not card.metrics
     with pytest.raises(ValueError, match="alpha"):
         wise.interpolate(tmp_path / "start", tmp_path / "fine", 1.5)
+    # The same classes: a plain average of the two.
+    save_checkpoint(at1, fine_card, tmp_path / "fine2")
+    same, _ = wise.interpolate(tmp_path / "fine", tmp_path / "fine2", 0.25)
+    assert all(torch.allclose(same.state_dict()[k], a1[k], atol=1e-6) for k in a1)
+    # New classes without split_init would start from random rows: refused.
+    save_checkpoint(fine, fine_card.replace(training={}), tmp_path / "unsplit")
+    with pytest.raises(ValueError, match="split_init"):
+        wise.interpolate(tmp_path / "start", tmp_path / "unsplit", 0.5)

@@ -56,8 +56,13 @@ def interpolate(start: Path, fine_tuned: Path, alpha: float) -> tuple[Any, Model
             for parent, children in (card.training.get("split_init") or {}).items()
             for child in children
         }
+        if len(split) != len(names) - shared:
+            raise ValueError(
+                "the fine-tune added classes without split_init; their start rows would be "
+                "random, so there is nothing to interpolate them with"
+            )
         base = build_model(card)
-        load_init_weights(base, start, shared, split or None)
+        load_init_weights(base, start, shared, split)
     mine, theirs = base.state_dict(), tuned.model.state_dict()
     if mine.keys() != theirs.keys() or any(mine[k].shape != theirs[k].shape for k in mine):
         raise ValueError("the two networks differ in their tensors; they cannot be interpolated")

@@ -734,7 +734,9 @@ class TrainConfig:
     head_lr_scale : float
         Multiplier of the learning rate for the output layer (the head with one
         row per class), e.g. 10 for a fine-tune that adds classes at a small
-        ``lr``: their rows must move far while the body moves little.
+        ``lr``: their rows must move far while the body moves little.  AdamW's
+        decoupled weight decay scales with the learning rate, so the head's
+        decay is scaled too.
     lr_schedule : str
         How the learning rate moves after the warm-up: ``cosine`` (down to 1 % of
         ``lr`` at the last step), ``linear`` (straight down to 1 %) or ``constant``.
@@ -878,6 +880,8 @@ class TrainConfig:
         _num(self.head_lr_scale, "head_lr_scale", lo=0)
         if self.head_lr_scale <= 0:
             raise _fail("head_lr_scale", f"must be > 0, got {self.head_lr_scale}")
+        if self.head_lr_scale != 1.0 and self.task == "instance":
+            raise _fail("head_lr_scale", f"is for semantic models; {self.architecture} has none")
         if self.lr_schedule not in LR_SCHEDULES:
             raise _fail(
                 "lr_schedule",
@@ -974,7 +978,12 @@ class TrainConfig:
                         f"names unknown class {name!r}; classes are {', '.join(names)}",
                     )
             for name in children:
-                if name == parent or name in seen or name in dict(self.split_init):
+                if name == parent or name in dict(self.split_init):
+                    raise _fail(
+                        f"split_init[{parent}]",
+                        f"class {name!r} is split itself; it cannot also be split off",
+                    )
+                if name in seen:
                     raise _fail(
                         f"split_init[{parent}]", f"class {name!r} cannot be split from twice"
                     )

@@ -182,6 +182,7 @@ def load_init_weights(
     path: Path,
     shared_outputs: int | None = None,
     split: Mapping[int, int] | None = None,
+    card: ModelCard | None = None,
 ) -> int:
     """Start the whole network from another checkpoint's weights (a warm start).
 
@@ -200,6 +201,11 @@ def load_init_weights(
     ``log`` of the group's size, so the group's summed probability starts as the
     checkpoint's probability of the shared class.
 
+    ``card`` (the new network's): when the checkpoint's card lays out its outputs
+    otherwise (merged outputs or a contact output the new network does not have in
+    the same way), its output layer is left out, since its rows mean other things
+    than the new network's rows even where the shapes agree; the body is loaded.
+
     Returns
     -------
     int
@@ -216,9 +222,38 @@ def load_init_weights(
 
     p = Path(path)
     file = p / "model.safetensors" if p.is_dir() else p
-    return _load_matching(
-        model, read_state_dict(file), "init_weights", file, "this network", shared_outputs, split
+    state = read_state_dict(file)
+    donor = init_card(p)
+    if card is not None and donor is not None and _other_layout(donor, card):
+        state = _without_output_layer(state, donor)
+    return _load_matching(model, state, "init_weights", file, "this network", shared_outputs, split)
+
+
+def _other_layout(donor: ModelCard, card: ModelCard) -> bool:
+    """Whether a warm start's output rows (merged groups, a contact row) mean other things."""
+    if not donor.output_groups and donor.contact_class is None:
+        return False  # plain rows, one per class: matched by shape or grown (shared_outputs)
+    return (
+        donor.output_groups != card.output_groups
+        or donor.contact_class != card.contact_class
+        or [c.name for c in donor.classes] != [c.name for c in card.classes]
     )
+
+
+def _without_output_layer(
+    state: Mapping[str, torch.Tensor], donor: ModelCard
+) -> dict[str, torch.Tensor]:
+    """``state`` less the last layer (in order) with one row per output of ``donor``'s network."""
+    rows = donor.n_network_outputs
+    wrapped = any(k.startswith("base.") for k in state)
+    layer = None
+    for k, v in state.items():
+        if (not wrapped or k.startswith("base.")) and v.ndim >= 1 and v.shape[0] == rows:
+            layer = k.rsplit(".", 1)[0]
+    if layer is None:
+        return dict(state)
+    log.info("init_weights: the output layer %s is left out (its rows mean other things)", layer)
+    return {k: v for k, v in state.items() if k.rsplit(".", 1)[0] != layer}
 
 
 def _load_matching(
@@ -294,26 +329,34 @@ def _load_matching(
 
 
 def output_layer(model: nn.Module, card: ModelCard) -> list[torch.nn.Parameter]:
-    """The parameters of ``model``'s output layer (the one with a row per class output).
+    """The parameters of ``model``'s output layer (the one with a row per network output).
 
-    The last module whose parameters have the network's output count as their first
-    dimension: smp's ``segmentation_head`` conv, or a small network's last conv.
+    The last layer of the network proper (inside a contact or merged-outputs wrapper,
+    which hold it as ``base``) whose parameters have one row per network output
+    (``card.n_network_outputs``): smp's ``segmentation_head`` conv, or a small
+    network's last conv.
 
     Raises
     ------
     ConfigError
         When no such layer is found (instance models, unusual networks).
     """
-    outputs = {card.n_network_outputs, len(card.classes)}
+    import torch
+
+    net = model
+    inner = getattr(net, "base", None)
+    while isinstance(inner, torch.nn.Module):
+        net, inner = inner, getattr(inner, "base", None)
+    rows = card.n_network_outputs
     layer = None
-    for name, p in model.named_parameters():
-        if p.ndim >= 1 and p.shape[0] in outputs:
+    for name, p in net.named_parameters():
+        if p.ndim >= 1 and p.shape[0] == rows:
             layer = name.rsplit(".", 1)[0]
     if layer is None or card.task != "semantic":
         raise ConfigError(
             f"head_lr_scale: no output layer with one row per class found in {card.architecture}"
         )
-    return [p for name, p in model.named_parameters() if name.rsplit(".", 1)[0] == layer]
+    return [p for name, p in net.named_parameters() if name.rsplit(".", 1)[0] == layer]
 
 
 def _own_name(key: str, own: Mapping[str, Any]) -> str:
@@ -350,10 +393,15 @@ def _split_ids(config: TrainConfig, shared: int | None) -> dict[int, int]:
     ids = {name: i for i, name in enumerate(config.class_names)}
     out = {}
     for parent, children in config.split_init:
-        if shared is None or ids[parent] >= shared:
+        if shared is None:
             raise ConfigError(
-                f"split_init: {parent!r} must be a class of init_weights ({config.init_weights}), "
-                "whose classes this run's classes begin with"
+                f"split_init: this run's classes must begin with those of init_weights "
+                f"({config.init_weights}) and add the split classes after them"
+            )
+        if ids[parent] >= shared:
+            raise ConfigError(
+                f"split_init: {parent!r} is not a class of init_weights ({config.init_weights}); "
+                "only its classes can be split"
             )
         for child in children:
             if ids[child] < shared:
@@ -490,7 +538,14 @@ def _same_paths(config: Mapping[str, Any]) -> dict[str, Any]:
 def _check_resumable(saved: Mapping[str, Any], config: TrainConfig) -> None:
     now = _same_paths(config.to_dict())
     saved = _same_paths(saved)
-    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    # Keys written only when set (head_lr_scale, distill, split_init, ...): one the saved run
+    # had and this config leaves out is compared with this config's value of it.
+    keys = set(now) | {k for k in saved if hasattr(config, k)}
+    changed = sorted(
+        k
+        for k in keys
+        if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k, getattr(config, k, None))
+    )
     if changed:
         raise ConfigError(
             f"cannot resume: {', '.join(changed)} differ from the run being resumed; restore "
@@ -612,7 +667,7 @@ def _initial_model(
     if config.init_weights is not None:
         shared = _shared_outputs(config, card)
         n = load_init_weights(
-            model, config.init_weights, shared, _split_ids(config, shared) or None
+            model, config.init_weights, shared, _split_ids(config, shared) or None, card
         )
         log.info("initialised %d tensors from %s", n, config.init_weights)
     return model, card

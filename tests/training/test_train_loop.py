@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -544,7 +545,8 @@ def test_split_init_in_a_run_and_its_config_errors(roofs, tmp_path):
     assert r.exit_code != 0 and "CLASS=CLASS,CLASS" in r.output
     bad = [
         ({"split_init": {"background": ["road"]}}, "unknown class 'road'"),
-        ({"split_init": {"background": ["background"]}}, "split from twice"),
+        ({"split_init": {"background": ["background"]}}, "is split itself"),
+        ({"split_init": {"background": ["shadow"], "building": ["shadow"]}}, "split from twice"),
         ({"split_init": {"background": []}}, "must list the classes"),
         ({"split_init": ["shadow"]}, "must map a class"),
         ({"init_weights": None}, "set init_weights"),
@@ -583,27 +585,54 @@ def test_a_warm_start_from_a_merged_model_keeps_its_finer_outputs(roofs, tmp_pat
     assert again.card.n_network_outputs == 3
     with torch.no_grad():
         assert again.model(torch.rand(1, 3, 32, 32)).shape == (1, 2, 32, 32)
-    # Other classes: the body is taken from under the wrapper, the head starts fresh.
+    # Other classes: the body is taken from under the wrapper, the head starts fresh ...
     plain = build_model(grouped.replace(output_groups=()))
     n = load_init_weights(plain, tmp_path / "merged")
     assert 0 < n < len(donor)
+    # ... even where its rows have the shape of the new head's: background, building and
+    # road are not the merged network's background, building and shadow.
+    fine_card = load_checkpoint(fine.last).card
+    road = dataclasses.replace(fine_card.classes[2], name="road", layer="road")
+    other_card = fine_card.replace(classes=(*fine_card.classes[:2], road))
+    other = build_model(other_card)
+    fresh = {k: v.clone() for k, v in other.state_dict().items()}
+    n = load_init_weights(other, tmp_path / "merged", card=other_card)
+    after = other.state_dict()
+    head = [k for k in after if k.rsplit(".", 1)[0] == max(after).rsplit(".", 1)[0]]
+    assert n == len(donor) - len(head)
+    assert all(torch.equal(after[k], fresh[k]) for k in head)
 
 
 def test_head_lr_scale_moves_the_output_layer_faster(roofs, tmp_path):
+    from geoseg.models.contact import ContactRefine
     from geoseg.models.groups import MergedOutputs
     from geoseg.training.loop import output_layer
 
     first = train(TrainConfig.from_dict(roof_config(roofs, tmp_path / "a", epochs=1)))
     card = first.card
-    head = output_layer(build_model(card), card)
     net = build_model(card)
     last = [p for p in net.parameters()][-2:]  # the tiny network's last conv: weight, bias
-    assert [tuple(p.shape) for p in output_layer(net, card)] == [tuple(p.shape) for p in last]
-    assert all(p.shape[0] == 2 for p in head)
-    wrapped = MergedOutputs(net, [[0], [1]])
-    assert [id(p) for p in output_layer(wrapped, card)] == [id(p) for p in last]
+    assert [id(p) for p in output_layer(net, card)] == [id(p) for p in last]
+    # Inside a wrapper it is the wrapped network's head, found by the network's output count.
+    grouped = card.replace(
+        classes=(*card.classes, card.classes[0].__class__(2, "shadow", "#000000")),
+    )
+    grouped_net = build_model(grouped)
+    merged_card = grouped.replace(classes=card.classes, output_groups=((0, 2), (1,)))
+    wrapped = MergedOutputs(grouped_net, [[0, 2], [1]])
+    head = output_layer(wrapped, merged_card)
+    assert [id(p) for p in head] == [id(p) for p in list(grouped_net.parameters())[-2:]]
+    assert head[0].shape[0] == 3
+    contact = build_model(card.replace(contact_class=1))
+    assert isinstance(contact, ContactRefine)
+    head = output_layer(contact, card.replace(contact_class=1))
+    assert head[0].shape[0] == 3 and all(
+        any(p is q for q in contact.base.parameters()) for p in head
+    )
     start = load_file(first.last / "model.safetensors")
-    moved = {}
+    head_names = [k for k in start if k.rsplit(".", 1)[0] == max(start).rsplit(".", 1)[0]]
+    assert head_names and all(start[k].shape[0] == 2 for k in head_names)
+    moved: dict[float, tuple[float, float]] = {}
     for scale in (1.0, 10.0):
         cfg = roof_config(
             roofs, tmp_path / f"s{scale}", epochs=1, lr=1e-4, init_weights=str(first.last)
@@ -611,9 +640,28 @@ def test_head_lr_scale_moves_the_output_layer_faster(roofs, tmp_path):
         config = TrainConfig.from_dict({**cfg, "head_lr_scale": scale})
         assert TrainConfig.from_dict(config.to_dict()) == config
         end = load_file(train(config).last / "model.safetensors")
-        names = [k for k in end if end[k].shape[:1] == (2,)]
-        head_names = [k for k in names if k.rsplit(".", 1)[0] == names[-1].rsplit(".", 1)[0]]
-        moved[scale] = max(float((end[k] - start[k]).abs().max()) for k in head_names)
-    assert moved[10.0] > 5 * moved[1.0]
+
+        def change(names, end=end):
+            return max(float((end[k] - start[k]).abs().max()) for k in names)
+
+        moved[scale] = (change(head_names), change([k for k in end if k not in head_names]))
+    assert moved[10.0][0] > 5 * moved[1.0][0]  # the head moves ten times as far ...
+    assert moved[10.0][1] < 2 * moved[1.0][1]  # ... the body about as far
     with pytest.raises(ConfigError, match="head_lr_scale"):
         TrainConfig.from_dict({**roof_config(roofs, tmp_path / "x"), "head_lr_scale": 0})
+
+
+def test_resume_with_head_lr_scale_continues_exactly_and_keeps_it(roofs, tmp_path):
+    base = roof_config(roofs, tmp_path / "a", epochs=2, samples_per_epoch=32, head_lr_scale=5.0)
+    straight = train(TrainConfig.from_dict(base))
+    part = {**base, "output": str(tmp_path / "b")}
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig.from_dict(part), stop_after_first_epoch)
+    # Left out on resume, the scale would change: refused, by name.
+    without = {k: v for k, v in part.items() if k != "head_lr_scale"}
+    with pytest.raises(ConfigError, match="cannot resume: head_lr_scale"):
+        train(TrainConfig.from_dict({**without, "resume": True}))
+    resumed = train(TrainConfig.from_dict({**part, "resume": True}))
+    a = load_file(straight.last / "model.safetensors")
+    b = load_file(resumed.last / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
