@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -244,12 +244,9 @@ def _without_output_layer(
     state: Mapping[str, torch.Tensor], donor: ModelCard
 ) -> dict[str, torch.Tensor]:
     """``state`` less the last layer (in order) with one row per output of ``donor``'s network."""
-    rows = donor.n_network_outputs
     wrapped = any(k.startswith("base.") for k in state)
-    layer = None
-    for k, v in state.items():
-        if (not wrapped or k.startswith("base.")) and v.ndim >= 1 and v.shape[0] == rows:
-            layer = k.rsplit(".", 1)[0]
+    inner = ((k, v) for k, v in state.items() if not wrapped or k.startswith("base."))
+    layer = _last_layer(inner, donor.n_network_outputs)
     if layer is None:
         return dict(state)
     log.info("init_weights: the output layer %s is left out (its rows mean other things)", layer)
@@ -328,6 +325,15 @@ def _load_matching(
     return len(fitting)
 
 
+def _last_layer(named: Iterable[tuple[str, torch.Tensor]], rows: int) -> str | None:
+    """The name of the last layer (in order) whose tensors have ``rows`` rows: an output layer."""
+    layer = None
+    for name, t in named:
+        if t.ndim >= 1 and t.shape[0] == rows:
+            layer = name.rsplit(".", 1)[0]
+    return layer
+
+
 def output_layer(model: nn.Module, card: ModelCard) -> list[torch.nn.Parameter]:
     """The parameters of ``model``'s output layer (the one with a row per network output).
 
@@ -347,11 +353,7 @@ def output_layer(model: nn.Module, card: ModelCard) -> list[torch.nn.Parameter]:
     inner = getattr(net, "base", None)
     while isinstance(inner, torch.nn.Module):
         net, inner = inner, getattr(inner, "base", None)
-    rows = card.n_network_outputs
-    layer = None
-    for name, p in net.named_parameters():
-        if p.ndim >= 1 and p.shape[0] == rows:
-            layer = name.rsplit(".", 1)[0]
+    layer = _last_layer(net.named_parameters(), card.n_network_outputs)
     if layer is None or card.task != "semantic":
         raise ConfigError(
             f"head_lr_scale: no output layer with one row per class found in {card.architecture}"
@@ -390,14 +392,14 @@ def _split_ids(config: TrainConfig, shared: int | None) -> dict[int, int]:
     """``config.split_init`` as output ids: added class -> the checkpoint class it splits."""
     if not config.split_init:
         return {}
+    if shared is None:
+        raise ConfigError(
+            f"split_init: this run's classes must begin with those of init_weights "
+            f"({config.init_weights}) and add the split classes after them"
+        )
     ids = {name: i for i, name in enumerate(config.class_names)}
     out = {}
     for parent, children in config.split_init:
-        if shared is None:
-            raise ConfigError(
-                f"split_init: this run's classes must begin with those of init_weights "
-                f"({config.init_weights}) and add the split classes after them"
-            )
         if ids[parent] >= shared:
             raise ConfigError(
                 f"split_init: {parent!r} is not a class of init_weights ({config.init_weights}); "
